@@ -1,0 +1,172 @@
+"""The decoder stack, one implementation for every family.
+
+Layers are created stacked (`nnx.vmap`) and applied with `jax.lax.scan`, so a
+32-layer model traces and compiles one layer.  What differs between layers
+(Gemma 2/3 alternate sliding-window and global attention, with their own RoPE
+bases in Gemma 3) is a per-layer boolean scanned alongside the parameters:
+both masks and both rotary tables are built once per call and each layer
+selects its own.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from deepalign_jax import sharding
+from deepalign_jax.models.cache import KVCache
+from deepalign_jax.models.config import SLIDING, ModelConfig
+from deepalign_jax.models.layers import (Attention, GatedMLP, RMSNorm, _normal, rope_inv_freq,
+                                         rope_tables, softcap)
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Block(nnx.Module):
+  """Pre-norm residual block: attention then gated MLP (+ Gemma 2/3 post-norms)."""
+
+  def __init__(self, cfg: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    norm = lambda: RMSNorm(cfg.hidden_size, eps=cfg.norm_eps, plus_one=cfg.norm_plus_one,
+                           param_dtype=param_dtype, rngs=rngs)
+    self.attn_in_norm = norm()
+    self.attn = Attention(cfg, **kw)
+    self.attn_out_norm = norm() if cfg.post_norms else None
+    self.mlp_in_norm = norm()
+    self.mlp = GatedMLP(cfg, **kw)
+    self.mlp_out_norm = norm() if cfg.post_norms else None
+
+  def __call__(self, x, rope, masks, is_sliding, layer_cache, write_index, rules):
+    """One layer.  rope = (cos_global, sin_global, cos_local, sin_local)."""
+    cos_g, sin_g, cos_l, sin_l = rope
+    cos = jnp.where(is_sliding, cos_l, cos_g)
+    sin = jnp.where(is_sliding, sin_l, sin_g)
+    mask = jnp.where(is_sliding, masks[1], masks[0])
+
+    h = self.attn_in_norm(x)
+    new_keys, new_values = self.attn.project_kv(h, cos, sin)
+    if layer_cache is None:
+      keys, values = new_keys, new_values
+    else:
+      cache_keys, cache_values = layer_cache
+      start = (0, write_index, 0, 0)
+      keys = jax.lax.dynamic_update_slice(cache_keys, new_keys.astype(cache_keys.dtype), start)
+      values = jax.lax.dynamic_update_slice(cache_values, new_values.astype(cache_values.dtype), start)
+    attn = self.attn(h, cos, sin, mask, keys.astype(h.dtype), values.astype(h.dtype), rules)
+    if self.attn_out_norm is not None:
+      attn = self.attn_out_norm(attn)
+    x = x + attn
+    mlp = self.mlp(self.mlp_in_norm(x), rules)
+    if self.mlp_out_norm is not None:
+      mlp = self.mlp_out_norm(mlp)
+    x = sharding.constrain(x + mlp, rules, ("act_batch", "act_seq", "act_embed"))
+    return x, (None if layer_cache is None else (keys, values))
+
+
+class Transformer(nnx.Module):
+  """Decoder-only language model for the Llama and Gemma 1/2/3 families.
+
+  Call: `model(input_ids, positions=None, attention_mask=None, cache=None)`.
+    input_ids [B, T] int; attention_mask [B, T] (1 = real token, 0 = padding);
+    positions [B, T] default to each row's count of real tokens so far
+    (left-padded rows start at 0).  Returns fp32 logits [B, T, V], and with a
+    `KVCache` also the cache with this call's tokens written at its index.
+  """
+
+  def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
+               remat: str = "none", rules: sharding.ShardingRules | None = None,
+               rngs: nnx.Rngs):
+    if remat not in REMAT_POLICIES:
+      raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
+    self.config = cfg
+    self.dtype = dtype
+    self.remat = remat
+    self.rules = rules
+    self.embed = nnx.Param(_normal(rngs, (cfg.vocab_size, cfg.hidden_size), param_dtype),
+                           axes=("vocab", "embed"))
+
+    @nnx.split_rngs(splits=cfg.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make_layers(rngs):
+      return Block(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    self.layers = make_layers(rngs)
+    self.final_norm = RMSNorm(cfg.hidden_size, eps=cfg.norm_eps, plus_one=cfg.norm_plus_one,
+                              param_dtype=param_dtype, rngs=rngs)
+    self.lm_head = None if cfg.tie_embeddings else nnx.Param(
+        _normal(rngs, (cfg.hidden_size, cfg.vocab_size), param_dtype), axes=("embed", "vocab"))
+
+  def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
+    x = jnp.take(self.embed[...], input_ids, axis=0).astype(self.dtype)
+    if self.config.embed_scale:
+      # Gemma rounds sqrt(d_model) to the activation dtype before scaling.
+      x = x * jnp.asarray(math.sqrt(self.config.hidden_size), self.dtype)
+    return x
+
+  def __call__(self, input_ids, positions=None, attention_mask=None, cache: KVCache | None = None):
+    cfg, rules = self.config, self.rules
+    batch, length = input_ids.shape
+    if attention_mask is None:
+      attention_mask = jnp.ones((batch, length), jnp.bool_)
+    attention_mask = attention_mask.astype(jnp.bool_)
+    seen = jnp.cumsum(attention_mask, axis=1, dtype=jnp.int32) - 1
+    if positions is None:
+      positions = jnp.maximum(seen, 0) if cache is None else cache.lengths[:, None] + seen
+    positions = positions.astype(jnp.int32)
+    new_positions = jnp.where(attention_mask, positions, -1)
+
+    if cache is None:
+      key_positions, write_index = new_positions, 0
+      key_slots = jnp.arange(length)
+    else:
+      write_index = cache.index
+      key_positions = jax.lax.dynamic_update_slice(cache.positions, new_positions, (0, write_index))
+      key_slots = jnp.arange(cache.max_length)
+    query_slots = write_index + jnp.arange(length)
+    # [B, T, S]: causal in slot order, real keys only; sliding layers add a window.
+    global_mask = ((key_slots[None, None, :] <= query_slots[None, :, None])
+                   & (key_positions[:, None, :] >= 0))
+    if cfg.sliding_window:
+      distance = positions[:, :, None] - key_positions[:, None, :]
+      local_mask = global_mask & (distance < cfg.sliding_window)
+    else:
+      local_mask = global_mask
+    rope = (*rope_tables(positions, rope_inv_freq(cfg.head_dim, cfg.rope_global)),
+            *rope_tables(positions, rope_inv_freq(cfg.head_dim, cfg.rope_local)))
+    is_sliding = jnp.asarray(np.array([t == SLIDING for t in cfg.layer_types]))
+
+    x = sharding.constrain(self.embed_tokens(input_ids), rules, ("act_batch", "act_seq", "act_embed"))
+    graphdef, layer_state = nnx.split(self.layers)
+
+    def body(carry, scanned):
+      layer_params, layer_sliding, layer_cache = scanned
+      block = nnx.merge(graphdef, layer_params)
+      return block(carry, rope, (global_mask, local_mask), layer_sliding, layer_cache,
+                   write_index, rules)
+
+    policy = REMAT_POLICIES[self.remat]
+    if self.remat != "none":
+      body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+    layer_caches = None if cache is None else (cache.keys, cache.values)
+    x, new_kv = jax.lax.scan(body, x, (layer_state, is_sliding, layer_caches))
+
+    x = self.final_norm(x)
+    head = self.embed[...].T if self.lm_head is None else self.lm_head[...]
+    logits = jnp.einsum("btd,dv->btv", x, head.astype(self.dtype),
+                        preferred_element_type=jnp.promote_types(jnp.float32, self.dtype))
+    logits = softcap(logits, cfg.final_softcap)
+    logits = sharding.constrain(logits, rules, ("act_batch", "act_seq", "act_vocab"))
+    if cache is None:
+      return logits
+    new_cache = KVCache(keys=new_kv[0], values=new_kv[1], positions=key_positions,
+                        index=write_index + length,
+                        lengths=cache.lengths + attention_mask.sum(axis=1, dtype=jnp.int32))
+    return logits, new_cache
