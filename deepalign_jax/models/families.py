@@ -46,12 +46,16 @@ def _rope_from(params: dict[str, Any] | None, theta_default: float, where: str) 
     raise ConfigError(f"{where}: partial_rotary_factor is not supported")
   if kind == "default":
     return RopeConfig(theta)
+  def field(key):
+    if params.get(key) is None:
+      raise ConfigError(f"{where}: RoPE type {kind!r} needs {key!r} in rope_parameters/rope_scaling")
+    return params[key]
   if kind == "linear":
-    return RopeConfig(theta, ("linear", float(params["factor"])))
+    return RopeConfig(theta, ("linear", float(field("factor"))))
   if kind == "llama3":
-    return RopeConfig(theta, ("llama3", float(params["factor"]), float(params["low_freq_factor"]),
-                              float(params["high_freq_factor"]),
-                              int(params["original_max_position_embeddings"])))
+    return RopeConfig(theta, ("llama3", float(field("factor")), float(field("low_freq_factor")),
+                              float(field("high_freq_factor")),
+                              int(field("original_max_position_embeddings"))))
   raise ConfigError(f"{where}: RoPE type {kind!r} is not supported (default, linear, llama3)")
 
 
@@ -72,9 +76,15 @@ def _ropes(hf: dict[str, Any], family: str, where: str) -> tuple[RopeConfig, Rop
   return rope, rope
 
 
-def _layer_types(hf: dict[str, Any], family: str, n: int) -> tuple[str, ...]:
+def _layer_types(hf: dict[str, Any], family: str, n: int, where: str) -> tuple[str, ...]:
   if hf.get("layer_types"):
     names = {"full_attention": FULL, "sliding_attention": SLIDING}
+    unknown = sorted({str(t) for t in hf["layer_types"]} - set(names))
+    if unknown:
+      raise ConfigError(f"{where}: layer_types {unknown} not supported (expected {sorted(names)})")
+    if len(hf["layer_types"]) != n:
+      raise ConfigError(f"{where}: layer_types has {len(hf['layer_types'])} entries, "
+                        f"num_hidden_layers is {n}")
     return tuple(names[t] for t in hf["layer_types"])
   if family == "gemma2":  # v4: even layers slide
     return tuple(SLIDING if i % 2 == 0 else FULL for i in range(n))
@@ -128,13 +138,17 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
         attn_softcap=hf.get("attn_logit_softcapping") if post else None,
         final_softcap=hf.get("final_logit_softcapping") if post else None,
         sliding_window=int(sliding) if sliding else None,
-        layer_types=_layer_types(hf, family, n_layers) if post else (),
+        layer_types=_layer_types(hf, family, n_layers, where) if post else (),
         post_norms=post,
         qk_norm=family == "gemma3",
         hf_config=dict(hf),
     )
   except KeyError as e:
     raise ConfigError(f"{where}: missing field {e.args[0]!r}") from None
+  except (TypeError, ValueError) as e:
+    if isinstance(e, ConfigError):
+      raise
+    raise ConfigError(f"{where}: a field has the wrong type or value ({e})") from None
 
 
 def _rope_to_hf(rope: RopeConfig) -> dict[str, Any]:

@@ -48,13 +48,18 @@ def read_config(path: str | os.PathLike) -> ModelConfig:
     hf = json.loads(config_file.read_text())
   except json.JSONDecodeError as e:
     raise CheckpointError(f"{config_file}: invalid JSON at line {e.lineno}: {e.msg}") from None
+  if not isinstance(hf, dict):
+    raise CheckpointError(f"{config_file}: expected a JSON object, got {type(hf).__name__}")
   return config_from_hf(hf, where=str(config_file))
 
 
 def _weight_files(path: Path) -> list[Path]:
   index = path / "model.safetensors.index.json"
   if index.is_file():
-    weight_map = json.loads(index.read_text()).get("weight_map")
+    try:
+      weight_map = json.loads(index.read_text()).get("weight_map")
+    except (json.JSONDecodeError, AttributeError) as e:
+      raise CheckpointError(f"{index}: not a JSON object ({e})") from None
     if not isinstance(weight_map, dict):
       raise CheckpointError(f"{index}: missing 'weight_map'")
     files = sorted({path / f for f in weight_map.values()})
@@ -135,19 +140,23 @@ def load_pretrained(path: str | os.PathLike, *, dtype=None, param_dtype=None, me
   sources: dict[tuple[str, ...], dict[int | None, tuple[Path, str]]] = defaultdict(dict)
   unexpected = []
   for file in _weight_files(path):
-    with safe_open(file, framework="numpy") as f:
-      for name in f.keys():
-        hit = match_tensor(name, rules_table)
-        if hit is None:
-          # Tied models sometimes also store lm_head.weight (a copy of the embedding).
-          if not (cfg.tie_embeddings and name == "lm_head.weight"):
-            unexpected.append(name)
-          continue
-        rule, layer = hit
-        if layer is not None and layer >= cfg.num_layers:
+    try:
+      with safe_open(file, framework="numpy") as f:
+        names = list(f.keys())
+    except Exception as e:  # safetensors raises its own error type on corrupt files
+      raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
+    for name in names:
+      hit = match_tensor(name, rules_table)
+      if hit is None:
+        # Tied models sometimes also store lm_head.weight (a copy of the embedding).
+        if not (cfg.tie_embeddings and name == "lm_head.weight"):
           unexpected.append(name)
-          continue
-        sources[rule.path][layer] = (file, name)
+        continue
+      rule, layer = hit
+      if layer is not None and layer >= cfg.num_layers:
+        unexpected.append(name)
+        continue
+      sources[rule.path][layer] = (file, name)
   missing = []
   for rule in rules_table:
     layers = range(cfg.num_layers) if rule.stacked else [None]
@@ -175,14 +184,11 @@ def load_pretrained(path: str | os.PathLike, *, dtype=None, param_dtype=None, me
             f"{cfg.vocab_size}; the embedding must have exactly vocab_size rows (a vocabulary "
             "padded for sharding must be padded in config.json too)")
       want = expected[1:] if rule.stacked else expected
-      try:
-        piece = rule.to_nnx(raw, cfg)
-      except ValueError:
-        piece = raw
-      if tuple(piece.shape) != tuple(want):
-        raise CheckpointError(f"{file}: {name} has shape {tuple(raw.shape)}, which does not fit "
-                              f"{'.'.join(rule.path)} of shape {tuple(want)} for this config.json")
-      pieces.append(piece.astype(param_dtype))
+      hf_shape = rule.to_hf(np.empty(want, np.float32), cfg).shape
+      if tuple(raw.shape) != tuple(hf_shape):
+        raise CheckpointError(f"{file}: {name} has shape {tuple(raw.shape)}, expected "
+                              f"{tuple(hf_shape)} for this config.json")
+      pieces.append(rule.to_nnx(raw, cfg).astype(param_dtype))
     host = np.stack(pieces) if rule.stacked else pieces[0]
     del pieces
     variable.set_value(_place(host, variable, rules))
