@@ -7,9 +7,3 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import pytest  # noqa: E402
-
-
-def pytest_configure(config):
-  config.addinivalue_line("markers", "slow: takes minutes; run with `pytest -m slow`")

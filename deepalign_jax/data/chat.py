@@ -127,26 +127,30 @@ class ChatRenderer:
     self.tokenizer = tokenizer
     self.chat_format = chat_format
     self.system_prompt = system_prompt
-    if chat_format == "llama2":
-      self._need_tokens(tokenizer.bos_token, tokenizer.eos_token)
-    if chat_format == "gemma":
-      self._need_tokens("<bos>", "<start_of_turn>", "<end_of_turn>")
-
-  def _need_tokens(self, *tokens):
-    vocab = self.tokenizer.get_vocab()
-    missing = [t for t in tokens if t is None or t not in vocab]
+    # Vocabulary look-ups happen once here: get_vocab() builds a dict of the
+    # whole vocabulary (262k entries for Gemma), too slow to do per example.
+    vocab = tokenizer.get_vocab()
+    required = {"llama2": (tokenizer.bos_token, tokenizer.eos_token),
+                "gemma": ("<bos>", "<start_of_turn>", "<end_of_turn>")}.get(chat_format, ())
+    missing = [t for t in required if t is None or t not in vocab]
     if missing:
-      raise ChatFormatError(f"chat format {self.chat_format!r} needs tokens {missing} "
+      raise ChatFormatError(f"chat format {chat_format!r} needs tokens {missing} "
                             "that this tokenizer does not have")
+    stops = {vocab[t] for t in _END_OF_TURN_TOKENS if t in vocab}
+    if tokenizer.eos_token_id is not None:
+      stops.add(tokenizer.eos_token_id)
+    self._stop_token_ids = tuple(sorted(stops))
+    # A base model sees BOS first only if its tokenizer adds one to plain text.
+    with_specials = tokenizer("x")["input_ids"]
+    adds_bos = (tokenizer.bos_token is not None and len(with_specials) > 0
+                and with_specials[0] == tokenizer.bos_token_id
+                and len(with_specials) > len(tokenizer("x", add_special_tokens=False)["input_ids"]))
+    self._base_bos = tokenizer.bos_token if adds_bos else ""
 
   @property
   def stop_token_ids(self) -> tuple[int, ...]:
     """Ids that end an assistant turn: EOS and the format's end-of-turn tokens."""
-    vocab = self.tokenizer.get_vocab()
-    ids = {vocab[t] for t in _END_OF_TURN_TOKENS if t in vocab}
-    if self.tokenizer.eos_token_id is not None:
-      ids.add(self.tokenizer.eos_token_id)
-    return tuple(sorted(ids))
+    return self._stop_token_ids
 
   # -- strings ---------------------------------------------------------------
 
@@ -180,12 +184,8 @@ class ChatRenderer:
 
   def _base(self, system, turns):
     tok = self.tokenizer
-    plain = tok("x", add_special_tokens=False)["input_ids"]
-    with_specials = tok("x")["input_ids"]
-    bos = tok.bos_token if (tok.bos_token and len(with_specials) > len(plain)
-                            and with_specials[0] == tok.bos_token_id) else ""
     preamble = ALPACA_PREAMBLE if system is None else system
-    parts, spans = [bos + (f"{preamble}\n\n" if preamble else "")], []
+    parts, spans = [self._base_bos + (f"{preamble}\n\n" if preamble else "")], []
     for i in range(0, len(turns), 2):
       parts.append(f"### Instruction:\n{turns[i]['content']}\n\n### Response:\n")
       if i + 1 < len(turns):
@@ -203,7 +203,10 @@ class ChatRenderer:
     prompt = self.tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
     full = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)
     content = turns[-1]["content"]
-    start = full.find(content.strip(), len(prompt)) if content.strip() else len(prompt)
+    # Templates that trim the content (Llama 3's) only contain its stripped form.
+    start = full.find(content, len(prompt)) if content else len(prompt)
+    if start < 0 and content.strip():
+      start = full.find(content.strip(), len(prompt))
     if not full.startswith(prompt) or start < 0:
       raise ChatFormatError("the tokenizer's chat_template does not render the conversation up to "
                             "the last assistant turn as a prefix of the full conversation")
@@ -222,6 +225,10 @@ class ChatRenderer:
       text = "".join(parts)
       if assistant_prefix is None:
         return text, None, False
+      # Llama-2 separates [/INST] from the answer by one space; a prompt for
+      # free generation ends at "[/INST]" (the model emits "▁Sure" itself).
+      if self.chat_format == "llama2":
+        text += " "
       return text + assistant_prefix, len(text), False
     parts, spans = builder(system, turns)
     return "".join(parts), spans[-1], True

@@ -52,6 +52,21 @@ def packaged_gguf_path(name: str) -> Path:
   raise ValueError(f"unknown package {name!r}; expected one of {KNOWN_PACKAGES}")
 
 
+def default_checkpoint_dir(name: str) -> Path:
+  """Where converted packaged checkpoints live ($DEEPALIGN_CHECKPOINTS or ~/.cache)."""
+  root = os.environ.get("DEEPALIGN_CHECKPOINTS",
+                        Path.home() / ".cache" / "deepalign_jax" / "checkpoints")
+  return Path(root) / name
+
+
+def packaged_checkpoint(name: str) -> Path:
+  """HF directory of a SPEC §9 checkpoint, converted from its package on first use."""
+  out = default_checkpoint_dir(name)
+  if (out / "config.json").is_file():
+    return out
+  return convert_gguf(packaged_gguf_path(name), out)
+
+
 def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike,
                  *, overwrite: bool = False) -> Path:
   """De-quantises `gguf_file` into an HF directory at `out_dir`.

@@ -159,9 +159,13 @@ class Transformer(nnx.Module):
     x, new_kv = jax.lax.scan(body, x, (layer_state, is_sliding, layer_caches))
 
     x = self.final_norm(x)
-    head = self.embed[...].T if self.lm_head is None else self.lm_head[...]
-    logits = jnp.einsum("btd,dv->btv", x, head.astype(self.dtype),
-                        preferred_element_type=jnp.promote_types(jnp.float32, self.dtype))
+    acc = jnp.promote_types(jnp.float32, self.dtype)
+    if self.lm_head is None:  # tied: contract with the [V, D] table, no transpose copy
+      logits = jnp.einsum("btd,vd->btv", x, self.embed[...].astype(self.dtype),
+                          preferred_element_type=acc)
+    else:
+      logits = jnp.einsum("btd,dv->btv", x, self.lm_head[...].astype(self.dtype),
+                          preferred_element_type=acc)
     logits = softcap(logits, cfg.final_softcap)
     logits = sharding.constrain(logits, rules, ("act_batch", "act_seq", "act_vocab"))
     if cache is None:
