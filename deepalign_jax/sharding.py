@@ -24,6 +24,7 @@ from typing import Sequence
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -131,8 +132,6 @@ def param_axes(variable, value_shape: Sequence[int]) -> tuple[str | None, ...]:
 
 def state_shardings(state, rules: ShardingRules):
   """NamedSharding for every variable of an `nnx.State` (same tree structure)."""
-  from flax import nnx  # local: keeps this module importable without flax for configs
-
   def one(variable):
     value = variable.get_value() if hasattr(variable, "get_value") else variable.value
     return variable.replace(named_sharding(param_axes(variable, value.shape), value.shape, rules))

@@ -58,7 +58,7 @@ def test_bf16_close_to_fp32(family_dir):
   family, _, path = family_dir
   model32, _ = load_pretrained(path)
   model16, _ = load_pretrained(path, dtype=jnp.bfloat16)
-  ids, mask, _ = load_batch = left_padded_batch(LENGTHS, SEQ)
+  ids, mask, _ = left_padded_batch(LENGTHS, SEQ)
   logits32 = np.asarray(model32(jnp.asarray(ids), attention_mask=jnp.asarray(mask)))
   logits16 = model16(jnp.asarray(ids), attention_mask=jnp.asarray(mask))
   assert logits16.dtype == jnp.float32  # logits are upcast for losses

@@ -1,0 +1,71 @@
+"""Model-layer behaviour beyond parity: remat, multi-shard checkpoints, dtypes."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+
+from deepalign_jax.models import config_from_hf, create_model, load_pretrained, save_pretrained
+from tests.models.hf_fixtures import FAMILY_CONFIGS, hf_logits, left_padded_batch, random_hf_model
+
+
+def _loss_and_grads(model, ids, mask):
+  def loss_fn(model):
+    logits = model(ids, attention_mask=mask)
+    logps = jax.nn.log_softmax(logits[:, :-1], axis=-1)
+    picked = jnp.take_along_axis(logps, ids[:, 1:, None], axis=-1)[..., 0]
+    return -(picked * mask[:, 1:]).sum()
+  return nnx.value_and_grad(loss_fn)(model)
+
+
+@pytest.mark.parametrize("remat", ["dots", "full"])
+def test_remat_changes_nothing_but_memory(remat):
+  cfg = config_from_hf(FAMILY_CONFIGS["gemma2"]().to_dict())
+  ids, mask, _ = left_padded_batch((16, 11), 16)
+  ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+  loss, grads = _loss_and_grads(create_model(cfg, seed=2), ids, mask)
+  loss_r, grads_r = _loss_and_grads(create_model(cfg, seed=2, remat=remat), ids, mask)
+  np.testing.assert_allclose(float(loss_r), float(loss), rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(grads_r), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+def test_unknown_remat_policy_is_refused():
+  cfg = config_from_hf(FAMILY_CONFIGS["llama"]().to_dict())
+  with pytest.raises(ValueError, match="remat must be one of"):
+    create_model(cfg, remat="sometimes")
+
+
+def test_multi_shard_bf16_checkpoint_round_trip(tmp_path):
+  hf = random_hf_model("llama")
+  hf.save_pretrained(tmp_path / "src")
+  model, cfg = load_pretrained(tmp_path / "src")
+  out = save_pretrained(model, cfg, tmp_path / "bf16", dtype=jnp.bfloat16, max_shard_bytes=400_000)
+  index = json.loads((out / "model.safetensors.index.json").read_text())
+  assert len(set(index["weight_map"].values())) > 2
+  assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32,
+                                                               attn_implementation="eager")
+  ours, _ = load_pretrained(out)  # bf16 on disk, fp32 in memory
+  ids, mask, positions = left_padded_batch((12, 7), 12)
+  real = mask.astype(bool)
+  np.testing.assert_allclose(np.asarray(ours(jnp.asarray(ids), attention_mask=jnp.asarray(mask)))[real],
+                             hf_logits(reloaded, ids, mask, positions)[real], atol=5e-5, rtol=0)
+  bf16_model, _ = load_pretrained(out, dtype=jnp.bfloat16)
+  assert bf16_model.layers.attn.q[...].dtype == jnp.bfloat16
+
+
+def test_overwriting_a_checkpoint_replaces_it_whole(tmp_path):
+  cfg = config_from_hf(FAMILY_CONFIGS["llama"]().to_dict())
+  first = save_pretrained(create_model(cfg, seed=1), cfg, tmp_path / "ckpt", max_shard_bytes=400_000)
+  assert (first / "model.safetensors.index.json").exists()
+  save_pretrained(create_model(cfg, seed=2), cfg, tmp_path / "ckpt")
+  # One shard now; no stale shards or index from the first save, no temp dirs left.
+  assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+  assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
