@@ -16,11 +16,20 @@ import pytest
 from deepalign_jax.models import gguf
 
 
-def real_checkpoint(name: str) -> Path:
-  """HF directory of 'smollm2' or 'gemma3-270m', converting it on first use."""
+def _or_skip(fn, name: str) -> Path:
   try:
-    return gguf.packaged_checkpoint(name)
+    return fn(name)
   except FileNotFoundError as e:
     if os.environ.get("CI"):
       raise
     pytest.skip(str(e))
+
+
+def real_checkpoint(name: str) -> Path:
+  """HF directory of 'smollm2' or 'gemma3-270m', converting it on first use."""
+  return _or_skip(gguf.packaged_checkpoint, name)
+
+
+def real_tokenizer(name: str) -> Path:
+  """A directory holding the tokenizer of 'smollm2' or 'gemma3-270m'."""
+  return _or_skip(gguf.packaged_tokenizer, name)

@@ -67,6 +67,32 @@ def packaged_checkpoint(name: str) -> Path:
   return convert_gguf(packaged_gguf_path(name), out)
 
 
+def packaged_tokenizer(name: str) -> Path:
+  """A directory with the tokenizer of a SPEC §9 checkpoint.
+
+  The converted checkpoint's own directory when it exists; otherwise only the
+  tokenizer is converted (seconds, where the weights take up to minutes).
+  """
+  full = default_checkpoint_dir(name)
+  if (full / "tokenizer_config.json").is_file():
+    return full
+  out = default_checkpoint_dir(name + "-tokenizer")
+  if (out / "tokenizer_config.json").is_file():
+    return out
+  import transformers
+  source = packaged_gguf_path(name)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+  try:
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out
+
+
 def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike,
                  *, overwrite: bool = False) -> Path:
   """De-quantises `gguf_file` into an HF directory at `out_dir`.

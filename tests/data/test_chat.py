@@ -16,19 +16,19 @@ import pytest
 from deepalign_jax.data.chat import (ALPACA_PREAMBLE, LLAMA2_DEFAULT_SYSTEM_PROMPT, ChatFormatError,
                                      ChatRenderer, Rendered, load_tokenizer)
 from tests.data.tokenizers import sentencepiece_like_tokenizer
-from tests.real_checkpoints import real_checkpoint
+from tests.real_checkpoints import real_tokenizer
 
 # -- fixtures ----------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def smollm2():
-  return load_tokenizer(real_checkpoint("smollm2"))
+  return load_tokenizer(real_tokenizer("smollm2"))
 
 
 @pytest.fixture(scope="module")
 def gemma3():
-  return load_tokenizer(real_checkpoint("gemma3-270m"))
+  return load_tokenizer(real_tokenizer("gemma3-270m"))
 
 
 @pytest.fixture(scope="module")
