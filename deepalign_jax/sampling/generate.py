@@ -35,13 +35,20 @@ def _bucket(n: int, multiple: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
-def _generate(graphdef, state, ids, mask, params, key, stop_ids, pad_id, *, max_new_tokens):
+def _generate(graphdef, state, ids, mask, params, key, stop_ids, pad_id, vocab_limit, *,
+              max_new_tokens):
   model = nnx.merge(graphdef, state)
+
+  def choose(key, logits):
+    # Ids past the tokenizer (Gemma pads its embedding table) are never chosen.
+    logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
+    return choose_tokens(key, logits, params)
+
   batch, width = ids.shape
   cache = init_cache(model.config, batch, width + max_new_tokens, model.dtype)
   logits, cache = model(ids, attention_mask=mask, cache=cache)
   key, sub = jax.random.split(key)
-  first = choose_tokens(sub, logits[:, -1], params)
+  first = choose(sub, logits[:, -1])
   tokens = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
   done = jnp.isin(first, stop_ids)
   lengths = jnp.ones((batch,), jnp.int32)
@@ -55,7 +62,7 @@ def _generate(graphdef, state, ids, mask, params, key, stop_ids, pad_id, *, max_
     last = jax.lax.dynamic_slice_in_dim(tokens, step - 1, 1, axis=1)
     logits, cache = model(last, cache=cache)
     key, sub = jax.random.split(key)
-    token = choose_tokens(sub, logits[:, -1], params)
+    token = choose(sub, logits[:, -1])
     token = jnp.where(done, pad_id, token)
     tokens = jax.lax.dynamic_update_slice_in_dim(tokens, token[:, None], step, axis=1)
     lengths = lengths + (~done).astype(jnp.int32)
@@ -70,7 +77,7 @@ def _generate(graphdef, state, ids, mask, params, key, stop_ids, pad_id, *, max_
 def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              temperature=1.0, top_k=0, top_p=1.0, greedy=False,
              stop_tokens: Sequence[int] = (), seed: int = 0, pad_id: int = 0,
-             bucket: int = 32) -> Generation:
+             vocab_limit: int | None = None, bucket: int = 32) -> Generation:
   """Generates continuations of token-id prompts.
 
   Args:
@@ -82,6 +89,8 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     stop_tokens: ids that end a row (kept as its last generated token).
     seed: PRNG seed; the same seed, prompts and parameters give the same tokens.
     pad_id: written after a row has stopped.
+    vocab_limit: ids >= this are never generated (the tokenizer's length when
+      the embedding table is padded past it, as Gemma's is).
     bucket: prompt width is rounded up to a multiple of this.
   """
   if not prompts or any(len(p) == 0 for p in prompts):
@@ -101,5 +110,6 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
   graphdef, state = nnx.split(model)
   tokens, lengths, steps = _generate(graphdef, state, jnp.asarray(ids), jnp.asarray(mask), params,
                               jax.random.key(seed), stop_ids, jnp.int32(pad_id),
+                              jnp.int32(vocab_limit or model.config.vocab_size),
                               max_new_tokens=max_new_tokens)
   return Generation(np.asarray(tokens), np.asarray(lengths), int(steps))

@@ -1,0 +1,130 @@
+"""Text in, text out: chat rendering + batched generation + decoding.
+
+`Sampler` is what attacks, judges and the CLI use: conversations are
+rendered by the model's chat format (optionally with the assistant turn
+opened by a prefix string, or by the first k tokens of a given response —
+the prefilling attack), grouped into fixed-size batches so that one
+compilation serves the whole run, generated, and decoded.  The returned text
+excludes the prompt and the prefill.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from typing import Any, Mapping, Sequence
+
+from tqdm.auto import tqdm
+
+from deepalign_jax.data.chat import ChatRenderer
+from deepalign_jax.sampling.generate import generate
+
+Messages = Sequence[Mapping[str, Any]]
+
+
+@dataclasses.dataclass
+class Sample:
+  """One generation.
+
+  prompt_text: the rendered prompt, special tokens written out, prefill included.
+  prefill: the assistant-turn prefix placed before generation ('' if none).
+  text: the generated continuation, decoded without special tokens.
+  prompt_ids / token_ids: the prompt's and the generated ids (stop token included).
+  stopped: whether a stop token ended it (False: max_new_tokens was reached).
+  """
+  prompt_text: str
+  prefill: str
+  text: str
+  prompt_ids: list[int]
+  token_ids: list[int]
+  stopped: bool
+
+
+class Sampler:
+  """Generates from chat conversations (or raw text) with one model.
+
+  Args:
+    model: a `Transformer`.
+    tokenizer: its tokenizer.
+    chat_format, system_prompt: passed to `ChatRenderer`.
+  """
+
+  def __init__(self, model, tokenizer, chat_format: str = "auto", system_prompt: str | None = None):
+    self.model = model
+    self.tokenizer = tokenizer
+    self.renderer = ChatRenderer(tokenizer, chat_format, system_prompt)
+    self._vocab_limit = len(tokenizer)
+
+  def _prompt(self, messages: Messages, prefix: str | None, response: str | None,
+              prefill_tokens: int | None) -> tuple[list[int], str, str]:
+    """(ids, prefill text, prompt text) of one conversation."""
+    if response is not None:
+      full = self.renderer.render(list(messages) + [{"role": "assistant", "content": response}])
+      # Never prefill the closing end-of-turn token: the turn stays open.
+      body = full.response_ids[:-1] if full.response_ids else ()
+      k = min(prefill_tokens or 0, len(body))
+      ids = list(full.with_response_prefix(k))
+      prefill = self.tokenizer.decode(body[:k])
+      return ids, prefill, self.tokenizer.decode(ids)
+    rendered = self.renderer.render(messages, assistant_prefix=prefix or None)
+    return list(rendered.input_ids), prefix or "", rendered.text
+
+  def sample(self, conversations: Sequence[Messages], *,
+             assistant_prefixes: Sequence[str | None] | None = None,
+             responses: Sequence[str] | None = None, prefill_tokens: int | None = None,
+             batch_size: int = 16, max_new_tokens: int = 512, temperature=1.0, top_k=0,
+             top_p=1.0, greedy=False, seed: int = 0, progress: bool = True) -> list[Sample]:
+    """Generates one sample per conversation.
+
+    Each conversation ends with a user message. `assistant_prefixes[i]` opens
+    the assistant turn with that text; alternatively `responses[i]` with
+    `prefill_tokens=k` opens it with the first k tokens of that response (k=0:
+    no prefill).  Decoding parameters are scalars, the same for every prompt.
+    Sampling is reproducible for the same seed, prompts and batch size.
+    """
+    n = len(conversations)
+    if assistant_prefixes is not None and len(assistant_prefixes) != n:
+      raise ValueError(f"{len(assistant_prefixes)} assistant_prefixes for {n} conversations")
+    if responses is not None and len(responses) != n:
+      raise ValueError(f"{len(responses)} responses for {n} conversations")
+    prompts = [self._prompt(conv, assistant_prefixes[i] if assistant_prefixes else None,
+                            responses[i] if responses is not None else None, prefill_tokens)
+               for i, conv in enumerate(conversations)]
+    return self._run([p[0] for p in prompts], [p[1] for p in prompts], [p[2] for p in prompts],
+                     batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed,
+                     progress=progress, temperature=temperature, top_k=top_k, top_p=top_p,
+                     greedy=greedy)
+
+  def sample_raw(self, texts: Sequence[str], *, add_special_tokens: bool = True, **kwargs) -> list[Sample]:
+    """Generates from plain strings tokenised as they are (no chat format)."""
+    ids = [self.tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"] for t in texts]
+    return self._run(ids, [""] * len(texts), list(texts), **kwargs)
+
+  def _run(self, prompt_ids, prefills, prompt_texts, *, batch_size=16, max_new_tokens=512,
+           seed=0, progress=True, **decoding) -> list[Sample]:
+    stops = set(self.renderer.stop_token_ids)
+    pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+    samples: list[Sample] = []
+    generated = 0
+    start = time.perf_counter()
+    bar = tqdm(total=len(prompt_ids), desc="generating", unit="prompt", disable=not progress,
+               file=sys.stderr)
+    for offset in range(0, len(prompt_ids), batch_size):
+      chunk = prompt_ids[offset:offset + batch_size]
+      # A short last batch is filled with copies so the compiled shape is reused.
+      padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
+      out = generate(self.model, padded, max_new_tokens=max_new_tokens, stop_tokens=sorted(stops),
+                     seed=seed + offset, pad_id=pad, vocab_limit=self._vocab_limit, **decoding)
+      for row, ids in enumerate(chunk):
+        tokens = out.tokens[row, :out.lengths[row]].tolist()
+        stopped = bool(tokens) and tokens[-1] in stops
+        i = offset + row
+        samples.append(Sample(prompt_text=prompt_texts[i], prefill=prefills[i],
+                              text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+                              prompt_ids=list(ids), token_ids=tokens, stopped=stopped))
+        generated += len(tokens)
+      bar.update(len(chunk))
+      bar.set_postfix(tokens_per_s=f"{generated / (time.perf_counter() - start):.1f}")
+    bar.close()
+    return samples

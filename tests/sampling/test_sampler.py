@@ -1,0 +1,114 @@
+"""Sampler (text in, text out) and the `python -m deepalign_jax.generate` CLI."""
+
+import json
+
+import numpy as np
+import pytest
+
+from deepalign_jax import generate as generate_cli
+from deepalign_jax.data import load_tokenizer
+from deepalign_jax.models import config_from_hf, create_model, load_pretrained
+from deepalign_jax.sampling import Sampler, generate
+from tests.models.hf_fixtures import FAMILY_CONFIGS
+from tests.real_checkpoints import real_checkpoint
+
+QUESTIONS = ["What is the capital of France?", "Name three colours.", "Count from one to five."]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+  path = real_checkpoint("smollm2")
+  model, _ = load_pretrained(path)
+  return path, Sampler(model, load_tokenizer(path), "template")
+
+
+def _convs(questions):
+  return [[{"role": "user", "content": q}] for q in questions]
+
+
+def test_prefilling_k_response_tokens(smollm2):
+  _, sampler = smollm2
+  answer = "Sure, here is a list of three colours: red, green and blue."
+  k = 4
+  sample = sampler.sample(_convs(QUESTIONS[1:2]), responses=[answer], prefill_tokens=k,
+                          max_new_tokens=8, greedy=True, progress=False)[0]
+  full = sampler.renderer.render(_convs(QUESTIONS[1:2])[0] + [{"role": "assistant", "content": answer}])
+  assert sample.prompt_ids == list(full.with_response_prefix(k))
+  assert sample.prefill == sampler.tokenizer.decode(full.response_ids[:k]) == "Sure, here is"
+  assert sample.prompt_text.endswith("<|im_start|>assistant\nSure, here is")
+  # The text excludes prompt and prefill, and is what generate() gives for those ids.
+  direct = generate(sampler.model, [sample.prompt_ids], max_new_tokens=8, greedy=True,
+                    stop_tokens=sampler.renderer.stop_token_ids)
+  assert sample.token_ids == direct.tokens[0, :direct.lengths[0]].tolist()
+  assert sample.text == sampler.tokenizer.decode(sample.token_ids, skip_special_tokens=True)
+
+
+def test_prefix_string_equals_prefilled_tokens(smollm2):
+  _, sampler = smollm2
+  by_text = sampler.sample(_convs(QUESTIONS[:1]), assistant_prefixes=["The capital"],
+                           max_new_tokens=6, greedy=True, progress=False)[0]
+  by_tokens = sampler.sample(_convs(QUESTIONS[:1]), responses=["The capital of France is Paris."],
+                             prefill_tokens=2, max_new_tokens=6, greedy=True, progress=False)[0]
+  assert by_text.prompt_ids == by_tokens.prompt_ids
+  assert by_text.token_ids == by_tokens.token_ids
+
+
+def test_batch_size_does_not_change_greedy_outputs(smollm2):
+  _, sampler = smollm2
+  one = sampler.sample(_convs(QUESTIONS), batch_size=1, max_new_tokens=10, greedy=True, progress=False)
+  two = sampler.sample(_convs(QUESTIONS), batch_size=2, max_new_tokens=10, greedy=True, progress=False)
+  assert [s.token_ids for s in one] == [s.token_ids for s in two]
+  assert all(len(s.token_ids) <= 10 for s in one)
+
+
+def test_stop_tokens_end_samples(smollm2):
+  _, sampler = smollm2
+  sample = sampler.sample(_convs(QUESTIONS[:1]), max_new_tokens=64, greedy=True, progress=False)[0]
+  assert sample.stopped and sample.token_ids[-1] in sampler.renderer.stop_token_ids
+  assert "Paris" in sample.text and "<|im_end|>" not in sample.text
+
+
+def test_vocab_limit_excludes_padded_ids():
+  cfg = config_from_hf(FAMILY_CONFIGS["llama"]().to_dict())
+  model = create_model(cfg, seed=0)
+  prompts = [[5, 6, 7, 8], [9, 10]]
+  free = generate(model, prompts, max_new_tokens=16, greedy=True).tokens
+  assert (free >= 100).any()  # the unrestricted model does use high ids
+  for kwargs in ({"greedy": True}, {"temperature": 1.0}):
+    limited = generate(model, prompts, max_new_tokens=16, vocab_limit=100, **kwargs).tokens
+    assert (limited < 100).all()
+
+
+def test_cli_prints_only_the_generated_text(smollm2, capsys):
+  path, sampler = smollm2
+  assert generate_cli.main(["--model", str(path), "--prompt", QUESTIONS[0], "--greedy",
+                            "--max_new_tokens", "12"]) == 0
+  out = capsys.readouterr().out
+  expected = sampler.sample(_convs(QUESTIONS[:1]), max_new_tokens=12, greedy=True, progress=False)[0]
+  assert out == expected.text + "\n"
+
+
+def test_cli_json_with_prefill_and_system(smollm2, capsys):
+  path, _ = smollm2
+  assert generate_cli.main(["--model", str(path), "--prompt", "Name a colour.", "--system", "Be brief.",
+                            "--prefill", "My favourite colour is", "--temperature", "0.9",
+                            "--top_p", "0.6", "--top_k", "50", "--seed", "3",
+                            "--max_new_tokens", "8", "--json"]) == 0
+  record = json.loads(capsys.readouterr().out)
+  assert record["prompt"].startswith("<|im_start|>system\nBe brief.<|im_end|>")
+  assert record["prompt"].endswith("<|im_start|>assistant\nMy favourite colour is")
+  assert record["prefill"] == "My favourite colour is"
+  assert not record["text"].startswith("My favourite")
+  assert 1 <= len(record["token_ids"]) <= 8
+
+
+def test_cli_raw_prompt_and_errors(smollm2, capsys):
+  path, sampler = smollm2
+  assert generate_cli.main(["--model", str(path), "--prompt", "Once upon a time", "--raw",
+                            "--greedy", "--max_new_tokens", "5", "--json"]) == 0
+  record = json.loads(capsys.readouterr().out)
+  assert record["prompt_ids"] == sampler.tokenizer("Once upon a time")["input_ids"]
+  assert generate_cli.main(["--model", "/nonexistent", "--prompt", "x"]) == 1
+  assert "no config.json" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    generate_cli.main(["--model", str(path), "--prompt", "x", "--raw", "--prefill", "y"])
