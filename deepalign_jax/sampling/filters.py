@@ -62,6 +62,20 @@ def filter_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
 
 
 def choose_tokens(key: jax.Array, logits: jax.Array, params: SamplingParams) -> jax.Array:
-  """Next token ids [B] from logits [B, V]."""
-  sampled = jax.random.categorical(key, filter_logits(logits, params), axis=-1)
-  return jnp.where(params.greedy, jnp.argmax(logits, axis=-1), sampled).astype(jnp.int32)
+  """Next token ids [B] from logits [B, V].
+
+  The vocabulary sort that top-k/top-p need costs more than a small model's
+  decode step on a CPU, so it only runs when some sampled row asks for it,
+  and nothing is sampled when every row is greedy.
+  """
+  greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+  def sample(_):
+    sampled_rows = ~params.greedy
+    needs_cut = jnp.any(sampled_rows & ((params.top_k > 0) | (params.top_p < 1.0)))
+    scaled = lambda x: x.astype(jnp.float32) / jnp.maximum(params.temperature, _MIN_TEMPERATURE)[:, None]
+    filtered = jax.lax.cond(needs_cut, lambda x: filter_logits(x, params), scaled, logits)
+    return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
+
+  sampled = jax.lax.cond(jnp.all(params.greedy), lambda _: greedy, sample, None)
+  return jnp.where(params.greedy, greedy, sampled)
