@@ -1,0 +1,157 @@
+"""The paper's losses against their formulas written out in numpy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deepalign_jax.losses import (beta_schedule, chunked_token_logps, masked_nll, response_positions,
+                                  token_constrained_loss, token_logps)
+
+
+def _np_log_softmax(x):
+  x = x.astype(np.float64)
+  m = x.max(-1, keepdims=True)
+  return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def _np_softplus(x):
+  return np.logaddexp(0.0, x)
+
+
+def _np_sigmoid(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def _np_betas(mask, beta=0.1, first=5.0, early=20.0, early_length=5):
+  """β per token: t counted among the row's mask tokens, by a plain loop."""
+  out = np.zeros(mask.shape)
+  for row in range(mask.shape[0]):
+    t = 0
+    for col in range(mask.shape[1]):
+      if mask[row, col]:
+        t += 1
+        out[row, col] = beta * first if t == 1 else beta * early if t <= early_length else beta
+  return out
+
+
+def _batch(seed=0):
+  """Rows with different prompt lengths, left and right padding, an empty row."""
+  rng = np.random.default_rng(seed)
+  policy = np.log(rng.uniform(0.01, 1.0, (4, 12)))
+  ref = np.log(rng.uniform(0.01, 1.0, (4, 12)))
+  mask = np.zeros((4, 12), np.int32)
+  mask[0, 3:10] = 1   # prompt of 3, right padding
+  mask[1, 7:12] = 1   # left padding + long prompt
+  mask[2, 1:12] = 1   # response longer than the early window
+  return policy.astype(np.float32), ref.astype(np.float32), mask  # row 3: no response
+
+
+def test_token_logps_matches_numpy():
+  logits = np.random.default_rng(1).normal(size=(2, 5, 33)).astype(np.float32) * 4
+  targets = np.random.default_rng(2).integers(0, 33, (2, 5))
+  expected = np.take_along_axis(_np_log_softmax(logits), targets[..., None], -1)[..., 0]
+  np.testing.assert_allclose(token_logps(logits, targets), expected, atol=1e-5)
+  assert token_logps(jnp.asarray(logits, jnp.bfloat16), targets).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("layout, softcap, chunk", [("dv", None, 16), ("vd", 3.0, 7), ("dv", None, 1000)])
+def test_chunked_token_logps_equals_full_values_and_gradients(layout, softcap, chunk):
+  rng = np.random.default_rng(3)
+  hidden = jnp.asarray(rng.normal(size=(2, 6, 8)), jnp.float32)
+  head = jnp.asarray(rng.normal(size=(8, 50)) if layout == "dv" else rng.normal(size=(50, 8)), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, 50, (2, 6)))
+
+  def full(hidden, head):
+    w = head if layout == "dv" else head.T
+    logits = hidden @ w
+    if softcap is not None:
+      logits = jnp.tanh(logits / softcap) * softcap
+    return token_logps(logits, targets)
+
+  def chunked(hidden, head):
+    return chunked_token_logps(hidden, head, targets, vocab_chunk=chunk, softcap=softcap,
+                               head_layout=layout)
+
+  np.testing.assert_allclose(chunked(hidden, head), full(hidden, head), atol=1e-5)
+  weights = jnp.asarray(rng.normal(size=(2, 6)), jnp.float32)
+  g_full = jax.grad(lambda h, w: (full(h, w) * weights).sum(), argnums=(0, 1))(hidden, head)
+  g_chunk = jax.grad(lambda h, w: (chunked(h, w) * weights).sum(), argnums=(0, 1))(hidden, head)
+  for a, b in zip(g_chunk, g_full):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_beta_schedule_is_the_papers():
+  np.testing.assert_allclose(beta_schedule(8), [0.5, 2.0, 2.0, 2.0, 2.0, 0.1, 0.1, 0.1], rtol=1e-6)
+  np.testing.assert_allclose(beta_schedule(4, beta=0.2, first_token_factor=1.0, early_factor=3.0,
+                                           early_length=2), [0.2, 0.6, 0.2, 0.2], rtol=1e-6)
+
+
+def test_response_positions_count_from_the_first_response_token():
+  _, _, mask = _batch()
+  positions = np.asarray(response_positions(jnp.asarray(mask)))
+  assert positions[0].tolist() == [0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 0, 0]
+  assert positions[1].tolist() == [0] * 7 + [1, 2, 3, 4, 5]
+  assert not positions[3].any()
+
+
+@pytest.mark.parametrize("min_weight", [0.0, 1e-3, 0.5])
+def test_constrained_loss_value_and_gradient_match_the_formula(min_weight):
+  policy, ref, mask = _batch()
+  betas = _np_betas(mask)
+  delta = ref.astype(np.float64) - policy
+  safe_betas = np.where(mask == 1, betas, 1.0)
+  expected = ((2 / safe_betas) * _np_softplus(safe_betas * delta) * mask).sum()
+  expected_grad = -np.maximum(2 * _np_sigmoid(safe_betas * delta), min_weight) * mask
+
+  def loss(p):
+    total, count = token_constrained_loss(p, jnp.asarray(ref), jnp.asarray(mask), min_weight=min_weight)
+    return total, count
+
+  (total, count), grad = jax.value_and_grad(loss, has_aux=True)(jnp.asarray(policy))
+  np.testing.assert_allclose(total, expected, rtol=1e-5)
+  assert count == mask.sum()
+  np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-7)
+  if min_weight == 0.5:  # the clamp is active somewhere, so this case tests it
+    assert (2 * _np_sigmoid(safe_betas * delta) < 0.5)[mask == 1].any()
+
+
+def test_loss_at_equal_policy_and_reference():
+  # Δ = 0: each token contributes (2/β_t)·log 2 and its gradient weight is 1.
+  _, ref, mask = _batch()
+  total, count = token_constrained_loss(jnp.asarray(ref), jnp.asarray(ref), jnp.asarray(mask))
+  np.testing.assert_allclose(total, (2 / _np_betas(mask)[mask == 1] * np.log(2)).sum(), rtol=1e-6)
+  grad = jax.grad(lambda p: token_constrained_loss(p, jnp.asarray(ref), jnp.asarray(mask))[0])(jnp.asarray(ref))
+  np.testing.assert_allclose(grad, -mask, rtol=1e-6)
+
+
+def test_explicit_betas_and_small_beta_limit():
+  policy, ref, mask = _batch(5)
+  custom = jnp.asarray([1.0, 0.3])  # positions >= 2 use 0.3
+  betas = np.where(response_positions(jnp.asarray(mask)) == 1, 1.0, 0.3)
+  delta = ref - policy
+  expected = ((2 / betas) * _np_softplus(betas * delta) * mask).sum()
+  total, _ = token_constrained_loss(jnp.asarray(policy), jnp.asarray(ref), jnp.asarray(mask), betas=custom)
+  np.testing.assert_allclose(total, expected, rtol=1e-5)
+  # β → 0: the gradient becomes plain cross-entropy's (−1 on every response token).
+  grad_small = jax.grad(lambda p: token_constrained_loss(
+      p, jnp.asarray(ref), jnp.asarray(mask), betas=jnp.asarray([1e-4]))[0])(jnp.asarray(policy))
+  grad_nll = jax.grad(lambda p: masked_nll(p, jnp.asarray(mask))[0])(jnp.asarray(policy))
+  np.testing.assert_allclose(grad_small, grad_nll, atol=1e-3)
+
+
+def test_masked_nll():
+  policy, _, mask = _batch()
+  total, count = masked_nll(jnp.asarray(policy), jnp.asarray(mask))
+  np.testing.assert_allclose(total, -(policy * mask).sum(), rtol=1e-6)
+  assert count == mask.sum()
+
+
+def test_sums_over_micro_batches_equal_the_whole_batch():
+  # Returning (sum, count) lets micro-batches be combined exactly.
+  policy, ref, mask = _batch()
+  whole = token_constrained_loss(jnp.asarray(policy), jnp.asarray(ref), jnp.asarray(mask))
+  parts = [token_constrained_loss(jnp.asarray(policy[i:i + 2]), jnp.asarray(ref[i:i + 2]),
+                                  jnp.asarray(mask[i:i + 2])) for i in (0, 2)]
+  np.testing.assert_allclose(sum(p[0] for p in parts) / sum(p[1] for p in parts), whole[0] / whole[1],
+                             rtol=1e-6)
