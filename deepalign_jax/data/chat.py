@@ -55,11 +55,14 @@ class Rendered:
     loss_mask: [L] 1 on response tokens (with the closing end-of-turn token
       when the turn is closed), 0 elsewhere.
     text: the rendered string, special tokens written out.
+    response_end: index after the last response token (its end-of-turn when
+      closed); anything after it (ChatML's trailing newline) is not response.
   """
   input_ids: tuple[int, ...]
   response_start: int
   loss_mask: tuple[int, ...]
   text: str
+  response_end: int
 
   @property
   def prompt_ids(self) -> tuple[int, ...]:
@@ -67,10 +70,13 @@ class Rendered:
 
   @property
   def response_ids(self) -> tuple[int, ...]:
-    return self.input_ids[self.response_start:]
+    return self.input_ids[self.response_start:self.response_end]
 
   def with_response_prefix(self, k: int) -> tuple[int, ...]:
     """Prompt plus the first k response tokens: an open assistant turn."""
+    if not 0 <= k <= self.response_end - self.response_start:
+      raise ValueError(f"k={k} is outside the response's "
+                       f"{self.response_end - self.response_start} tokens")
     return self.input_ids[:self.response_start + k]
 
 
@@ -140,6 +146,11 @@ class ChatRenderer:
     if tokenizer.eos_token_id is not None:
       stops.add(tokenizer.eos_token_id)
     self._stop_token_ids = tuple(sorted(stops))
+    # Special-token text inside a message would be tokenised as the real token
+    # (a "</s>" in a scraped answer would end the turn early): refused.
+    structural = {tokenizer.bos_token, tokenizer.eos_token, "<start_of_turn>", "<|im_start|>",
+                  *_END_OF_TURN_TOKENS}
+    self._structural_tokens = tuple(sorted(t for t in structural if t and t in vocab))
     # A base model sees BOS first only if its tokenizer adds one to plain text.
     with_specials = tokenizer("x")["input_ids"]
     adds_bos = (tokenizer.bos_token is not None and len(with_specials) > 0
@@ -215,6 +226,12 @@ class ChatRenderer:
   def render_text(self, messages, assistant_prefix: str | None = None) -> tuple[str, int | None, bool]:
     """(text, char index where the last assistant content starts, turn closed)."""
     system, turns = _validate(messages)
+    for i, text in enumerate([system or "", assistant_prefix or ""] + [t["content"] for t in turns]):
+      found = [t for t in self._structural_tokens if t in text]
+      if found:
+        where = {0: "the system prompt", 1: "assistant_prefix"}.get(i, f"turn {i - 2}")
+        raise ChatFormatError(f"{where} contains the special token text {found[0]!r}, which would "
+                              "be tokenised as the real token")
     if system is None:
       system = self.system_prompt
     if assistant_prefix is not None and turns[-1]["role"] == "assistant":
@@ -247,7 +264,7 @@ class ChatRenderer:
     encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(encoded["input_ids"]), encoded["offset_mapping"]
     if start_char is None:
-      return Rendered(tuple(ids), len(ids), (0,) * len(ids), text)
+      return Rendered(tuple(ids), len(ids), (0,) * len(ids), text, len(ids))
     # The first token that reaches into the response is a response token (a
     # SentencePiece "▁word" piece carries the separating space with it).
     start = next((i for i, (_, end) in enumerate(offsets) if end > start_char), len(ids))
@@ -259,4 +276,4 @@ class ChatRenderer:
         raise ChatFormatError(f"the {self.chat_format!r} rendering does not close the assistant "
                               f"turn with a stop token {sorted(stops)}: {text[-60:]!r}")
     mask = [0] * start + [1] * (end - start) + [0] * (len(ids) - end)
-    return Rendered(tuple(ids), start, tuple(mask), text)
+    return Rendered(tuple(ids), start, tuple(mask), text, end)

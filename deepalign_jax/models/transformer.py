@@ -112,6 +112,33 @@ class Transformer(nnx.Module):
     return x
 
   def __call__(self, input_ids, positions=None, attention_mask=None, cache: KVCache | None = None):
+    hidden, new_cache = self.hidden_states(input_ids, positions, attention_mask, cache)
+    logits = self.logits(hidden)
+    return logits if cache is None else (logits, new_cache)
+
+  def output_head(self) -> tuple[jax.Array, str]:
+    """The output projection and its layout: ([V, D], "vd") when tied, else ([D, V], "dv")."""
+    if self.lm_head is None:
+      return self.embed[...].astype(self.dtype), "vd"
+    return self.lm_head[...].astype(self.dtype), "dv"
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """Logits [B, T, V] (fp32 or wider) from final hidden states [B, T, D]."""
+    acc = jnp.promote_types(jnp.float32, self.dtype)
+    head, layout = self.output_head()
+    # Tied: contract with the [V, D] table directly, no transposed copy.
+    spec = "btd,vd->btv" if layout == "vd" else "btd,dv->btv"
+    logits = softcap(jnp.einsum(spec, hidden, head, preferred_element_type=acc),
+                     self.config.final_softcap)
+    return sharding.constrain(logits, self.rules, ("act_batch", "act_seq", "act_vocab"))
+
+  def hidden_states(self, input_ids, positions=None, attention_mask=None,
+                    cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+    """Final normed hidden states [B, T, D] (and the updated cache, or None).
+
+    For losses over large vocabularies: `losses.chunked_token_logps(hidden,
+    *model.output_head(), ...)` never builds the [B, T, V] logits.
+    """
     cfg, rules = self.config, self.rules
     batch, length = input_ids.shape
     if attention_mask is None:
@@ -159,18 +186,9 @@ class Transformer(nnx.Module):
     x, new_kv = jax.lax.scan(body, x, (layer_state, is_sliding, layer_caches))
 
     x = self.final_norm(x)
-    acc = jnp.promote_types(jnp.float32, self.dtype)
-    if self.lm_head is None:  # tied: contract with the [V, D] table, no transpose copy
-      logits = jnp.einsum("btd,vd->btv", x, self.embed[...].astype(self.dtype),
-                          preferred_element_type=acc)
-    else:
-      logits = jnp.einsum("btd,dv->btv", x, self.lm_head[...].astype(self.dtype),
-                          preferred_element_type=acc)
-    logits = softcap(logits, cfg.final_softcap)
-    logits = sharding.constrain(logits, rules, ("act_batch", "act_seq", "act_vocab"))
     if cache is None:
-      return logits
+      return x, None
     new_cache = KVCache(keys=new_kv[0], values=new_kv[1], positions=key_positions,
                         index=write_index + length,
                         lengths=cache.lengths + attention_mask.sum(axis=1, dtype=jnp.int32))
-    return logits, new_cache
+    return x, new_cache

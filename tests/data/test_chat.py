@@ -269,7 +269,7 @@ def test_smollm2_template_ids(smollm2):
   r = ChatRenderer(smollm2, "template").render(QA)
   _check_pinned(smollm2, r, SMOLLM2_QA_IDS, SMOLLM2_QA_START, 6)
   assert [smollm2.decode([i]) for i in r.input_ids].count("<|im_start|>") == 3
-  assert smollm2.decode(list(r.response_ids)) == "It is 4.<|im_end|>\n"
+  assert smollm2.decode(list(r.response_ids)) == "It is 4.<|im_end|>"  # not the trailing newline
   assert smollm2.decode(list(r.prompt_ids)).endswith("<|im_start|>assistant\n")
 
 
@@ -487,3 +487,21 @@ def test_bad_renderer_arguments(smollm2, gemma3, spm):
     ChatRenderer(spm, "gemma")
   with pytest.raises(ChatFormatError, match=r"fast \(Rust\) tokenizer"):
     ChatRenderer(types.SimpleNamespace(is_fast=False, chat_template=None), "base")
+
+
+def test_special_token_text_in_messages_is_refused(get_renderer):
+  _, renderer, _ = get_renderer("smollm2", "template")
+  with pytest.raises(ChatFormatError, match=r"turn 1 contains the special token text '<\|im_end\|>'"):
+    renderer.render([{"role": "user", "content": "Hi"},
+                     {"role": "assistant", "content": "Sure<|im_end|> and more"}])
+  with pytest.raises(ChatFormatError, match="assistant_prefix contains the special token text"):
+    renderer.render([{"role": "user", "content": "Hi"}], assistant_prefix="<|im_start|>x")
+
+
+def test_with_response_prefix_checks_k(get_renderer):
+  _, renderer, _ = get_renderer("smollm2", "template")
+  full = renderer.render(QA)
+  assert full.with_response_prefix(len(full.response_ids)) == full.input_ids[:full.response_end]
+  for k in (-1, len(full.response_ids) + 1):
+    with pytest.raises(ValueError, match=f"k={k} is outside"):
+      full.with_response_prefix(k)

@@ -1,0 +1,126 @@
+"""The pure train step: forward, loss, gradient, update, metrics.
+
+A batch holds M micro-batches stacked on a leading axis (gradient
+accumulation): `input_ids`, `attention_mask`, `loss_mask` [M, b, L], for the
+constrained objective `ref_logps` [M, b, L] (log π_ref of each input token
+given the ones before it; position 0 unused), and for α-weighted mixing
+`group` [M, b] (0 = safety data D_H, 1 = utility data D_B).
+
+Normalisers are token counts of the whole batch, known from the masks before
+any forward pass; each micro-batch contributes its loss *sum* divided by
+them, so gradients simply add up and M micro-batches of b give exactly the
+update of one batch of M·b — on one device or sharded over many.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from deepalign_jax import losses
+from deepalign_jax.train.state import TrainState
+
+OBJECTIVES = ("sft", "constrained")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """Which objective, and how tokens are averaged.
+
+  objective: 'sft' (masked NLL; also the safety-recovery augmentation, whose
+    masks select the refusal) or 'constrained' (paper Eq. 3).
+  beta, first_token_factor, early_factor, early_length, min_weight: Eq. 3's
+    schedule and the optional gradient-weight clamp (see `losses`).
+  alpha: None → one token mean over the batch (the reference code's
+    batch-composition weighting); a float → α·mean over D_H tokens +
+    (1−α)·mean over D_B tokens (paper Eq. 2), using `group`.
+  vocab_chunk: compute log-probs in vocabulary chunks of this size (large
+    vocabularies); None → full logits.
+  """
+  objective: str = "sft"
+  beta: float = 0.1
+  first_token_factor: float = 5.0
+  early_factor: float = 20.0
+  early_length: int = 5
+  min_weight: float = 0.0
+  alpha: float | None = None
+  vocab_chunk: int | None = None
+
+  def __post_init__(self):
+    if self.objective not in OBJECTIVES:
+      raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+
+
+def target_logps(model, input_ids, attention_mask, vocab_chunk=None) -> jax.Array:
+  """log π(input_ids[t] | input_ids[<t]) for t = 1..L-1, as [b, L-1] fp32."""
+  targets = input_ids[:, 1:]
+  if vocab_chunk:
+    hidden, _ = model.hidden_states(input_ids, attention_mask=attention_mask)
+    head, layout = model.output_head()
+    return losses.chunked_token_logps(hidden[:, :-1], head, targets, vocab_chunk=vocab_chunk,
+                                      softcap=model.config.final_softcap, head_layout=layout)
+  logits = model(input_ids, attention_mask=attention_mask)
+  return losses.token_logps(logits[:, :-1], targets)
+
+
+def _group_weights(batch, cfg: LossConfig):
+  """[(mask multiplier [M, b, 1], normaliser)] per averaging group, from masks only."""
+  mask = batch["loss_mask"][..., 1:].astype(jnp.float32)
+  if cfg.alpha is None:
+    return [(jnp.ones(mask.shape[:2] + (1,), jnp.float32), jnp.maximum(mask.sum(), 1.0), 1.0)]
+  groups = []
+  for value, weight in ((0, cfg.alpha), (1, 1.0 - cfg.alpha)):
+    member = (batch["group"] == value).astype(jnp.float32)[..., None]
+    groups.append((member, jnp.maximum((mask * member).sum(), 1.0), weight))
+  return groups
+
+
+def _micro_loss(params, graphdef, micro, groups, cfg: LossConfig):
+  model = nnx.merge(graphdef, params)
+  logps = target_logps(model, micro["input_ids"], micro["attention_mask"], cfg.vocab_chunk)
+  mask = micro["loss_mask"][:, 1:]
+  total = jnp.zeros((), jnp.float32)
+  for member, normaliser, weight in groups:
+    group_mask = mask * member
+    if cfg.objective == "sft":
+      loss_sum, _ = losses.masked_nll(logps, group_mask)
+    else:
+      loss_sum, _ = losses.token_constrained_loss(
+          logps, micro["ref_logps"][:, 1:], group_mask, beta=cfg.beta,
+          first_token_factor=cfg.first_token_factor, early_factor=cfg.early_factor,
+          early_length=cfg.early_length, min_weight=cfg.min_weight)
+    total = total + weight * loss_sum / normaliser
+  return total
+
+
+def train_step(graphdef, state: TrainState, batch: Mapping[str, jax.Array], *,
+               optimizer: optax.GradientTransformation, loss_config: LossConfig,
+               ) -> tuple[TrainState, dict[str, Any]]:
+  """One optimizer update over a batch of M micro-batches (pure; jit it)."""
+  groups = _group_weights(batch, loss_config)
+  grad_fn = jax.value_and_grad(_micro_loss)
+
+  def accumulate(carry, index):
+    loss, grads = carry
+    micro = jax.tree.map(lambda x: x[index], batch)
+    micro_groups = [(member[index], normaliser, weight) for member, normaliser, weight in groups]
+    micro_loss, micro_grads = grad_fn(state.params, graphdef, micro, micro_groups, loss_config)
+    return (loss + micro_loss, jax.tree.map(jnp.add, grads, micro_grads)), None
+
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  num_micro = batch["input_ids"].shape[0]
+  (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros),
+                                  jnp.arange(num_micro))
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {
+      "loss": loss,
+      "tokens": batch["loss_mask"][..., 1:].sum(),
+      "grad_norm": optax.global_norm(grads),
+  }
+  return TrainState(state.step + 1, params, opt_state), metrics

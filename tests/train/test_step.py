@@ -1,0 +1,142 @@
+"""The train step: accumulation, sharding, objectives, α-mixing."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from deepalign_jax import losses, sharding
+from deepalign_jax.models import config_from_hf, create_model, load_pretrained, save_pretrained
+from deepalign_jax.train import (LossConfig, OptimizerConfig, init_train_state, make_optimizer,
+                                 target_logps, train_step)
+from tests.models.hf_fixtures import FAMILY_CONFIGS
+
+OPT = OptimizerConfig(learning_rate=1e-3, b1=0.5, warmup_steps=2, total_steps=10)
+
+
+def _model(family="llama", seed=0, mesh=None):
+  cfg = config_from_hf(FAMILY_CONFIGS[family]().to_dict())
+  return create_model(cfg, seed=seed, mesh=mesh)
+
+
+def _examples(n=8, length=20, seed=0):
+  """Right-padded examples: prompt tokens then a response (loss_mask), then padding."""
+  rng = np.random.default_rng(seed)
+  ids = np.zeros((n, length), np.int32)
+  attention = np.zeros_like(ids)
+  loss_mask = np.zeros_like(ids)
+  group = np.zeros((n,), np.int32)
+  for row in range(n):
+    prompt, response = rng.integers(2, 8), rng.integers(3, length - 8)
+    used = prompt + response
+    ids[row, :used] = rng.integers(3, 500, used)
+    attention[row, :used] = 1
+    loss_mask[row, prompt:used] = 1
+    group[row] = row % 3 == 0
+  return {"input_ids": ids, "attention_mask": attention, "loss_mask": loss_mask, "group": group}
+
+
+def _as_micro(examples, num_micro):
+  return {k: jnp.asarray(v.reshape((num_micro, -1) + v.shape[1:])) for k, v in examples.items()}
+
+
+def _step(model, batch, loss_config=LossConfig()):
+  optimizer = make_optimizer(OPT)
+  graphdef, state = init_train_state(model, optimizer)
+  step = jax.jit(functools.partial(train_step, graphdef, optimizer=optimizer, loss_config=loss_config))
+  new_state, metrics = step(state, batch)
+  return graphdef, new_state, metrics
+
+
+def _assert_params_close(a, b, atol=1e-6):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=1e-5)
+
+
+def _with_ref(model, examples):
+  """Adds ref_logps [n, L] (position 0 unused) computed with the model itself."""
+  logps = target_logps(model, jnp.asarray(examples["input_ids"]), jnp.asarray(examples["attention_mask"]))
+  ref = np.zeros(examples["input_ids"].shape, np.float32)
+  ref[:, 1:] = np.asarray(logps)
+  return {**examples, "ref_logps": ref}
+
+
+@pytest.mark.parametrize("objective", ["sft", "constrained"])
+def test_four_micro_batches_equal_one_big_batch(objective):
+  model = _model()
+  examples = _with_ref(model, _examples())
+  cfg = LossConfig(objective=objective)
+  _, whole, m_whole = _step(model, _as_micro(examples, 1), cfg)
+  _, accum, m_accum = _step(model, _as_micro(examples, 4), cfg)
+  np.testing.assert_allclose(m_accum["loss"], m_whole["loss"], rtol=1e-5)
+  assert int(m_accum["tokens"]) == int(m_whole["tokens"]) == int(examples["loss_mask"][:, 1:].sum())
+  _assert_params_close(accum.params, whole.params)
+
+
+def test_loss_is_the_global_token_mean():
+  model = _model()
+  examples = _examples()
+  _, _, metrics = _step(model, _as_micro(examples, 2))
+  logps = target_logps(model, jnp.asarray(examples["input_ids"]), jnp.asarray(examples["attention_mask"]))
+  mask = examples["loss_mask"][:, 1:]
+  np.testing.assert_allclose(metrics["loss"], -(np.asarray(logps) * mask).sum() / mask.sum(), rtol=1e-5)
+
+
+def test_alpha_weights_the_two_groups_by_their_own_token_means():
+  model = _model()
+  examples = _examples()
+  _, _, metrics = _step(model, _as_micro(examples, 2), LossConfig(alpha=0.2))
+  nll = -np.asarray(target_logps(model, jnp.asarray(examples["input_ids"]),
+                                 jnp.asarray(examples["attention_mask"]))) * examples["loss_mask"][:, 1:]
+  safety = examples["group"] == 0
+  expected = (0.2 * nll[safety].sum() / examples["loss_mask"][safety, 1:].sum()
+              + 0.8 * nll[~safety].sum() / examples["loss_mask"][~safety, 1:].sum())
+  np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
+
+
+def test_constrained_step_at_the_reference_equals_sft_step():
+  # At θ = θ_ref every gradient weight 2σ(0) is 1: Eq. 3's gradient is SFT's.
+  model = _model()
+  examples = _with_ref(model, _examples())
+  _, sft, _ = _step(model, _as_micro(examples, 2), LossConfig("sft"))
+  _, constrained, metrics = _step(model, _as_micro(examples, 2), LossConfig("constrained"))
+  _assert_params_close(constrained.params, sft.params)
+  betas = np.asarray(losses.beta_schedule(64))
+  t = np.asarray(losses.response_positions(jnp.asarray(examples["loss_mask"][:, 1:])))
+  expected = (2 / betas[np.maximum(t, 1) - 1] * np.log(2) * (t > 0)).sum() / (t > 0).sum()
+  np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
+
+
+def test_sharded_step_equals_single_device_step(tmp_path):
+  cfg = config_from_hf(FAMILY_CONFIGS["gemma2"]().to_dict())
+  save_pretrained(create_model(cfg, seed=4), cfg, tmp_path / "m")
+  single, _ = load_pretrained(tmp_path / "m")
+  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+  sharded, _ = load_pretrained(tmp_path / "m", mesh=mesh)
+  examples = _examples(n=8)
+  batch = _as_micro(examples, 2)
+  row_sharding = NamedSharding(mesh, P(None, ("data", "fsdp")))
+  sharded_batch = {k: jax.device_put(v, row_sharding) for k, v in batch.items()}
+  _, expected, m1 = _step(single, batch)
+  _, got, m2 = _step(sharded, sharded_batch)
+  q = got.params["layers"]["attn"]["q"].get_value()
+  assert q.sharding.is_equivalent_to(NamedSharding(mesh, P(None, "fsdp", "tensor", None)), q.ndim)
+  np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=1e-5)
+  _assert_params_close(got.params, expected.params, atol=2e-6)
+
+
+def test_sft_loss_goes_down():
+  model = _model("gemma3")
+  optimizer = make_optimizer(OptimizerConfig(learning_rate=3e-3, total_steps=20, decay="constant"))
+  graphdef, state = init_train_state(model, optimizer)
+  step = jax.jit(functools.partial(train_step, graphdef, optimizer=optimizer, loss_config=LossConfig()))
+  batch = _as_micro(_examples(n=4), 1)
+  history = []
+  for _ in range(12):
+    state, metrics = step(state, batch)
+    history.append(float(metrics["loss"]))
+  assert history[-1] < 0.5 * history[0]
