@@ -1,4 +1,4 @@
-"""Training: state and optimizer, the pure train step."""
+"""Training: state and optimizer, the pure train step, reference log-probs, the loop."""
 
 from deepalign_jax.train.state import (OptimizerConfig, TrainState, init_train_state,
                                        learning_rate_schedule, make_optimizer)

@@ -58,10 +58,39 @@ class TrainState(NamedTuple):
   opt_state: Any
 
 
+def _optimizer_state_shardings(params, abstract_opt_state):
+  """Each optimizer leaf sharded like the parameter it mirrors (Adam's mu/nu), else replicated.
+
+  `jax.jit(optimizer.init)` alone would put moments created by zeros_like on
+  one device: they do not depend on the parameters' values, so nothing
+  propagates the parameters' sharding to them.
+  """
+  param_leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  first = param_leaves[0][1].sharding
+  if not isinstance(first, jax.sharding.NamedSharding):
+    return None
+  replicated = jax.sharding.NamedSharding(first.mesh, jax.sharding.PartitionSpec())
+  by_path = [(tuple(path), leaf.sharding, leaf.shape) for path, leaf in param_leaves]
+
+  def pick(path, leaf):
+    path = tuple(path)
+    for param_path, param_sharding, shape in by_path:
+      if path[-len(param_path):] == param_path and leaf.shape == shape:
+        return param_sharding
+    return replicated
+
+  return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)
+
+
 def init_train_state(model: nnx.Module, optimizer: optax.GradientTransformation):
   """(graphdef, TrainState) for a model; optimizer state is sharded like the params."""
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   if jax.tree.leaves(rest):
     raise ValueError("the model has non-parameter state; the train step only updates Params")
-  opt_state = jax.jit(optimizer.init)(params)
-  return graphdef, TrainState(jnp.zeros((), jnp.int32), params, opt_state)
+  shardings = _optimizer_state_shardings(params, jax.eval_shape(optimizer.init, params))
+  opt_state = jax.jit(optimizer.init, out_shardings=shardings)(params)
+  step = jnp.zeros((), jnp.int32)
+  if shardings is not None:  # keep the step on the mesh too (checkpoints restore per leaf)
+    step = jax.device_put(step, jax.tree.leaves(params)[0].sharding.update(
+        spec=jax.sharding.PartitionSpec()))
+  return graphdef, TrainState(step, params, opt_state)

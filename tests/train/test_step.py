@@ -125,6 +125,9 @@ def test_sharded_step_equals_single_device_step(tmp_path):
   _, got, m2 = _step(sharded, sharded_batch)
   q = got.params["layers"]["attn"]["q"].get_value()
   assert q.sharding.is_equivalent_to(NamedSharding(mesh, P(None, "fsdp", "tensor", None)), q.ndim)
+  # Adam's moments are sharded like their parameters, not gathered on one device.
+  mu_q = got.opt_state[1][0].mu["layers"]["attn"]["q"].get_value()
+  assert mu_q.sharding.is_equivalent_to(q.sharding, q.ndim)
   np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=1e-5)
   _assert_params_close(got.params, expected.params, atol=2e-6)
 

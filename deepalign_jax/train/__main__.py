@@ -1,0 +1,37 @@
+"""python -m deepalign_jax.train --config configs/<name>.py --workdir DIR [--config.key=value ...]
+
+Trains as the config says (see `deepalign_jax.train.loop.default_config`
+for every setting); rerunning the same command resumes from the workdir's
+latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from deepalign_jax.train.loop import run
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "an ml_collections config file", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and the export go")
+
+
+def main(argv) -> None:
+  del argv
+  if _CONFIG.value is None or not _WORKDIR.value:
+    raise app.UsageError("--config and --workdir are required")
+  if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO
+    logging.set_verbosity(logging.WARNING)
+  try:
+    summary = run(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+  app.run(main)
