@@ -50,6 +50,7 @@ def main() -> None:
   from deepalign_jax.models import load_pretrained
   from deepalign_jax.models.gguf import packaged_checkpoint
   from deepalign_jax.sampling import generate
+  from deepalign_jax.sampling.generate import left_pad
 
   path = args.model or str(packaged_checkpoint("smollm2"))
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
@@ -75,12 +76,9 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         path, dtype=getattr(torch, args.dtype)).eval()
-    width = max(lengths)
-    ids = np.zeros((args.batch, width), np.int64)
-    mask = np.zeros_like(ids)
-    for row, p in enumerate(prompts):
-      ids[row, width - len(p):] = p
-      mask[row, width - len(p):] = 1
+    ids, mask = left_pad(prompts)
+    ids = ids.astype(np.int64)
+    width = ids.shape[1]
     hf.generation_config.eos_token_id = None
     hf.generation_config.pad_token_id = 0
 

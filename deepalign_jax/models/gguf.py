@@ -82,15 +82,7 @@ def packaged_tokenizer(name: str) -> Path:
   import transformers
   source = packaged_gguf_path(name)
   tokenizer = transformers.AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-  try:
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return out
+  return _write_directory(out, tokenizer.save_pretrained)
 
 
 def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike,
@@ -116,7 +108,6 @@ def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike,
     if not overwrite:
       raise FileExistsError(f"{out_dir} exists; pass overwrite=True / --overwrite")
     shutil.rmtree(out_dir)
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
 
   folder, name = str(gguf_file.parent), gguf_file.name
   model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -127,15 +118,24 @@ def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike,
   if hasattr(model.config, "quantization_config"):
     del model.config.quantization_config
 
-  tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-  try:
+  def write(tmp):
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    os.replace(tmp, out_dir)
+
+  return _write_directory(out_dir, write)
+
+
+def _write_directory(out: Path, write) -> Path:
+  """Runs write(tmp) on a temporary sibling of `out`, then renames it into place."""
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+  try:
+    write(tmp)
+    os.replace(tmp, out)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  return out_dir
+  return out
 
 
 def main(argv=None) -> int:

@@ -30,6 +30,19 @@ class Generation(NamedTuple):
   steps: int           # tokens generated per row before the loop ended (early exit)
 
 
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0,
+             width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """(ids, attention_mask) [B, width], each prompt right-aligned (left padding)."""
+  width = width or max(len(p) for p in prompts)
+  ids = np.full((len(prompts), width), pad_id, np.int32)
+  mask = np.zeros((len(prompts), width), np.int32)
+  for row, prompt in enumerate(prompts):
+    if len(prompt):
+      ids[row, width - len(prompt):] = prompt
+      mask[row, width - len(prompt):] = 1
+  return ids, mask
+
+
 def _bucket(n: int, multiple: int) -> int:
   return max(multiple, -(-n // multiple) * multiple)
 
@@ -98,12 +111,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
   batch = len(prompts)
-  width = _bucket(max(len(p) for p in prompts), bucket)
-  ids = np.full((batch, width), pad_id, np.int32)
-  mask = np.zeros((batch, width), np.int32)
-  for row, prompt in enumerate(prompts):
-    ids[row, width - len(prompt):] = prompt
-    mask[row, width - len(prompt):] = 1
+  ids, mask = left_pad(prompts, pad_id, width=_bucket(max(len(p) for p in prompts), bucket))
   params = SamplingParams.make(batch, temperature=temperature, top_k=top_k, top_p=top_p,
                                greedy=greedy)
   stop_ids = jnp.asarray(list(stop_tokens) or [-1], jnp.int32)

@@ -242,7 +242,6 @@ def _chi2_upper(dof: int, z: float = 3.09) -> float:
 
 
 def _check_p_k(ks: np.ndarray, support_max: int, p_zero: float):
-  n = len(ks)
   # sd of the zero fraction is sqrt(p(1-p)/n) = 0.0035 at n = 20,000: ±0.015 is > 4 sd.
   assert abs(np.mean(ks == 0) - p_zero) < 0.015
   nonzero = ks[ks > 0]

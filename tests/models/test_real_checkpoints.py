@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from deepalign_jax.data import ChatRenderer, load_tokenizer
 from deepalign_jax.models import load_pretrained
+from deepalign_jax.sampling.generate import left_pad
 from tests.real_checkpoints import real_checkpoint
 
 PROMPTS = ["How do I bake sourdough bread at home?", "Write a haiku about the sea.",
@@ -17,14 +18,8 @@ PROMPTS = ["How do I bake sourdough bread at home?", "Write a haiku about the se
 
 def _padded_prompts(path, chat_format):
   renderer = ChatRenderer(load_tokenizer(path), chat_format)
-  rows = [renderer.render([{"role": "user", "content": p}]).input_ids for p in PROMPTS]
-  width = max(map(len, rows))
-  ids = np.zeros((len(rows), width), np.int64)
-  mask = np.zeros_like(ids)
-  for i, row in enumerate(rows):
-    ids[i, width - len(row):] = row
-    mask[i, width - len(row):] = 1
-  return ids, mask, np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+  ids, mask = left_pad([renderer.render([{"role": "user", "content": p}]).input_ids for p in PROMPTS])
+  return ids.astype(np.int64), mask, np.maximum(np.cumsum(mask, axis=1) - 1, 0)
 
 
 def _compare(path, chat_format, atol):

@@ -1,7 +1,6 @@
 """Sampling filters and statistics: top-k, top-p, temperature, greedy, seeds."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -46,7 +45,6 @@ def test_rows_of_one_batch_use_their_own_parameters():
 
 def _draw(logits, params, n, seed=0):
   keys = jax.random.split(jax.random.key(seed), n)
-  batch = logits.shape[0]
   return np.asarray(jax.vmap(lambda k: choose_tokens(k, logits, params))(keys))  # [n, B]
 
 

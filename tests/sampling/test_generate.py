@@ -1,17 +1,14 @@
 """generate(): token-identical greedy decoding, stops, prefilling, sweeps, sharding."""
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from deepalign_jax import sharding
 from deepalign_jax.data import ChatRenderer, load_tokenizer
 from deepalign_jax.models import load_pretrained
 from deepalign_jax.sampling import generate
-from deepalign_jax.sampling.generate import _generate
+from deepalign_jax.sampling.generate import _generate, left_pad
 from tests.models.hf_fixtures import FAMILY_CONFIGS, VOCAB, random_hf_model
 from tests.real_checkpoints import real_checkpoint
 
@@ -19,16 +16,12 @@ NEW = 32
 
 
 def _hf_greedy(hf, prompts, new_tokens, eos=None):
-  width = max(map(len, prompts))
-  ids = np.zeros((len(prompts), width), np.int64)
-  mask = np.zeros_like(ids)
-  for row, prompt in enumerate(prompts):
-    ids[row, width - len(prompt):] = prompt
-    mask[row, width - len(prompt):] = 1
+  ids, mask = left_pad(prompts)
+  width = ids.shape[1]
   hf.generation_config.eos_token_id = eos
   hf.generation_config.pad_token_id = 0
   with torch.no_grad():
-    out = hf.generate(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask),
+    out = hf.generate(input_ids=torch.as_tensor(ids, dtype=torch.long), attention_mask=torch.as_tensor(mask),
                       do_sample=False, max_new_tokens=new_tokens,
                       min_new_tokens=None if eos is not None else new_tokens)
   return out.numpy()[:, width:]

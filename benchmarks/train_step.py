@@ -1,0 +1,131 @@
+"""Train-step speed: deepalign_jax vs transformers + PyTorch, same model, batch and loss.
+
+    python benchmarks/train_step.py [--model DIR] [--batch 4] [--seq 256]
+                                    [--objective constrained] [--peak_gflops 155]
+
+Both sides run one optimizer step of the same objective on the same tokens:
+forward, per-token log-probs, the loss (the token-wise constrained loss of
+paper Eq. 3 with cached reference log-probs, or plain SFT), backward,
+global-norm clipping at 1.0 and AdamW.  The timing is the best of --repeats
+steps after one warm-up (which compiles).
+
+MFU = achieved FLOP/s / --peak_gflops, with FLOPs per step =
+6 · N · tokens (forward + backward of the parameter matmuls, N = parameters
+excluding the embedding lookup but including the output projection)
++ 12 · layers · seq · d_attn · tokens (attention scores and values,
+forward + backward), d_attn = heads · head_dim.  The default peak, 155
+GFLOP/s, is the fp32 matmul rate measured on the 2-core CPU machines; pass
+your accelerator's.  Default model: SmolLM2-135M-Instruct from its package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _best(fn, repeats):
+  fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--model")
+  parser.add_argument("--batch", type=int, default=4)
+  parser.add_argument("--seq", type=int, default=256)
+  parser.add_argument("--objective", choices=["sft", "constrained"], default="constrained")
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--peak_gflops", type=float, default=155.0)
+  parser.add_argument("--skip_torch", action="store_true")
+  args = parser.parse_args()
+
+  from deepalign_jax.models import load_pretrained
+  from deepalign_jax.models.gguf import packaged_checkpoint
+  from deepalign_jax.train import (LossConfig, OptimizerConfig, init_train_state, make_optimizer,
+                                   target_logps, train_step)
+
+  path = args.model or str(packaged_checkpoint("smollm2"))
+  model, cfg = load_pretrained(path)
+  rng = np.random.default_rng(0)
+  b, t = args.batch, args.seq
+  ids = rng.integers(10, cfg.vocab_size - 10, (b, t)).astype(np.int32)
+  attention = np.ones((b, t), np.int32)
+  loss_mask = np.zeros((b, t), np.int32)
+  loss_mask[:, t // 4:] = 1  # a quarter prompt, the rest response
+  ref = np.zeros((b, t), np.float32)
+  ref[:, 1:] = np.asarray(target_logps(model, jnp.asarray(ids), jnp.asarray(attention))) - 0.1
+  tokens = b * t
+
+  opt_cfg = OptimizerConfig(learning_rate=2e-5, b1=0.5, warmup_steps=0, total_steps=100)
+  optimizer = make_optimizer(opt_cfg)
+  graphdef, state = init_train_state(model, optimizer)
+  step = jax.jit(functools.partial(train_step, graphdef, optimizer=optimizer,
+                                   loss_config=LossConfig(objective=args.objective)))
+  batch = {"input_ids": ids[None], "attention_mask": attention[None], "loss_mask": loss_mask[None],
+           "ref_logps": ref[None]}
+  batch = {k: jnp.asarray(v) for k, v in batch.items()}
+  holder = {"state": state}
+
+  def ours():
+    holder["state"], metrics = step(holder["state"], batch)
+    jax.block_until_ready(metrics["loss"])
+
+  jax_time = _best(ours, args.repeats)
+  # The embedding lookup is a gather, not a matmul; a tied table is counted once, as the head.
+  n_matmul = cfg.num_params - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.hidden_size)
+  flops = 6 * n_matmul * tokens + 12 * cfg.num_layers * t * cfg.num_heads * cfg.head_dim * tokens
+  rows = [("deepalign_jax (JAX)", tokens / jax_time, flops / jax_time / 1e9)]
+
+  if not args.skip_torch:
+    import torch
+    import transformers
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    hf.train()
+    torch_opt = torch.optim.AdamW(hf.parameters(), lr=2e-5, betas=(0.5, 0.999), weight_decay=0.0)
+    t_ids = torch.as_tensor(ids, dtype=torch.long)
+    t_mask = torch.as_tensor(loss_mask[:, 1:], dtype=torch.float32)
+    t_ref = torch.as_tensor(ref[:, 1:])
+    positions = torch.arange(1, t).expand(b, -1)
+    betas = torch.where(positions - t // 4 + 1 == 1, 0.5,
+                        torch.where(positions - t // 4 + 1 <= 5, 2.0, 0.1)).float()
+
+    def theirs():
+      logits = hf(input_ids=t_ids).logits[:, :-1].float()
+      logps = torch.log_softmax(logits, -1).gather(-1, t_ids[:, 1:, None])[..., 0]
+      if args.objective == "sft":
+        loss = -(logps * t_mask).sum() / t_mask.sum()
+      else:
+        per_token = 2 / betas * torch.nn.functional.softplus(betas * (t_ref - logps))
+        loss = (per_token * t_mask).sum() / t_mask.sum()
+      loss.backward()
+      torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+      torch_opt.step()
+      torch_opt.zero_grad(set_to_none=True)
+
+    torch_time = _best(theirs, args.repeats)
+    rows.append(("transformers + PyTorch", tokens / torch_time, flops / torch_time / 1e9))
+
+  print(f"\nmodel {path} ({cfg.num_params / 1e6:.1f}M params), fp32, batch {b} x {t} tokens, "
+        f"objective {args.objective}, device {jax.devices()[0].device_kind}")
+  print(f"FLOPs per step {flops / 1e9:.1f} G; MFU against {args.peak_gflops:.0f} GFLOP/s")
+  print(f"{'':28s} {'tokens/s':>10s} {'GFLOP/s':>9s} {'MFU':>6s}")
+  for name, tps, gflops in rows:
+    print(f"{name:28s} {tps:10.1f} {gflops:9.1f} {gflops / args.peak_gflops * 100:5.1f}%")
+  if len(rows) == 2:
+    print(f"{'ratio JAX / PyTorch':28s} {rows[0][1] / rows[1][1]:10.2f}")
+
+
+if __name__ == "__main__":
+  main()
