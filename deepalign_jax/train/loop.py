@@ -92,27 +92,13 @@ class _Data:
     self.pad_id = pad_id
     self.truncated = 0
     if config.objective in ("sft", "constrained"):
-      records = read_file(data.path, data.format)
-      self.examples = []
-      for record in records:
-        if record.assistant is None:
-          raise ValueError(f"{record.source}: a training record needs a response")
-        example, cut = tokenize_conversation(renderer, record.system, record.user, record.assistant,
-                                             max_length=data.max_length, source=record.source)
-        self.examples.append(example)
-        self.truncated += cut
+      self.examples = self._tokenize(renderer, read_file(data.path, data.format))
       self.order = StepOrder(len(self.examples), config.batch_size, config.seed)
       self.rows = config.batch_size
     elif config.objective == "recovery":
       self.triplets = [prepare_recovery(renderer, t.instruction, t.harmful, t.refusal, source=t.source)
                        for t in read_file(data.safety_path, "triplets")]
-      utility = read_file(data.utility_path, data.utility_format)
-      self.utility = []
-      for record in utility:
-        example, cut = tokenize_conversation(renderer, record.system, record.user, record.assistant,
-                                             max_length=data.max_length, source=record.source)
-        self.utility.append(example)
-        self.truncated += cut
+      self.utility = self._tokenize(renderer, read_file(data.utility_path, data.utility_format))
       self.order = StepOrder(len(self.triplets), data.safety_per_step, config.seed)
       self.utility_order = StepOrder(len(self.utility), data.utility_per_step, config.seed + 1)
       self.rows = data.safety_per_step + data.utility_per_step
@@ -120,6 +106,17 @@ class _Data:
     else:
       raise ValueError(f"objective must be one of {OBJECTIVES}, got {config.objective!r}")
     self.ref_logps: list[np.ndarray] | None = None
+
+  def _tokenize(self, renderer, records) -> list:
+    examples = []
+    for record in records:
+      if getattr(record, "assistant", None) is None:
+        raise ValueError(f"{record.source}: a training record needs a response")
+      example, cut = tokenize_conversation(renderer, record.system, record.user, record.assistant,
+                                           max_length=self.config.data.max_length, source=record.source)
+      examples.append(example)
+      self.truncated += cut
+    return examples
 
   @property
   def steps_per_epoch(self) -> int:
