@@ -17,21 +17,11 @@ compared too.  Default model: SmolLM2-135M-Instruct from its PyPI package.
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-
-def _best(fn, repeats):
-  fn()  # warm-up / compile
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return min(times)
+from timing import best_time  # benchmarks/timing.py (script directory)
 
 
 def main() -> None:
@@ -65,8 +55,8 @@ def main() -> None:
   def ours(n):
     return lambda: generate(model, prompts, max_new_tokens=n, greedy=True, bucket=1).tokens
 
-  t1 = _best(ours(1), args.repeats)
-  tn = _best(ours(new), args.repeats)
+  t1 = best_time(ours(1), args.repeats)
+  tn = best_time(ours(new), args.repeats)
   ours_tokens = ours(new)()
   rows = [("deepalign_jax (JAX)", prompt_tokens / t1, args.batch * (new - 1) / (tn - t1), tn)]
 
@@ -89,8 +79,8 @@ def main() -> None:
                              do_sample=False, max_new_tokens=n, min_new_tokens=n).numpy()[:, width:]
       return run
 
-    h1 = _best(theirs(1), args.repeats)
-    hn = _best(theirs(new), args.repeats)
+    h1 = best_time(theirs(1), args.repeats)
+    hn = best_time(theirs(new), args.repeats)
     rows.append(("transformers generate (PyTorch)", prompt_tokens / h1,
                  args.batch * (new - 1) / (hn - h1), hn))
     same = (theirs(new)() == ours_tokens).mean()

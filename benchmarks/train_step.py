@@ -22,21 +22,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-
-def _best(fn, repeats):
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return min(times)
+from timing import best_time  # benchmarks/timing.py (script directory)
 
 
 def main() -> None:
@@ -82,7 +72,7 @@ def main() -> None:
     holder["state"], metrics = step(holder["state"], batch)
     jax.block_until_ready(metrics["loss"])
 
-  jax_time = _best(ours, args.repeats)
+  jax_time = best_time(ours, args.repeats)
   # The embedding lookup is a gather, not a matmul; a tied table is counted once, as the head.
   n_matmul = cfg.num_params - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.hidden_size)
   flops = 6 * n_matmul * tokens + 12 * cfg.num_layers * t * cfg.num_heads * cfg.head_dim * tokens
@@ -114,7 +104,7 @@ def main() -> None:
       torch_opt.step()
       torch_opt.zero_grad(set_to_none=True)
 
-    torch_time = _best(theirs, args.repeats)
+    torch_time = best_time(theirs, args.repeats)
     rows.append(("transformers + PyTorch", tokens / torch_time, flops / torch_time / 1e9))
 
   print(f"\nmodel {path} ({cfg.num_params / 1e6:.1f}M params), fp32, batch {b} x {t} tokens, "
