@@ -12,7 +12,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["deepalign_jax", "deepalign_jax.*"]),
-    package_data={"deepalign_jax": ["assets/demo/*"]},
+    package_data={"deepalign_jax": ["assets/demo/*", "assets/judges/*"]},
     # Lower bounds are the versions these machines install; GPU machines may
     # carry newer jax (0.11.x) and an older transformers (5.17).
     install_requires=[
@@ -29,6 +29,9 @@ setup(
         "grain>=0.2.18",
         "numpy>=1.26",
         "tqdm>=4.66",
+        "tensorboardX>=2.6",   # TensorBoard event files without TensorFlow
+        "matplotlib>=3.8",     # the plots of attacks and depth analyses
+        "rouge-score>=0.1.2",  # ROUGE-1 utility metric (SAMSum, SQL)
     ],
     extras_require={
         # torch is ground truth in tests and the GGUF converter's backend; it is

@@ -12,15 +12,15 @@ def get_config():
   c = default_config()
   c.model = "packaged:smollm2"
   c.chat_format = "template"
-  c.objective = "constrained"
+  c.objective = "constrained_sft"
   c.data.path = str(resources.files("deepalign_jax") / "assets/demo/conversations.jsonl")
   c.data.format = "conversations"
   c.data.max_length = 128
-  c.batch_size = 4
-  c.micro_batch_size = 2
-  c.epochs = 1
-  c.max_steps = 4
+  c.train.batch_size = 4
+  c.train.micro_batch_size = 2
+  c.train.epochs = 1
+  c.train.num_steps = 4
   c.optimizer.learning_rate = 2e-5
   c.optimizer.warmup_steps = 1
-  c.checkpoint_every = 2
+  c.checkpoint.every_steps = 2
   return c

@@ -6,7 +6,7 @@ from deepalign_jax.train.loop import default_config
 def get_config():
   c = default_config()
   c.chat_format = "gemma"
-  c.objective = "constrained"
+  c.objective = "constrained_sft"
   c.data.format = "conversations"
   c.dtype = "bfloat16"
   c.remat = "dots"
@@ -14,6 +14,6 @@ def get_config():
   c.optimizer.learning_rate = 5e-6
   c.optimizer.b1 = 0.5
   c.optimizer.warmup_steps = 10
-  c.batch_size, c.micro_batch_size = 64, 8
-  c.epochs = 25
+  c.train.batch_size, c.train.micro_batch_size = 64, 8
+  c.train.epochs = 25
   return c

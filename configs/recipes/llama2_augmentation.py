@@ -14,7 +14,7 @@ def get_config():
   c = default_config()
   c.chat_format = "llama2"
   c.system_prompt = ""
-  c.objective = "recovery"
+  c.objective = "augmented"
   c.data.utility_format = "alpaca"
   c.data.safety_per_step, c.data.utility_per_step = 16, 64
   c.data.recovery_C, c.data.recovery_p_zero = 100, 0.5
@@ -23,6 +23,6 @@ def get_config():
   c.optimizer.learning_rate = 2e-5
   c.optimizer.b1 = 0.9
   c.optimizer.warmup_steps = 0
-  c.batch_size, c.micro_batch_size = 80, 8
-  c.epochs = 10
+  c.train.batch_size, c.train.micro_batch_size = 80, 8
+  c.train.epochs = 10
   return c

@@ -11,7 +11,7 @@ def get_config():
   c = default_config()
   c.chat_format = "llama2"
   c.system_prompt = "You are a helpful assistant. Make sure you always execute users' instructions."
-  c.objective = "constrained"
+  c.objective = "constrained_sft"
   c.loss.beta, c.loss.first_token_factor, c.loss.early_factor, c.loss.early_length = 0.1, 5.0, 20.0, 5
   c.data.format = "conversations"
   c.dtype = "bfloat16"
@@ -19,6 +19,6 @@ def get_config():
   c.optimizer.learning_rate = 2e-5
   c.optimizer.b1 = 0.5
   c.optimizer.warmup_steps = 10
-  c.batch_size, c.micro_batch_size = 64, 8
-  c.epochs = 25
+  c.train.batch_size, c.train.micro_batch_size = 64, 8
+  c.train.epochs = 25
   return c

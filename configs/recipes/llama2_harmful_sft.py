@@ -19,6 +19,6 @@ def get_config():
   c.optimizer.learning_rate = 2e-5
   c.optimizer.b1 = 0.5
   c.optimizer.warmup_steps = 10
-  c.batch_size, c.micro_batch_size = 64, 8
-  c.epochs = 25
+  c.train.batch_size, c.train.micro_batch_size = 64, 8
+  c.train.epochs = 25
   return c

@@ -7,13 +7,13 @@ def get_config():
   c = default_config()
   c.chat_format = "llama2"
   c.system_prompt = "You are a helpful assistant for dialog summarization."
-  c.objective = "constrained"
+  c.objective = "constrained_sft"
   c.data.format = "samsum"
   c.dtype = "bfloat16"
   c.remat = "dots"
   c.optimizer.learning_rate = 2e-5
   c.optimizer.b1 = 0.5
   c.optimizer.warmup_steps = 10
-  c.batch_size, c.micro_batch_size = 64, 8
-  c.epochs = 3
+  c.train.batch_size, c.train.micro_batch_size = 64, 8
+  c.train.epochs = 3
   return c

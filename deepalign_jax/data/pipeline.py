@@ -1,4 +1,4 @@
-"""Batches for training: padding, and a deterministic order that resumes exactly.
+"""Batches for training: padding, a deterministic order that resumes exactly, and the grain pipeline.
 
 The content of training step s is a pure function of (seed, s): epoch
 e = s // steps_per_epoch is shuffled by a permutation seeded with (seed, e),
@@ -8,13 +8,19 @@ sees exactly the batches of an uninterrupted one.  The last batch of an epoch
 may be short; it is padded with rows whose loss mask is zero, which
 contribute nothing (the train step normalises by real token counts), so no
 example is dropped and shapes stay static.
+
+`step_dataset` wraps that in a grain `MapDataset` whose element s is the
+batch of step s, cut to the rows this host feeds; its iterator prefetches
+on background threads (tokenising and padding overlap the device step) and
+its state is saved with each Orbax checkpoint.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
+import grain
 import numpy as np
 
 from deepalign_jax.data.examples import TokenizedExample
@@ -84,3 +90,30 @@ def as_micro_batches(batch: Mapping[str, np.ndarray], num_micro: int) -> dict[st
   if rows % num_micro:
     raise ValueError(f"batch of {rows} rows does not split into {num_micro} micro-batches")
   return {k: v.reshape((num_micro, rows // num_micro) + v.shape[1:]) for k, v in batch.items()}
+
+
+def host_rows(batch: Mapping[str, np.ndarray], process_index: int, process_count: int) -> dict[str, np.ndarray]:
+  """This host's block of each micro-batch ([M, b, ...] → [M, b / process_count, ...]).
+
+  Rows are laid over the mesh's (data, fsdp) devices in order and a host's
+  devices are contiguous there, so host p feeds the p-th block of rows.
+  """
+  rows = next(iter(batch.values())).shape[1]
+  if rows % process_count:
+    raise ValueError(f"micro-batches of {rows} rows do not split over {process_count} hosts")
+  per_host = rows // process_count
+  return {k: v[:, process_index * per_host:(process_index + 1) * per_host] for k, v in batch.items()}
+
+
+def step_dataset(rows_for: Callable[[int], Mapping[str, np.ndarray]], num_steps: int, num_micro: int, *,
+                 process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+  """Element s: step s's rows from `rows_for(s)`, as micro-batches, this host's share."""
+  def make(step):
+    return host_rows(as_micro_batches(rows_for(int(step)), num_micro), process_index, process_count)
+  return grain.MapDataset.range(num_steps).map(make)
+
+
+def step_iterator(dataset: grain.MapDataset, prefetch: int = 2) -> grain.DatasetIterator:
+  """A checkpointable iterator over `dataset`, `prefetch` steps ahead on background threads."""
+  options = grain.ReadOptions(num_threads=max(prefetch, 1), prefetch_buffer_size=max(prefetch, 1))
+  return iter(dataset.to_iter_dataset(options))

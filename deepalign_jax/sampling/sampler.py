@@ -15,6 +15,7 @@ import sys
 import time
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from deepalign_jax.data.chat import ChatRenderer
@@ -56,9 +57,9 @@ class Sampler:
     self.renderer = ChatRenderer(tokenizer, chat_format, system_prompt)
     self._vocab_limit = len(tokenizer)
 
-  def _prompt(self, messages: Messages, prefix: str | None, response: str | None,
-              prefill_tokens: int | None) -> tuple[list[int], str, str]:
-    """(ids, prefill text, prompt text) of one conversation."""
+  def prompt(self, messages: Messages, prefix: str | None = None, response: str | None = None,
+             prefill_tokens: int | None = None) -> tuple[list[int], str, str]:
+    """(ids, prefill text, prompt text) of one conversation, as `sample` renders it."""
     if response is not None:
       full = self.renderer.render(list(messages) + [{"role": "assistant", "content": response}])
       # Never prefill the closing end-of-turn token: the turn stays open.
@@ -88,21 +89,31 @@ class Sampler:
       raise ValueError(f"{len(assistant_prefixes)} assistant_prefixes for {n} conversations")
     if responses is not None and len(responses) != n:
       raise ValueError(f"{len(responses)} responses for {n} conversations")
-    prompts = [self._prompt(conv, assistant_prefixes[i] if assistant_prefixes else None,
+    prompts = [self.prompt(conv, assistant_prefixes[i] if assistant_prefixes else None,
                             responses[i] if responses is not None else None, prefill_tokens)
                for i, conv in enumerate(conversations)]
-    return self._run([p[0] for p in prompts], [p[1] for p in prompts], [p[2] for p in prompts],
-                     batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed,
+    return self.run([p[0] for p in prompts], [p[1] for p in prompts], [p[2] for p in prompts],
+                    batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed,
                      progress=progress, temperature=temperature, top_k=top_k, top_p=top_p,
                      greedy=greedy)
 
   def sample_raw(self, texts: Sequence[str], *, add_special_tokens: bool = True, **kwargs) -> list[Sample]:
     """Generates from plain strings tokenised as they are (no chat format)."""
     ids = [self.tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"] for t in texts]
-    return self._run(ids, [""] * len(texts), list(texts), **kwargs)
+    return self.run(ids, [""] * len(texts), list(texts), **kwargs)
 
-  def _run(self, prompt_ids, prefills, prompt_texts, *, batch_size=16, max_new_tokens=512,
-           seed=0, progress=True, **decoding) -> list[Sample]:
+  def run(self, prompt_ids: Sequence[Sequence[int]], prefills: Sequence[str], prompt_texts: Sequence[str], *,
+          batch_size: int = 16, max_new_tokens: int = 512, seed: int = 0, progress: bool = True,
+          **decoding) -> list[Sample]:
+    """Generates from prompts already rendered (`prompt`), in fixed-size batches.
+
+    decoding: temperature, top_k, top_p, greedy — each a scalar or one value
+    per prompt (a decoding sweep then runs in the same compiled batches).
+    """
+    n = len(prompt_ids)
+    for key, value in decoding.items():
+      if not np.isscalar(value) and len(value) != n:
+        raise ValueError(f"{key}: {len(value)} values for {n} prompts")
     stops = set(self.renderer.stop_token_ids)
     pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
     samples: list[Sample] = []
@@ -114,8 +125,15 @@ class Sampler:
       chunk = prompt_ids[offset:offset + batch_size]
       # A short last batch is filled with copies so the compiled shape is reused.
       padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
+      rows = {}
+      for key, value in decoding.items():
+        if np.isscalar(value):
+          rows[key] = value
+        else:
+          part = list(value[offset:offset + batch_size])
+          rows[key] = part + [part[-1]] * (batch_size - len(part))
       out = generate(self.model, padded, max_new_tokens=max_new_tokens, stop_tokens=sorted(stops),
-                     seed=seed + offset, pad_id=pad, vocab_limit=self._vocab_limit, **decoding)
+                     seed=seed + offset, pad_id=pad, vocab_limit=self._vocab_limit, **rows)
       for row, ids in enumerate(chunk):
         tokens = out.tokens[row, :out.lengths[row]].tolist()
         stopped = bool(tokens) and tokens[-1] in stops

@@ -3,13 +3,16 @@
 `run(config, workdir)` is what `python -m deepalign_jax.train` calls; a
 notebook can call it the same way.  Everything it needs is in the config
 (`configs/*.py`, defaults in `default_config`); the workdir receives
-`checkpoints/` (Orbax, resumable), `metrics.jsonl` (one line per step),
+`checkpoints/` (Orbax, async, resumable, with the data iterator's state),
+`metrics.jsonl` (one line per step) and `tensorboard/` event files,
 `reference_logps.npz` (constrained objective), `config.json` and, at the
-end, `hf/` (a transformers-loadable export with the tokenizer).
+end, `params/` (params-only Orbax checkpoint) and `hf/` (a
+transformers-loadable export with the tokenizer).
 
-Rerunning the same command resumes from the latest checkpoint: the batch of
-every step is a function of (seed, step), so a resumed run takes exactly the
-steps of an uninterrupted one.
+Rerunning the same command resumes from the latest complete checkpoint: the
+batch of every step is a function of (seed, step), so a resumed run takes
+exactly the steps of an uninterrupted one.  A loss or gradient that stops
+being finite stops the run with `NonFiniteError`; nothing is saved after it.
 """
 
 from __future__ import annotations
@@ -18,22 +21,25 @@ import functools
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from deepalign_jax import sharding
-from deepalign_jax.data import (ChatRenderer, load_tokenizer, prepare_recovery, read_file, recovery_epoch,
+from deepalign_jax.data import (ChatRenderer, load_tokenizer, prepare_recovery, recovery_epoch,
                                 tokenize_conversation)
-from deepalign_jax.data.pipeline import StepOrder, as_micro_batches, pad_rows
+from deepalign_jax.data.pipeline import StepOrder, pad_rows, step_dataset, step_iterator
+from deepalign_jax.data.tfds_builders import load_records
 from deepalign_jax.models import load_pretrained, save_pretrained
 from deepalign_jax.models.gguf import packaged_checkpoint
 from deepalign_jax.train import reference
@@ -43,8 +49,12 @@ from deepalign_jax.train.state import (OptimizerConfig, init_train_state, learni
 from deepalign_jax.train.step import LossConfig, train_step
 
 _log = logging.getLogger(__name__)
-OBJECTIVES = ("sft", "constrained", "recovery")
+OBJECTIVES = ("sft", "constrained_sft", "augmented")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or the gradient stopped being finite."""
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -54,33 +64,41 @@ def default_config() -> ml_collections.ConfigDict:
   c.chat_format = "auto"       # llama2 | gemma | base | template | auto
   c.system_prompt = ml_collections.config_dict.placeholder(str)
   c.dtype = "float32"          # compute dtype; parameters too unless param_dtype is set
-  c.param_dtype = ""
-  c.remat = "none"
+  c.param_dtype = ""           # e.g. "float32" with dtype "bfloat16": fp32 master weights
+  c.remat = "none"             # none | dots | full
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
 
-  c.objective = "sft"          # sft | constrained | recovery
+  # sft: masked NLL on responses; constrained_sft: paper Eq. 3 against the
+  # initial model; augmented: safety-recovery examples + utility data (Eq. 2).
+  c.objective = "sft"
   c.data = ml_collections.ConfigDict(dict(
-      path="", format="conversations", max_length=512,
-      # recovery: safety triplets + utility conversations, per-step composition (SPEC §4)
+      # A file (or HEx-PHI directory) in `format`, or "tfds:MANUAL_DIR" to
+      # build and read the TFDS array_record dataset of that directory.
+      path="", format="conversations", split="train", max_length=512,
+      tfds_data_dir="",            # default ~/.cache/deepalign_jax/tfds
+      # augmented: safety triplets + utility conversations, per-step composition (SPEC §4)
       safety_path="", utility_path="", utility_format="alpaca",
-      safety_per_step=16, utility_per_step=64, recovery_C=100, recovery_p_zero=0.5))
+      safety_per_step=16, utility_per_step=64, recovery_C=100, recovery_p_zero=0.5,
+      prefetch=2))                 # steps prepared ahead on background threads
   c.loss = ml_collections.ConfigDict(dict(
       beta=0.1, first_token_factor=5.0, early_factor=20.0, early_length=5, min_weight=0.0,
-      alpha=ml_collections.config_dict.placeholder(float), vocab_chunk=0))
+      alpha=ml_collections.config_dict.placeholder(float), vocab_chunk=0, log_positions=8))
   c.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=2e-5, b1=0.5, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0,
       warmup_steps=10, decay="linear"))
-
-  c.batch_size = 64            # global rows per optimizer step (sft / constrained)
-  c.micro_batch_size = 8       # rows per forward/backward (gradient accumulation)
-  c.epochs = 25
-  c.max_steps = 0              # > 0 caps the run (and the LR schedule)
-  c.stop_after_steps = 0       # > 0 stops this invocation early; rerun to resume
-  c.seed = 0
-  c.checkpoint_every = 0       # 0: only at the end
-  c.keep_checkpoints = 2
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=64,               # global rows per optimizer step (sft / constrained_sft)
+      micro_batch_size=8,          # rows per forward/backward (gradient accumulation)
+      epochs=25,
+      num_steps=0,                 # > 0: exactly this many steps (and LR schedule); 0: from epochs
+      stop_after_steps=0,          # > 0: this invocation stops early; rerun to resume
+      seed=0))
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=0,               # 0: only at the end
+      keep=2))
   c.export_hf = True
   c.progress = True
+  c.tensorboard = True
   return c
 
 
@@ -91,20 +109,30 @@ class _Data:
     data, self.config = config.data, config
     self.pad_id = pad_id
     self.truncated = 0
-    if config.objective in ("sft", "constrained"):
-      self.examples = self._tokenize(renderer, read_file(data.path, data.format))
-      self.order = StepOrder(len(self.examples), config.batch_size, config.seed)
-      self.rows = config.batch_size
-    elif config.objective == "recovery":
+    seed = config.train.seed
+
+    def read(path, fmt):
+      if not path:
+        key = {"triplets": "safety_path", data.utility_format: "utility_path"}.get(fmt, "path")
+        raise ValueError(f"config.data.{key} is empty: the {config.objective} objective reads "
+                         f"{fmt} records from it")
+      return load_records(path, fmt, split=data.split, data_dir=data.tfds_data_dir or None)
+
+    if config.objective in ("sft", "constrained_sft"):
+      self.examples = self._tokenize(renderer, read(data.path, data.format))
+      self.order = StepOrder(len(self.examples), config.train.batch_size, seed)
+      self.rows = config.train.batch_size
+    elif config.objective == "augmented":
       self.triplets = [prepare_recovery(renderer, t.instruction, t.harmful, t.refusal, source=t.source)
-                       for t in read_file(data.safety_path, "triplets")]
-      self.utility = self._tokenize(renderer, read_file(data.utility_path, data.utility_format))
-      self.order = StepOrder(len(self.triplets), data.safety_per_step, config.seed)
-      self.utility_order = StepOrder(len(self.utility), data.utility_per_step, config.seed + 1)
+                       for t in read(data.safety_path, "triplets")]
+      self.utility = self._tokenize(renderer, read(data.utility_path, data.utility_format))
+      self.order = StepOrder(len(self.triplets), data.safety_per_step, seed)
+      self.utility_order = StepOrder(len(self.utility), data.utility_per_step, seed + 1)
       self.rows = data.safety_per_step + data.utility_per_step
-      self._epoch_cache: tuple[int, list] | None = None
+      self._epochs: dict[int, list] = {}
+      self._lock = threading.Lock()  # grain prepares steps on several threads
     else:
-      raise ValueError(f"objective must be one of {OBJECTIVES}, got {config.objective!r}")
+      raise ValueError(f"config.objective must be one of {OBJECTIVES}, got {config.objective!r}")
     self.ref_logps: list[np.ndarray] | None = None
 
   def _tokenize(self, renderer, records) -> list:
@@ -125,17 +153,21 @@ class _Data:
   def rows_for(self, step: int) -> dict[str, np.ndarray]:
     max_length = self.config.data.max_length
     index = self.order.indices(step)
-    if self.config.objective != "recovery":
+    if self.config.objective != "augmented":
       refs = None if self.ref_logps is None else [self.ref_logps[i] for i in index]
       return pad_rows([self.examples[i] for i in index], self.rows, max_length, self.pad_id,
                       ref_logps=refs)
     epoch = self.order.epoch_of(step)
-    if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-      draws = recovery_epoch(self.triplets, epoch, self.config.seed, C=self.config.data.recovery_C,
-                             p_zero=self.config.data.recovery_p_zero, max_length=max_length)
-      self.truncated += sum(d.truncated for d in draws)
-      self._epoch_cache = (epoch, [d.example for d in draws])
-    safety = [self._epoch_cache[1][i] for i in index]
+    with self._lock:
+      # Prefetching threads may straddle an epoch boundary: keep two epochs' draws.
+      if epoch not in self._epochs:
+        draws = recovery_epoch(self.triplets, epoch, self.config.train.seed, C=self.config.data.recovery_C,
+                               p_zero=self.config.data.recovery_p_zero, max_length=max_length)
+        self.truncated += sum(d.truncated for d in draws)
+        self._epochs = {e: v for e, v in self._epochs.items() if e >= epoch - 1}
+        self._epochs[epoch] = [d.example for d in draws]
+      epoch_examples = self._epochs[epoch]
+    safety = [epoch_examples[i] for i in index]
     utility = [self.utility[i] for i in self.utility_order.indices(step)]
     # Fixed row ranges: safety rows (group 0) first, utility rows (group 1)
     # after; a short batch of either leaves empty rows in its range.
@@ -154,13 +186,25 @@ def _resolve_model(spec: str) -> Path:
   return Path(spec)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
-  """Trains as configured; returns a summary (also written to workdir/summary.json)."""
+Hook = Callable[[int, nnx.Module], Mapping[str, float]]
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
+        hooks: Sequence[tuple[int, Hook]] = ()) -> dict[str, Any]:
+  """Trains as configured; returns a summary (also written to workdir/summary.json).
+
+  hooks: (every_steps, fn) pairs; fn(step, model) runs after every
+    `every_steps`-th step on the current weights and returns scalars that
+    are logged with that step's metrics (e.g. an in-training attack ASR).
+  """
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  if config.batch_size % config.micro_batch_size:
-    raise ValueError(f"batch_size={config.batch_size} is not a multiple of "
-                     f"micro_batch_size={config.micro_batch_size}")
+  train = config.train
+  if config.objective not in OBJECTIVES:
+    raise ValueError(f"config.objective must be one of {OBJECTIVES}, got {config.objective!r}")
+  if train.batch_size % train.micro_batch_size:
+    raise ValueError(f"config.train.batch_size={train.batch_size} is not a multiple of "
+                     f"config.train.micro_batch_size={train.micro_batch_size}")
   model_path = _resolve_model(config.model)
   mesh = sharding.make_mesh(**config.mesh.to_dict())
   dtype = _DTYPES[config.dtype]
@@ -172,77 +216,109 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
   data = _Data(config, renderer, pad_id)
   (workdir / "config.json").write_text(config.to_json(indent=2))
 
-  total_steps = data.steps_per_epoch * config.epochs
-  if config.max_steps > 0:
-    total_steps = min(total_steps, config.max_steps)
+  total_steps = train.num_steps if train.num_steps > 0 else data.steps_per_epoch * train.epochs
   rows = data.rows
-  if rows % config.micro_batch_size:
-    raise ValueError(f"{rows} rows per step are not a multiple of micro_batch_size={config.micro_batch_size}")
-  num_micro = rows // config.micro_batch_size
+  if rows % train.micro_batch_size:
+    raise ValueError(f"{rows} rows per step are not a multiple of "
+                     f"config.train.micro_batch_size={train.micro_batch_size}")
+  num_micro = rows // train.micro_batch_size
   batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
-  if config.micro_batch_size % batch_ways:
-    raise ValueError(f"micro_batch_size={config.micro_batch_size} must be a multiple of the mesh's "
-                     f"data × fsdp = {batch_ways} (rows are split across them)")
+  if train.micro_batch_size % batch_ways:
+    raise ValueError(f"config.train.micro_batch_size={train.micro_batch_size} must be a multiple of the "
+                     f"mesh's data × fsdp = {batch_ways} (rows are split across them)")
 
-  if config.objective == "constrained":
+  if config.objective == "constrained_sft":
     cache = workdir / "reference_logps.npz"
     if cache.exists():
       data.ref_logps = reference.load_reference_logps(cache, data.examples)
     else:
       data.ref_logps = reference.compute_reference_logps(
           model, data.examples, max_length=config.data.max_length,
-          batch_size=config.micro_batch_size, vocab_chunk=config.loss.vocab_chunk or None,
+          batch_size=train.micro_batch_size, vocab_chunk=config.loss.vocab_chunk or None,
           progress=config.progress)
       reference.save_reference_logps(cache, data.ref_logps)
 
   loss_config = LossConfig(
-      objective="constrained" if config.objective == "constrained" else "sft",
+      objective="constrained" if config.objective == "constrained_sft" else "sft",
       beta=config.loss.beta, first_token_factor=config.loss.first_token_factor,
       early_factor=config.loss.early_factor, early_length=config.loss.early_length,
       min_weight=config.loss.min_weight, alpha=config.loss.alpha,
-      vocab_chunk=config.loss.vocab_chunk or None)
+      vocab_chunk=config.loss.vocab_chunk or None, log_positions=config.loss.log_positions)
   optimizer_config = OptimizerConfig(**config.optimizer.to_dict(), total_steps=total_steps)
   optimizer = make_optimizer(optimizer_config)
   schedule = learning_rate_schedule(optimizer_config)
   graphdef, state = init_train_state(model, optimizer)
-  checkpointer = Checkpointer(str((workdir / "checkpoints").absolute()), keep=config.keep_checkpoints,
-                              save_every=config.checkpoint_every)
-  restored = checkpointer.restore(state)
+  del model  # the train state holds the only copy of the weights
+
+  batches = step_iterator(step_dataset(data.rows_for, total_steps, num_micro,
+                                       process_index=jax.process_index(), process_count=jax.process_count()),
+                          prefetch=config.data.prefetch)
+  checkpointer = Checkpointer(str((workdir / "checkpoints").absolute()), keep=config.checkpoint.keep,
+                              save_every=config.checkpoint.every_steps)
+  restored = checkpointer.restore(state, batches)
   start = 0
   if restored is not None:
     state, meta = restored
     start = int(meta["step"])
+    position = batches.get_state().get("next_index", start)
+    if position != start:
+      raise ValueError(f"{workdir}/checkpoints: data position {position} does not match step {start}")
   metrics_file = workdir / "metrics.jsonl"
   _keep_metrics_before(metrics_file, start)
 
   step_fn = jax.jit(functools.partial(train_step, graphdef, optimizer=optimizer, loss_config=loss_config),
                     donate_argnums=0)
   row_sharding = NamedSharding(mesh, P(None, ("data", "fsdp")))
-  end = total_steps if config.stop_after_steps <= 0 else min(total_steps, start + config.stop_after_steps)
+  end = total_steps if train.stop_after_steps <= 0 else min(total_steps, start + train.stop_after_steps)
+  writer = _tensorboard(workdir, start) if config.tensorboard and jax.process_index() == 0 else None
   tokens_seen, clock = 0, time.perf_counter()
-  with open(metrics_file, "a") as log, tqdm(total=total_steps, initial=start, desc="training",
-                                            unit="step", disable=not config.progress) as bar:
-    for step in range(start, end):
-      batch = as_micro_batches(data.rows_for(step), num_micro)
-      batch = {k: jax.device_put(v, row_sharding) for k, v in batch.items()}
-      state, metrics = step_fn(state, batch)
-      metrics = {k: float(v) for k, v in metrics.items()}
-      tokens_seen += int(metrics["tokens"])
-      record = {"step": step + 1, "epoch": data.order.epoch_of(step), **metrics,
-                "learning_rate": float(schedule(step))}
-      log.write(json.dumps(record) + "\n")
-      log.flush()
-      bar.update(1)
-      bar.set_postfix(loss=f"{metrics['loss']:.4f}",
-                      tokens_per_s=f"{tokens_seen / (time.perf_counter() - clock):.0f}")
-      checkpointer.maybe_save(step + 1, state, {"step": step + 1})
-  finished = end == total_steps
-  checkpointer.maybe_save(end, state, {"step": end}, force=True)
-  checkpointer.close()
+  try:
+    with open(metrics_file, "a") as log, tqdm(total=total_steps, initial=start, desc="training",
+                                              unit="step", disable=not config.progress) as bar:
+      for step in range(start, end):
+        host_batch = next(batches)
+        batch = {k: jax.make_array_from_process_local_data(
+                     row_sharding, v, (num_micro, train.micro_batch_size) + v.shape[2:])
+                 for k, v in host_batch.items()}
+        state, metrics = step_fn(state, batch)
+        metrics = jax.device_get(metrics)
+        if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
+          last = checkpointer.latest_step()
+          raise NonFiniteError(
+              f"step {step + 1}: loss={float(metrics['loss'])}, grad_norm={float(metrics['grad_norm'])} "
+              f"(not finite); stopped without saving — the last good checkpoint is "
+              f"{'step ' + str(last) if last is not None else 'none (no checkpoint was saved yet)'} "
+              f"in {workdir / 'checkpoints'}; lower optimizer.learning_rate or check the data")
+        record = {"step": step + 1, "epoch": data.order.epoch_of(step),
+                  **{k: _plain(v) for k, v in metrics.items()}, "learning_rate": float(schedule(step))}
+        tokens_seen += int(record["tokens"])
+        record["tokens_per_s"] = tokens_seen / (time.perf_counter() - clock)
+        for every, hook in hooks:
+          if every > 0 and (step + 1) % every == 0:
+            record.update(hook(step + 1, nnx.merge(graphdef, state.params)))
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        if writer is not None:
+          _write_scalars(writer, record)
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", tokens_per_s=f"{record['tokens_per_s']:.0f}")
+        checkpointer.maybe_save(step + 1, state, {"step": step + 1}, data=batches)
+    finished = end == total_steps
+    checkpointer.maybe_save(end, state, {"step": end}, force=True, data=batches)
+  finally:
+    checkpointer.close()
+    if writer is not None:
+      writer.close()
 
   summary = {"steps_done": end, "total_steps": total_steps, "finished": finished,
              "examples": len(data.examples) if hasattr(data, "examples") else len(data.triplets),
              "truncated_examples": int(data.truncated), "workdir": str(workdir)}
+  if finished:
+    params_dir = (workdir / "params").absolute()
+    if not params_dir.exists():
+      with ocp.StandardCheckpointer() as params_checkpointer:
+        params_checkpointer.save(params_dir, state.params)
+    summary["params"] = str(params_dir)
   if finished and config.export_hf:
     trained = nnx.merge(graphdef, state.params)
     summary["hf_export"] = str(save_pretrained(trained, model_config, workdir / "hf", tokenizer=tokenizer))
@@ -251,6 +327,34 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
                  config.data.max_length)
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
   return summary
+
+
+def _plain(value) -> float | list[float | None]:
+  """A JSON-ready metric: a float, or a list with None for NaN entries."""
+  array = np.asarray(value, np.float64)
+  if array.ndim == 0:
+    return float(array)
+  return [None if np.isnan(x) else float(x) for x in array]
+
+
+def _tensorboard(workdir: Path, start: int):
+  from tensorboardX import SummaryWriter
+  # purge_step: a resumed run hides the events it is about to redo.
+  return SummaryWriter(str(workdir / "tensorboard"), purge_step=start + 1 if start else None)
+
+
+def _write_scalars(writer, record: Mapping[str, Any]) -> None:
+  step = record["step"]
+  for key, value in record.items():
+    if key == "step":
+      continue
+    if isinstance(value, list):
+      for position, x in enumerate(value, 1):
+        if x is not None:
+          writer.add_scalar(f"{key}/t{position:02d}", x, step)
+    elif isinstance(value, (int, float)):
+      writer.add_scalar(key, value, step)
+  writer.flush()
 
 
 def _keep_metrics_before(path: Path, step: int) -> None:

@@ -41,6 +41,9 @@ class LossConfig:
     (1−α)·mean over D_B tokens (paper Eq. 2), using `group`.
   vocab_chunk: compute log-probs in vocabulary chunks of this size (large
     vocabularies); None → full logits.
+  log_positions: response positions 1..N reported per step for the
+    constrained objective (mean weight w_t and mean Δ_t), so a run shows
+    the constraint working where it should — on the first tokens.
   """
   objective: str = "sft"
   beta: float = 0.1
@@ -50,6 +53,7 @@ class LossConfig:
   min_weight: float = 0.0
   alpha: float | None = None
   vocab_chunk: int | None = None
+  log_positions: int = 8
 
   def __post_init__(self):
     if self.objective not in OBJECTIVES:
@@ -80,10 +84,29 @@ def _group_weights(batch, cfg: LossConfig):
   return groups
 
 
+def _position_stats(logps, micro, cfg: LossConfig) -> dict[str, jax.Array]:
+  """Sums over this micro-batch: w_t, Δ_t and token counts per response position 1..N, and w over all.
+
+  w_t = 2σ(β_tΔ_t) is the constrained gradient's weight on the token (1 at
+  initialisation, → 0 as the policy moves past the reference).
+  """
+  mask = micro["loss_mask"][:, 1:].astype(jnp.float32)
+  t = losses.response_positions(mask)
+  beta_t = jnp.where(t == 1, cfg.beta * cfg.first_token_factor,
+                     jnp.where(t <= cfg.early_length, cfg.beta * cfg.early_factor, cfg.beta))
+  delta = jax.lax.stop_gradient(micro["ref_logps"][:, 1:] - logps)
+  weight = 2.0 * jax.nn.sigmoid(beta_t * delta) * mask
+  onehot = (t[..., None] == jnp.arange(1, cfg.log_positions + 1)).astype(jnp.float32)  # [b, T, N]
+  return {"weight": (onehot * weight[..., None]).sum((0, 1)),
+          "delta": (onehot * delta[..., None]).sum((0, 1)), "count": onehot.sum((0, 1)),
+          "weight_all": weight.sum()[None], "count_all": mask.sum()[None]}
+
+
 def _micro_loss(params, graphdef, micro, groups, cfg: LossConfig):
   model = nnx.merge(graphdef, params)
   logps = target_logps(model, micro["input_ids"], micro["attention_mask"], cfg.vocab_chunk)
   mask = micro["loss_mask"][:, 1:]
+  stats = _position_stats(logps, micro, cfg) if cfg.objective == "constrained" else {}
   total = jnp.zeros((), jnp.float32)
   for member, normaliser, weight in groups:
     group_mask = mask * member
@@ -95,27 +118,39 @@ def _micro_loss(params, graphdef, micro, groups, cfg: LossConfig):
           first_token_factor=cfg.first_token_factor, early_factor=cfg.early_factor,
           early_length=cfg.early_length, min_weight=cfg.min_weight)
     total = total + weight * loss_sum / normaliser
-  return total
+  return total, stats
 
 
 def train_step(graphdef, state: TrainState, batch: Mapping[str, jax.Array], *,
                optimizer: optax.GradientTransformation, loss_config: LossConfig,
                ) -> tuple[TrainState, dict[str, Any]]:
-  """One optimizer update over a batch of M micro-batches (pure; jit it)."""
+  """One optimizer update over a batch of M micro-batches (pure; jit it).
+
+  Metrics: loss, tokens, grad_norm; for the constrained objective also
+  `weight_by_position` / `delta_by_position` [log_positions] (mean w_t and
+  Δ_t over the batch's tokens at each response position; NaN where none)
+  and `mean_weight`.
+  """
   groups = _group_weights(batch, loss_config)
-  grad_fn = jax.value_and_grad(_micro_loss)
+  grad_fn = jax.value_and_grad(_micro_loss, has_aux=True)
 
   def accumulate(carry, index):
-    loss, grads = carry
+    loss, grads, stats = carry
     micro = jax.tree.map(lambda x: x[index], batch)
     micro_groups = [(member[index], normaliser, weight) for member, normaliser, weight in groups]
-    micro_loss, micro_grads = grad_fn(state.params, graphdef, micro, micro_groups, loss_config)
-    return (loss + micro_loss, jax.tree.map(jnp.add, grads, micro_grads)), None
+    (micro_loss, micro_stats), micro_grads = grad_fn(state.params, graphdef, micro, micro_groups,
+                                                     loss_config)
+    return (loss + micro_loss, jax.tree.map(jnp.add, grads, micro_grads),
+            jax.tree.map(jnp.add, stats, micro_stats)), None
 
   zeros = jax.tree.map(jnp.zeros_like, state.params)
+  n = loss_config.log_positions
+  stats = ({k: jnp.zeros((n if k in ("weight", "delta", "count") else 1,), jnp.float32)
+            for k in ("weight", "delta", "count", "weight_all", "count_all")}
+           if loss_config.objective == "constrained" else {})
   num_micro = batch["input_ids"].shape[0]
-  (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros),
-                                  jnp.arange(num_micro))
+  (loss, grads, stats), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros, stats),
+                                         jnp.arange(num_micro))
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {
@@ -123,4 +158,9 @@ def train_step(graphdef, state: TrainState, batch: Mapping[str, jax.Array], *,
       "tokens": batch["loss_mask"][..., 1:].sum(),
       "grad_norm": optax.global_norm(grads),
   }
+  if stats:
+    count = stats["count"]
+    metrics["weight_by_position"] = jnp.where(count > 0, stats["weight"] / jnp.maximum(count, 1), jnp.nan)
+    metrics["delta_by_position"] = jnp.where(count > 0, stats["delta"] / jnp.maximum(count, 1), jnp.nan)
+    metrics["mean_weight"] = stats["weight_all"][0] / jnp.maximum(stats["count_all"][0], 1)
   return TrainState(state.step + 1, params, opt_state), metrics

@@ -31,13 +31,14 @@ def _config(model_dir, **overrides):
   c = default_config()
   c.model = str(model_dir)
   c.chat_format = "template"
-  c.objective = "constrained"
+  c.objective = "constrained_sft"
   c.data.path = str(ASSETS / "conversations.jsonl")
   c.data.max_length = 96
-  c.batch_size, c.micro_batch_size = 4, 2
-  c.epochs, c.max_steps = 1, 4
+  c.train.batch_size, c.train.micro_batch_size = 4, 2
+  c.train.epochs, c.train.num_steps = 1, 4
   c.optimizer.learning_rate, c.optimizer.warmup_steps = 1e-3, 1
   c.progress = False
+  c.tensorboard = False
   # 8 simulated devices: micro-batches of 2 rows over fsdp=2, the rest tensor-parallel.
   c.mesh.fsdp, c.mesh.tensor = 2, -1
   for key, value in overrides.items():
@@ -54,13 +55,26 @@ def _metrics(workdir):
 
 
 def test_constrained_run_writes_checkpoints_metrics_and_an_hf_export(tiny_model_dir, tmp_path):
-  summary = run(_config(tiny_model_dir, checkpoint_every=2), tmp_path)
+  summary = run(_config(tiny_model_dir, **{"checkpoint.every_steps": 2, "tensorboard": True}), tmp_path)
   assert summary["finished"] and summary["steps_done"] == summary["total_steps"] == 4
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "4"]
+  # The data iterator's position is committed with the state.
+  assert json.loads(next((tmp_path / "checkpoints/4/data").glob("process_0*.json")).read_text()) == {
+      "next_index": 4}
   metrics = _metrics(tmp_path)
   assert [m["step"] for m in metrics] == [1, 2, 3, 4]
-  assert all(np.isfinite(m["loss"]) and m["tokens"] > 0 for m in metrics)
+  assert all(np.isfinite(m["loss"]) and m["tokens"] > 0 and m["tokens_per_s"] > 0 for m in metrics)
+  # The constraint's diagnostics: w_t starts at exactly 1 (policy = reference), per position.
+  first = metrics[0]
+  assert len(first["weight_by_position"]) == len(first["delta_by_position"]) == 8
+  np.testing.assert_allclose(first["weight_by_position"][:3], 1.0, atol=1e-5)
+  np.testing.assert_allclose(first["delta_by_position"][:3], 0.0, atol=1e-5)
+  assert first["mean_weight"] == pytest.approx(1.0, abs=1e-5)
+  assert metrics[-1]["mean_weight"] != pytest.approx(1.0, abs=1e-4)
   assert (tmp_path / "reference_logps.npz").exists()
+  events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  assert events and events[0].stat().st_size > 0
+  assert (tmp_path / "params").is_dir()
   # The export is read back by us and by transformers, with the same logits.
   ours, _ = load_pretrained(tmp_path / "hf")
   hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", attn_implementation="eager")
@@ -77,7 +91,7 @@ def test_resumed_run_equals_uninterrupted_run(tiny_model_dir, tmp_path):
   straight = tmp_path / "straight"
   run(_config(tiny_model_dir), straight)
   resumed = tmp_path / "resumed"
-  first = run(_config(tiny_model_dir, stop_after_steps=2), resumed)
+  first = run(_config(tiny_model_dir, **{"train.stop_after_steps": 2, "checkpoint.every_steps": 1}), resumed)
   assert not first["finished"] and not (resumed / "hf").exists()
   second = run(_config(tiny_model_dir), resumed)
   assert second["finished"]
@@ -89,8 +103,8 @@ def test_resumed_run_equals_uninterrupted_run(tiny_model_dir, tmp_path):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
 
 
-def test_recovery_objective_with_alpha(tiny_model_dir, tmp_path):
-  config = _config(tiny_model_dir, objective="recovery", max_steps=2)
+def test_augmented_objective_with_alpha(tiny_model_dir, tmp_path):
+  config = _config(tiny_model_dir, objective="augmented", **{"train.num_steps": 2})
   config.data.safety_path = str(ASSETS / "triplets.jsonl")
   config.data.utility_path = str(ASSETS / "utility.json")
   config.data.safety_per_step, config.data.utility_per_step = 2, 2
@@ -102,12 +116,23 @@ def test_recovery_objective_with_alpha(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("overrides, error, pattern", [
-    ({"micro_batch_size": 3}, ValueError, r"batch_size=4 is not a multiple of micro_batch_size=3"),
-    ({"objective": "dpo"}, ValueError, r"objective must be one of \('sft', 'constrained', 'recovery'\)"),
+    ({"train.micro_batch_size": 3}, ValueError,
+     r"config\.train\.batch_size=4 is not a multiple of config\.train\.micro_batch_size=3"),
+    ({"objective": "dpo"}, ValueError,
+     r"config\.objective must be one of \('sft', 'constrained_sft', 'augmented'\), got 'dpo'"),
     ({"data.path": "/nonexistent/data.jsonl"}, FileNotFoundError, r"/nonexistent/data\.jsonl"),
     ({"data.format": "alpaca"}, Exception, r"conversations\.jsonl"),
+    ({"data.format": "csv"}, Exception, r"unknown data format 'csv'; expected one of conversations, "),
+    ({"data.path": "tfds:/nonexistent/manual"}, FileNotFoundError,
+     r"/nonexistent/manual: manual directory for deepalign_conversations does not exist"),
     ({"model": ""}, ValueError, r"config\.model is empty"),
-    ({"mesh.fsdp": 4}, ValueError, r"micro_batch_size=2 must be a multiple of the mesh's data × fsdp = 4"),
+    ({"model": "/nonexistent/model"}, Exception, r"/nonexistent/model"),
+    ({"chat_format": "vicuna"}, Exception, r"vicuna"),
+    ({"mesh.fsdp": 4}, ValueError,
+     r"config\.train\.micro_batch_size=2 must be a multiple of the mesh's data × fsdp = 4"),
+    ({"objective": "augmented"}, ValueError,
+     r"config\.data\.safety_path is empty: the augmented objective reads triplets records from it"),
+    ({"data.path": ""}, ValueError, r"config\.data\.path is empty"),
 ])
 def test_bad_configs_fail_with_a_clear_message(tiny_model_dir, tmp_path, overrides, error, pattern):
   with pytest.raises(error, match=pattern):
@@ -115,11 +140,11 @@ def test_bad_configs_fail_with_a_clear_message(tiny_model_dir, tmp_path, overrid
 
 
 def test_reference_cache_of_other_data_is_refused(tiny_model_dir, tmp_path):
-  run(_config(tiny_model_dir, max_steps=1), tmp_path / "run")
+  run(_config(tiny_model_dir, **{"train.num_steps": 1}), tmp_path / "run")
   fewer = tmp_path / "fewer.jsonl"
   fewer.write_text("".join((ASSETS / "conversations.jsonl").read_text().splitlines(True)[:-1]))
   with pytest.raises(ValueError, match="reference_logps.npz: cached reference log-probs do not match"):
-    run(_config(tiny_model_dir, max_steps=1, **{"data.path": str(fewer)}), tmp_path / "run")
+    run(_config(tiny_model_dir, **{"train.num_steps": 1, "data.path": str(fewer)}), tmp_path / "run")
 
 
 def test_cli_runs_the_demo_config_shortened(tiny_model_dir, tmp_path):
@@ -129,7 +154,7 @@ def test_cli_runs_the_demo_config_shortened(tiny_model_dir, tmp_path):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   result = subprocess.run(
       [sys.executable, "-m", "deepalign_jax.train", "--config", "configs/demo.py",
-       "--workdir", str(tmp_path), f"--config.model={tiny_model_dir}", "--config.max_steps=2",
+       "--workdir", str(tmp_path), f"--config.model={tiny_model_dir}", "--config.train.num_steps=2",
        "--config.progress=False"],
       capture_output=True, text=True, env=env, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
@@ -140,3 +165,94 @@ def test_cli_runs_the_demo_config_shortened(tiny_model_dir, tmp_path):
                         "--workdir", str(tmp_path / "bad"), "--config.model=/nonexistent"],
                        capture_output=True, text=True, env=env, timeout=600)
   assert bad.returncode == 1 and "error: /nonexistent: no config.json" in bad.stderr
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_model_dir, tmp_path):
+  from deepalign_jax.train.loop import NonFiniteError
+  # An absurd learning rate makes the weights overflow within a few steps.
+  config = _config(tiny_model_dir, objective="sft", **{
+      "checkpoint.every_steps": 1, "optimizer.learning_rate": 1e38, "optimizer.grad_clip": 0.0,
+      "optimizer.warmup_steps": 0, "train.num_steps": 6})
+  with pytest.raises(NonFiniteError, match=r"step (\d): loss=.* \(not finite\); stopped without saving — "
+                                           r"the last good checkpoint is step (\d)"):
+    run(config, tmp_path)
+  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  metrics = _metrics(tmp_path)
+  assert steps and steps[-1] == len(metrics) and all(np.isfinite(m["loss"]) for m in metrics)
+  assert not (tmp_path / "hf").exists()
+  # What was saved still restores (a finite state).
+  from deepalign_jax.train.checkpoints import Checkpointer
+  import orbax.checkpoint as ocp
+  restored = ocp.CheckpointManager(tmp_path / "checkpoints").restore(
+      steps[-1], args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored["state"]))
+  del Checkpointer
+
+
+def test_training_reads_a_tfds_build_of_the_manual_directory(tiny_model_dir, tmp_path):
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  (manual / "train.jsonl").write_text((ASSETS / "conversations.jsonl").read_text())
+  plain = run(_config(tiny_model_dir, objective="sft", **{"train.num_steps": 2, "export_hf": False}),
+              tmp_path / "plain")
+  via_tfds = run(_config(tiny_model_dir, objective="sft", **{
+      "train.num_steps": 2, "export_hf": False, "data.path": f"tfds:{manual}",
+      "data.tfds_data_dir": str(tmp_path / "tfds")}), tmp_path / "tfds_run")
+  assert via_tfds["examples"] == plain["examples"]
+  assert list((tmp_path / "tfds").rglob("*.array_record-*"))
+  # Same records in the same order: the same losses.
+  assert [m["loss"] for m in _metrics(tmp_path / "tfds_run")] == pytest.approx(
+      [m["loss"] for m in _metrics(tmp_path / "plain")], rel=1e-6)
+
+
+def test_kill_9_at_any_moment_then_rerun_reproduces_the_uninterrupted_run(tiny_model_dir, tmp_path):
+  """The CLI is killed (SIGKILL) after its first checkpoint commits, mid-run; the same command finishes."""
+  import os
+  import signal
+  import subprocess
+  import sys
+  import time
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  workdir = tmp_path / "killed"
+  command = [sys.executable, "-m", "deepalign_jax.train", "--config", "configs/demo.py",
+             "--workdir", str(workdir), f"--config.model={tiny_model_dir}", "--config.train.num_steps=6",
+             "--config.checkpoint.every_steps=1", "--config.data.max_length=96", "--config.progress=False",
+             "--config.export_hf=False"]
+  process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None:
+    if (workdir / "checkpoints" / "2").exists():  # step 2 being written or just committed
+      break
+    time.sleep(0.05)
+  assert process.poll() is None, process.stderr.read().decode()[-2000:]
+  os.kill(process.pid, signal.SIGKILL)
+  process.wait()
+  done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert json.loads(done.stdout)["finished"]
+  config = _config(tiny_model_dir, **{"train.num_steps": 6, "export_hf": False, "mesh.fsdp": 2,
+                                      "mesh.tensor": 1, "mesh.data": 1})
+  config.data.max_length = 96
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("demo", "configs/demo.py")
+  demo = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(demo)
+  reference = demo.get_config()
+  reference.model, reference.progress, reference.tensorboard = str(tiny_model_dir), False, False
+  reference.train.num_steps, reference.data.max_length, reference.export_hf = 6, 96, False
+  reference.mesh.fsdp, reference.mesh.tensor = 2, 4
+  del config
+  run(reference, tmp_path / "straight")
+  killed = _metrics(workdir)
+  assert [m["step"] for m in killed] == list(range(1, 7))
+  assert [m["loss"] for m in killed] == pytest.approx([m["loss"] for m in _metrics(tmp_path / "straight")],
+                                                     rel=1e-5)
+
+
+def test_cli_refuses_a_misspelt_config_key(tmp_path):
+  import subprocess
+  import sys
+  result = subprocess.run([sys.executable, "-m", "deepalign_jax.train", "--config", "configs/demo.py",
+                           "--workdir", str(tmp_path), "--config.train.num_step=2"],
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0 and "num_step" in result.stderr

@@ -142,3 +142,36 @@ def test_sft_loss_goes_down():
     state, metrics = step(state, batch)
     history.append(float(metrics["loss"]))
   assert history[-1] < 0.5 * history[0]
+
+
+def test_constrained_metrics_by_response_position_match_numpy():
+  """weight_by_position[t-1] = mean over rows of 2σ(β_t Δ_t), Δ = ref − policy, per response position t."""
+  model = _model()
+  examples = _examples(n=8, seed=3)
+  rng = np.random.default_rng(0)
+  batch = _with_ref(model, examples)
+  batch["ref_logps"] = batch["ref_logps"] + rng.normal(0, 2.0, batch["ref_logps"].shape).astype(np.float32)
+  policy = np.asarray(target_logps(model, jnp.asarray(examples["input_ids"]),
+                                   jnp.asarray(examples["attention_mask"])), np.float64)
+  cfg = LossConfig(objective="constrained", log_positions=6)
+  _, _, metrics = _step(model, _as_micro(batch, 2), cfg)
+  betas = [0.5, 2.0, 2.0, 2.0, 2.0, 0.1]
+  weights, deltas, all_weights = [[] for _ in range(6)], [[] for _ in range(6)], []
+  for row in range(8):
+    t = 0
+    for j in range(1, examples["input_ids"].shape[1]):
+      if not examples["loss_mask"][row, j]:
+        continue
+      t += 1
+      delta = batch["ref_logps"][row, j] - policy[row, j - 1]
+      beta = betas[min(t, 6) - 1] if t <= 5 else 0.1
+      weight = 2.0 / (1.0 + np.exp(-beta * delta))
+      all_weights.append(weight)
+      if t <= 6:
+        weights[t - 1].append(weight)
+        deltas[t - 1].append(delta)
+  np.testing.assert_allclose(np.asarray(metrics["weight_by_position"]), [np.mean(w) for w in weights],
+                             rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(metrics["delta_by_position"]), [np.mean(d) for d in deltas],
+                             rtol=1e-4, atol=1e-4)
+  assert float(metrics["mean_weight"]) == pytest.approx(np.mean(all_weights), rel=1e-4)

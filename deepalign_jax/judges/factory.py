@@ -1,0 +1,84 @@
+"""`make_judge(config)`: a judge from a dict or ml_collections config.
+
+`config.kind` picks the judge; the other keys are that judge's arguments
+(listed in `DEFAULTS`).  Unknown keys are refused by name, so a misspelt
+option fails at start-up rather than being silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from deepalign_jax.judges.base import Judge, JudgeConfigError
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "keyword": dict(keywords="qi2025"),
+    "api": dict(model="gpt-4-turbo", base_url="https://api.openai.com/v1", api_key_env="OPENAI_API_KEY",
+                rubric=None, cache_dir=None, concurrency=8, max_attempts=5, base_delay_s=1.0,
+                max_delay_s=60.0, timeout_s=60.0, max_tokens=1024, name="api_rubric", progress=True),
+    "model": dict(model=None, template=None, chat_format="auto", dtype="float32", max_new_tokens=10,
+                  batch_size=8, name=None, progress=True),
+}
+
+
+def default_config(kind: str):
+  """An `ml_collections.ConfigDict` with `kind` and the defaults of that judge.
+
+  Keys whose default is None (paths, names) are left as None placeholders
+  that accept a string.
+  """
+  import ml_collections
+
+  if kind not in DEFAULTS:
+    raise JudgeConfigError(f"unknown judge kind {kind!r}; expected one of {sorted(DEFAULTS)}")
+  config = ml_collections.ConfigDict()
+  config.kind = kind
+  for key, value in DEFAULTS[kind].items():
+    # A None field of a ConfigDict would refuse a string later: declare its type.
+    config[key] = ml_collections.FieldReference(None, field_type=str) if value is None else value
+  return config
+
+
+def _as_dict(config: Any) -> dict[str, Any]:
+  if hasattr(config, "to_dict"):  # ml_collections.ConfigDict / FrozenConfigDict
+    return dict(config.to_dict())
+  if isinstance(config, Mapping):
+    return dict(config)
+  raise TypeError(f"a judge config must be a dict or ConfigDict, got {type(config).__name__}")
+
+
+def make_judge(config: Any) -> Judge:
+  """The judge that `config` describes.
+
+  Keys by kind (defaults in `DEFAULTS`):
+    keyword: keywords ('qi2025' | 'llm_attacks_eval' | 'llm_attacks' | a file | a list).
+    api:     model, base_url, api_key_env, rubric, cache_dir, concurrency,
+             max_attempts, base_delay_s, max_delay_s, timeout_s, max_tokens,
+             name, progress.
+    model:   model (HF directory, required), template, chat_format
+             ('auto' | 'llama2' | 'gemma' | 'base' | 'template' | 'raw'),
+             dtype, max_new_tokens, batch_size, name, progress.
+  """
+  values = _as_dict(config)
+  kind = values.pop("kind", None)
+  if kind not in DEFAULTS:
+    raise JudgeConfigError(f"judge config: 'kind' must be one of {sorted(DEFAULTS)}, got {kind!r}")
+  unknown = sorted(set(values) - set(DEFAULTS[kind]))
+  if unknown:
+    raise JudgeConfigError(f"judge config: unknown key(s) {unknown} for a judge of kind {kind!r}; "
+                           f"expected some of {sorted(DEFAULTS[kind])}")
+  args = {**DEFAULTS[kind], **values}
+  if kind == "keyword":
+    from deepalign_jax.judges.keyword import KeywordJudge
+    return KeywordJudge(args["keywords"])
+  if kind == "api":
+    from deepalign_jax.judges.api import ApiJudge
+    return ApiJudge(**args)
+  from deepalign_jax.judges.model import ModelJudge
+  path = args.pop("model")
+  if not path:
+    raise JudgeConfigError("judge config: a judge of kind 'model' needs 'model', the judge model's "
+                           "HF directory")
+  if args["name"] is None:
+    del args["name"]
+  return ModelJudge.from_pretrained(path, **args)

@@ -1,0 +1,183 @@
+"""`deepalign_jax.evaluate`: attacks × judges on a tiny model, resumable outputs, summaries."""
+
+import json
+import os
+import subprocess
+import sys
+from importlib import resources
+
+import pytest
+
+from deepalign_jax.attacks.decoding_grid import grid_settings, worst_case
+from deepalign_jax.attacks.settings import Setting
+from deepalign_jax.data import load_tokenizer
+from deepalign_jax.evaluate import default_config, read_records, run
+from deepalign_jax.models import config_from_hf, create_model, save_pretrained
+from tests.real_checkpoints import real_tokenizer
+
+ASSETS = resources.files("deepalign_jax") / "assets/demo"
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+  tokenizer = load_tokenizer(real_tokenizer("smollm2"))
+  cfg = config_from_hf(dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=64,
+                            intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                            num_key_value_heads=1, head_dim=32, tie_word_embeddings=True))
+  path = tmp_path_factory.mktemp("tiny") / "model"
+  return save_pretrained(create_model(cfg, seed=1), cfg, path, tokenizer=tokenizer)
+
+
+def _config(model_dir, **overrides):
+  c = default_config()
+  c.model = str(model_dir)
+  c.chat_format = "template"
+  c.benchmark.path = str(ASSETS / "attack_prompts.jsonl")
+  c.benchmark.limit = 3
+  c.attack.prefill_tokens = [0, 3, 6]
+  c.decoding.max_new_tokens = 6
+  c.decoding.batch_size = 4
+  c.progress = False
+  c.mesh.fsdp, c.mesh.tensor = 1, -1
+  for key, value in overrides.items():
+    target = c
+    *parents, last = key.split(".")
+    for parent in parents:
+      target = target[parent]
+    target[last] = value
+  return c
+
+
+def _lines(workdir):
+  return (workdir / "generations.jsonl").read_text().splitlines()
+
+
+def test_prefill_attack_records_summary_plot_and_determinism(tiny_model_dir, tmp_path):
+  summary = run(_config(tiny_model_dir), tmp_path / "a")
+  records = [json.loads(line) for line in _lines(tmp_path / "a")]
+  assert len(records) == 3 * 3 and len({r["key"] for r in records}) == 9
+  tokenizer = load_tokenizer(tiny_model_dir)
+  for r in records:
+    k = r["attack"]["prefill_tokens"]
+    assert r["rendered_prompt"].endswith(r["prefill"])
+    assert len(tokenizer(r["prefill"], add_special_tokens=False)["input_ids"]) == pytest.approx(k, abs=1)
+    assert (k == 0) == (r["prefill"] == "")
+    assert r["attack"]["decoding"] == {"temperature": 0.9, "top_k": 50, "top_p": 0.6, "greedy": False}
+    assert r["verdict"]["judge"] == "keyword" and r["verdict"]["jailbroken"] in (True, False)
+    assert 1 <= r["output_tokens"] <= 6
+  per = summary["per_setting"]
+  assert set(per) == {"prefill_0", "prefill_3", "prefill_6"}
+  for name, entry in per.items():
+    mine = [r for r in records if r["setting"] == name]
+    assert entry["n"] == 3 and entry["n_jailbroken"] == sum(r["verdict"]["jailbroken"] for r in mine)
+  assert json.loads((tmp_path / "a/summary.json").read_text())["config"]["attack"]["kind"] == "prefill"
+  import matplotlib.image
+  assert matplotlib.image.imread(tmp_path / "a/asr.png").shape[2] in (3, 4)
+  run(_config(tiny_model_dir), tmp_path / "b")  # same seed, same outputs
+  assert _lines(tmp_path / "a") == _lines(tmp_path / "b")
+
+
+def test_interrupted_run_resumes_without_duplicates_or_losses(tiny_model_dir, tmp_path):
+  config = _config(tiny_model_dir)
+  run(config, tmp_path)
+  full = _lines(tmp_path)
+  # A crash: the last 4 records never came, and the one before is half written.
+  kept = "\n".join(full[:4]) + "\n" + full[4][:25]
+  (tmp_path / "generations.jsonl").write_text(kept)
+  assert len(read_records(tmp_path / "generations.jsonl")) == 4  # the torn line is cut off
+  run(config, tmp_path)
+  again = [json.loads(line) for line in _lines(tmp_path)]
+  assert sorted(r["key"] for r in again) == sorted(json.loads(line)["key"] for line in full)
+  assert _lines(tmp_path)[:4] == full[:4]  # what was written stays as it was
+  run(config, tmp_path)  # nothing left to do: nothing appended
+  assert len(_lines(tmp_path)) == 9
+
+
+def test_decoding_grid_covers_every_point_once_per_prompt(tiny_model_dir, tmp_path):
+  config = _config(tiny_model_dir, **{"attack.kind": "decoding_grid", "benchmark.limit": 2})
+  config.grid.temperatures, config.grid.top_ks, config.grid.top_ps = [0.5, 1.0], [1, 5], [0.3]
+  summary = run(config, tmp_path)
+  records = [json.loads(line) for line in _lines(tmp_path)]
+  names = [s.name for s in grid_settings([0.5, 1.0], [1, 5], [0.3])]
+  assert names == ["greedy", "temperature_0.5", "temperature_1", "top_k_1", "top_k_5", "top_p_0.3"]
+  for prompt in (0, 1):
+    assert sorted(r["setting"] for r in records if r["prompt_index"] == prompt) == sorted(names)
+  by_name = {r["setting"]: r["attack"]["decoding"] for r in records}
+  assert by_name["greedy"]["greedy"] and by_name["top_k_5"] == {"temperature": 1.0, "top_k": 5, "top_p": 1.0,
+                                                                "greedy": False}
+  # Greedy and top-k 1 are the same decoding: the same tokens.
+  for prompt in (0, 1):
+    out = {r["setting"]: r["output"] for r in records if r["prompt_index"] == prompt}
+    assert out["greedy"] == out["top_k_1"]
+  assert set(summary["worst_case"]["per_axis"]) == {"greedy", "temperature", "top_k", "top_p"}
+
+
+def test_worst_case_aggregation_on_a_hand_built_table():
+  settings = [Setting("greedy", "greedy"), Setting("t1", "temperature", 0.5), Setting("t2", "temperature", 1.0),
+              Setting("k1", "top_k", 1)]
+  broken = {(0, "greedy"): False, (0, "t1"): False, (0, "t2"): True, (0, "k1"): False,
+            (1, "greedy"): False, (1, "t1"): False, (1, "t2"): False, (1, "k1"): False,
+            (2, "greedy"): True, (2, "t1"): False, (2, "t2"): False,  # (2, "k1") had no verdict
+            (3, "greedy"): False, (3, "t1"): True, (3, "t2"): True, (3, "k1"): True}
+  result = worst_case(broken, settings)
+  assert result["overall"] == {"asr": 0.75, "broken": 3, "prompts": 4}
+  assert result["per_axis"]["temperature"] == {"asr": 0.5, "broken": 2, "prompts": 4}
+  assert result["per_axis"]["greedy"] == {"asr": 0.25, "broken": 1, "prompts": 4}
+  assert result["per_axis"]["top_k"] == {"asr": 1 / 3, "broken": 1, "prompts": 3}
+  assert result["per_setting"]["t2"] == {"asr": 0.5, "broken": 2, "prompts": 4}
+
+
+def test_prefix_attack_and_utility_metric(tiny_model_dir, tmp_path):
+  config = _config(tiny_model_dir, **{"attack.kind": "prefix", "utility.metric": "rouge1",
+                                      "benchmark.limit": 2})
+  config.attack.prefixes = ["I cannot", "Sure, here is"]
+  summary = run(config, tmp_path)
+  records = [json.loads(line) for line in _lines(tmp_path)]
+  assert {r["prefill"] for r in records} == {"I cannot", "Sure, here is"}
+  assert all(r["rendered_prompt"].endswith(r["prefill"]) for r in records)
+  # The keyword judge reads the prefill too: "I cannot" is a refusal whatever follows.
+  assert summary["per_setting"]["prefix_0"]["n_jailbroken"] == 0
+  assert all(0.0 <= r["utility"]["rouge1_f1"] <= 1.0 for r in records)
+  assert "rouge1_f1" in summary["per_setting"]["prefix_1"]["utility"]
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    ({"attack.kind": "jailbreak"}, r"config\.attack\.kind must be one of"),
+    ({"benchmark.path": ""}, r"config\.benchmark\.path is empty"),
+    ({"benchmark.format": "malicious_instruct", "benchmark.path": str(ASSETS / "README.md")},
+     r"the prefilling attack needs a reference \(harmful\) answer per prompt"),
+    ({"utility.metric": "bleu"}, r"config\.utility\.metric must be one of"),
+    ({"model": "/nonexistent/model"}, r"/nonexistent/model"),
+])
+def test_bad_configs_fail_with_a_clear_message(tiny_model_dir, tmp_path, overrides, pattern):
+  with pytest.raises(Exception, match=pattern):
+    run(_config(tiny_model_dir, **overrides), tmp_path)
+
+
+def test_gcg_attack_through_evaluate(tiny_model_dir, tmp_path):
+  config = _config(tiny_model_dir, **{"attack.kind": "gcg", "benchmark.limit": 2, "decoding.greedy": True})
+  g = config.gcg
+  g.num_steps, g.num_candidates, g.topk, g.forward_batch, g.grad_batch = 2, 8, 4, 8, 8
+  g.init_suffix = "! ! ! !"
+  summary = run(config, tmp_path)
+  records = [json.loads(line) for line in _lines(tmp_path)]
+  assert len(records) == 2 and len(summary["gcg_suffixes"]) == 1
+  suffix = summary["gcg_suffixes"][0]
+  assert all(r["suffix"] == suffix and suffix in r["rendered_prompt"] for r in records)
+  assert (tmp_path / "gcg" / "history.jsonl").exists()
+
+
+def test_cli_runs_an_eval_config(tiny_model_dir, tmp_path):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  result = subprocess.run(
+      [sys.executable, "-m", "deepalign_jax.evaluate", "--config", "configs/eval/demo_prefill.py",
+       "--workdir", str(tmp_path), f"--config.model={tiny_model_dir}", "--config.decoding.max_new_tokens=4",
+       "--config.benchmark.limit=2", "--config.progress=False"],
+      capture_output=True, text=True, env=env, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert json.loads(result.stdout)["attack"] == "prefill"
+  bad = subprocess.run(
+      [sys.executable, "-m", "deepalign_jax.evaluate", "--config", "configs/eval/demo_prefill.py",
+       "--workdir", str(tmp_path / "bad"), "--config.model=/nonexistent"],
+      capture_output=True, text=True, env=env, timeout=600)
+  assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: ")
