@@ -301,6 +301,44 @@ def summarize_records(records: Sequence[dict], settings: Sequence[Setting], kind
   return out
 
 
+def prefill_asr_hook(eval_config: ml_collections.ConfigDict, tokenizer, chat_format: str = "auto",
+                     system_prompt: str | None = "", progress: bool = False):
+  """A training-loop hook: prefilling-attack ASR with the keyword judge on the current weights.
+
+  eval_config (the training config's `eval` block): path, format, limit,
+  prefill_tokens, max_new_tokens, batch_size, keywords, seed.  Returns
+  fn(step, model) → {"eval/asr_prefill_<k>": ASR, ...}, for
+  `train.loop.run(..., hooks=[(every_steps, fn)])` — a run's jailbreak (or
+  its staying safe) shows up next to its loss.
+  """
+  records = load_records(eval_config.path, eval_config.format)
+  prompts = [r for r in records if getattr(r, "assistant", None) or getattr(r, "reference", None)]
+  if not prompts:
+    raise ValueError(f"{eval_config.path}: the in-training prefilling evaluation needs prompts with a "
+                     f"reference (harmful) answer")
+  prompts = prompts[:eval_config.limit] if eval_config.limit > 0 else prompts
+  judge = make_judge({"kind": "keyword", "keywords": eval_config.keywords})
+  conversations = [[{"role": "user", "content": getattr(r, "user", None) or getattr(r, "text")}]
+                   for r in prompts]
+  answers = [getattr(r, "assistant", None) or r.reference for r in prompts]
+  d = Decoding()
+
+  def hook(step: int, model) -> dict[str, float]:
+    del step
+    sampler = Sampler(model, tokenizer, chat_format, system_prompt)
+    out = {}
+    for k in eval_config.prefill_tokens:
+      samples = sampler.sample(conversations, responses=answers, prefill_tokens=int(k),
+                               batch_size=eval_config.batch_size, max_new_tokens=eval_config.max_new_tokens,
+                               temperature=d.temperature, top_k=d.top_k, top_p=d.top_p,
+                               seed=eval_config.seed, progress=progress)
+      verdicts = judge.judge([(c[0]["content"], s.prefill + s.text) for c, s in zip(conversations, samples)])
+      out[f"eval/asr_prefill_{int(k)}"] = summarize(verdicts).asr
+    return out
+
+  return hook
+
+
 def plot_asr(summary: dict, settings: Sequence[Setting], path: Path) -> Path:
   """ASR against the sweep's coordinate, one line per axis (PNG)."""
   import matplotlib

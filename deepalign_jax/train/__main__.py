@@ -13,7 +13,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from deepalign_jax.train.loop import run
+from deepalign_jax.train.loop import run, training_hooks
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "an ml_collections config file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and the export go")
@@ -26,7 +26,8 @@ def main(argv) -> None:
   if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
   try:
-    summary = run(_CONFIG.value, _WORKDIR.value)
+    config = _CONFIG.value
+    summary = run(config, _WORKDIR.value, hooks=training_hooks(config))
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -19,6 +19,7 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from deepalign_jax.train.state import TrainState
@@ -71,6 +72,11 @@ class Checkpointer:
     self._manager.close()
 
 
+def _names(path) -> tuple[str, ...]:
+  """A pytree path as plain names, whether its steps are dict keys or attributes."""
+  return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
 def load_model(spec: str | os.PathLike, *, dtype=None, mesh=None):
   """(model, tokenizer, directory) for an HF directory, `packaged:NAME`, or a training workdir.
 
@@ -97,17 +103,28 @@ def load_model(spec: str | os.PathLike, *, dtype=None, mesh=None):
     base = json.loads((path / "config.json").read_text()).get("model")
     if not base:
       raise ValueError(f"{path}/config.json: a training workdir's config needs 'model'")
-    model, _ = load_pretrained(load_model(base)[2], dtype=dtype, mesh=mesh)
+    base_dir = packaged_checkpoint(base.split(":", 1)[1]) if base.startswith("packaged:") else Path(base)
+    model, _ = load_pretrained(base_dir, dtype=dtype, mesh=mesh)
     manager = ocp.CheckpointManager(str((path / "checkpoints").absolute()))
     step = manager.latest_step()
     if step is None:
       raise ValueError(f"{path}/checkpoints: no complete checkpoint to evaluate")
+    # Only the parameters, read as host arrays (the run may have had another
+    # device topology), then placed like the freshly loaded model's.
+    state_dir = path.absolute() / "checkpoints" / str(step) / "state"
+    tree = ocp.StandardCheckpointer().metadata(state_dir).item_metadata
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree["params"])
+    with ocp.PyTreeCheckpointer() as reader:
+      restored = reader.restore(state_dir, args=ocp.args.PyTreeRestore(
+          item={"params": tree["params"]}, restore_args={"params": restore_args}, partial_restore=True))
     graphdef, params = nnx.split(model)
-    like = _abstract(params)
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        {"params": like}, restore_args=jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding),
-                                                    like), partial_restore=True)))
-    base_dir = load_model(base)[2]
-    return nnx.merge(graphdef, restored["state"]["params"]), load_tokenizer(base_dir), base_dir
+    saved = {_names(p): v for p, v in jax.tree_util.tree_flatten_with_path(restored["params"])[0]}
+    like, treedef = jax.tree_util.tree_flatten_with_path(params)
+    missing = [jax.tree_util.keystr(p) for p, _ in like if _names(p) not in saved]
+    if missing:
+      raise ValueError(f"{state_dir}: checkpoint lacks parameters {missing[:3]} of the model {base_dir}")
+    params = jax.tree_util.tree_unflatten(treedef, [
+        jax.device_put(saved[_names(p)].astype(x.dtype), x.sharding) for p, x in like])
+    return nnx.merge(graphdef, params), load_tokenizer(base_dir), base_dir
   model, _ = load_pretrained(path, dtype=dtype, mesh=mesh)
   return model, load_tokenizer(path), path

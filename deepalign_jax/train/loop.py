@@ -96,6 +96,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(
       every_steps=0,               # 0: only at the end
       keep=2))
+  # In-training prefilling attack (keyword judge) every `every_steps` steps, logged
+  # as eval/asr_prefill_<k> next to the loss; needs prompts with harmful answers.
+  c.eval = ml_collections.ConfigDict(dict(
+      every_steps=0, path="", format="harmful_hexphi", limit=16, prefill_tokens=[5],
+      max_new_tokens=64, batch_size=8, keywords="qi2025", seed=0))
   c.export_hf = True
   c.progress = True
   c.tensorboard = True
@@ -327,6 +332,17 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                  config.data.max_length)
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
   return summary
+
+
+def training_hooks(config: ml_collections.ConfigDict) -> list[tuple[int, Hook]]:
+  """The hooks the config asks for (the in-training prefilling evaluation), for `run(..., hooks=)`."""
+  if config.eval.every_steps <= 0:
+    return []
+  # Imported here: evaluation sits downstream of training (it attacks trained models).
+  from deepalign_jax.evaluate import prefill_asr_hook
+  tokenizer = load_tokenizer(_resolve_model(config.model))
+  return [(config.eval.every_steps, prefill_asr_hook(config.eval, tokenizer, config.chat_format,
+                                                     config.system_prompt))]
 
 
 def _plain(value) -> float | list[float | None]:

@@ -10,7 +10,7 @@ import transformers
 
 from deepalign_jax.data import load_tokenizer
 from deepalign_jax.models import config_from_hf, create_model, load_pretrained, save_pretrained
-from deepalign_jax.train.loop import default_config, run
+from deepalign_jax.train.loop import default_config, run, training_hooks
 from tests.real_checkpoints import real_tokenizer
 
 ASSETS = resources.files("deepalign_jax") / "assets/demo"
@@ -101,6 +101,12 @@ def test_resumed_run_equals_uninterrupted_run(tiny_model_dir, tmp_path):
   b, _ = load_pretrained(resumed / "hf")
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+  # A workdir without hf/ is evaluated from its latest checkpoint: the same weights.
+  from deepalign_jax.train.checkpoints import load_model
+  (resumed / "hf").rename(resumed / "exported")
+  c, _, _ = load_model(resumed)
+  for x, y in zip(jax.tree.leaves(b), jax.tree.leaves(c)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_augmented_objective_with_alpha(tiny_model_dir, tmp_path):
@@ -110,9 +116,16 @@ def test_augmented_objective_with_alpha(tiny_model_dir, tmp_path):
   config.data.safety_per_step, config.data.utility_per_step = 2, 2
   config.data.recovery_C = 10
   config.loss.alpha = 0.2
-  summary = run(config, tmp_path)
+  # The in-training prefilling evaluation, every step.
+  config.eval.every_steps, config.eval.path, config.eval.limit = 1, str(ASSETS / "attack_prompts.jsonl"), 4
+  config.eval.max_new_tokens, config.eval.batch_size, config.eval.prefill_tokens = 4, 4, [0, 3]
+  summary = run(config, tmp_path, hooks=training_hooks(config))
   assert summary["finished"] and summary["examples"] == 12
-  assert len(_metrics(tmp_path)) == 2
+  metrics = _metrics(tmp_path)
+  assert len(metrics) == 2
+  for m in metrics:
+    assert m["eval/asr_prefill_0"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert m["eval/asr_prefill_3"] in (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 @pytest.mark.parametrize("overrides, error, pattern", [
