@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 from tqdm.auto import tqdm
 
-from deepalign_jax import metrics, sharding
+from deepalign_jax import distributed, metrics, sharding
 from deepalign_jax.attacks import decoding_grid
 from deepalign_jax.attacks.settings import (Decoding, Setting, plain_setting, prefill_settings, prefix_settings,
                                             suffix_settings)
@@ -383,6 +383,7 @@ def main() -> None:
   config_flag = config_flags.DEFINE_config_file("config", None, "an ml_collections config file",
                                                 lock_config=True)
   workdir_flag = flags.DEFINE_string("workdir", None, "where generations.jsonl, summary.json and plots go")
+  distributed.define_flags()
 
   def _main(argv):
     del argv
@@ -390,6 +391,7 @@ def main() -> None:
       raise app.UsageError("--config and --workdir are required")
     if not flags.FLAGS["verbosity"].present:
       absl_logging.set_verbosity(absl_logging.WARNING)
+    distributed.initialize_from_flags()
     try:
       summary = run(config_flag.value, workdir_flag.value)
     except (ValueError, FileNotFoundError) as e:

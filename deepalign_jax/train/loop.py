@@ -95,7 +95,8 @@ def default_config() -> ml_collections.ConfigDict:
       seed=0))
   c.checkpoint = ml_collections.ConfigDict(dict(
       every_steps=0,               # 0: only at the end
-      keep=2))
+      keep=2,
+      directory=""))               # default workdir/checkpoints; may be gs://bucket/... (Orbax/TensorStore)
   # In-training prefilling attack (keyword judge) every `every_steps` steps, logged
   # as eval/asr_prefill_<k> next to the loss; needs prompts with harmful answers.
   c.eval = ml_collections.ConfigDict(dict(
@@ -219,7 +220,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   renderer = ChatRenderer(tokenizer, config.chat_format, config.system_prompt)
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
   data = _Data(config, renderer, pad_id)
-  (workdir / "config.json").write_text(config.to_json(indent=2))
+  main = jax.process_index() == 0  # the one process that writes shared files
+  if main:
+    (workdir / "config.json").write_text(config.to_json(indent=2))
 
   total_steps = train.num_steps if train.num_steps > 0 else data.steps_per_epoch * train.epochs
   rows = data.rows
@@ -234,14 +237,16 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
 
   if config.objective == "constrained_sft":
     cache = workdir / "reference_logps.npz"
-    if cache.exists():
+    # Every process must take the same branch (computing is collective): process 0 decides.
+    if _agree(cache.exists()):
       data.ref_logps = reference.load_reference_logps(cache, data.examples)
     else:
       data.ref_logps = reference.compute_reference_logps(
           model, data.examples, max_length=config.data.max_length,
           batch_size=train.micro_batch_size, vocab_chunk=config.loss.vocab_chunk or None,
-          progress=config.progress)
-      reference.save_reference_logps(cache, data.ref_logps)
+          progress=config.progress and main)
+      if main:
+        reference.save_reference_logps(cache, data.ref_logps)
 
   loss_config = LossConfig(
       objective="constrained" if config.objective == "constrained_sft" else "sft",
@@ -258,7 +263,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   batches = step_iterator(step_dataset(data.rows_for, total_steps, num_micro,
                                        process_index=jax.process_index(), process_count=jax.process_count()),
                           prefetch=config.data.prefetch)
-  checkpointer = Checkpointer(str((workdir / "checkpoints").absolute()), keep=config.checkpoint.keep,
+  checkpoint_dir = config.checkpoint.directory or str((workdir / "checkpoints").absolute())
+  checkpointer = Checkpointer(checkpoint_dir, keep=config.checkpoint.keep,
                               save_every=config.checkpoint.every_steps)
   restored = checkpointer.restore(state, batches)
   start = 0
@@ -267,33 +273,35 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     start = int(meta["step"])
     position = batches.get_state().get("next_index", start)
     if position != start:
-      raise ValueError(f"{workdir}/checkpoints: data position {position} does not match step {start}")
+      raise ValueError(f"{checkpoint_dir}: data position {position} does not match step {start}")
   metrics_file = workdir / "metrics.jsonl"
-  _keep_metrics_before(metrics_file, start)
+  if main:
+    _keep_metrics_before(metrics_file, start)
 
   step_fn = jax.jit(functools.partial(train_step, graphdef, optimizer=optimizer, loss_config=loss_config),
                     donate_argnums=0)
   row_sharding = NamedSharding(mesh, P(None, ("data", "fsdp")))
   end = total_steps if train.stop_after_steps <= 0 else min(total_steps, start + train.stop_after_steps)
-  writer = _tensorboard(workdir, start) if config.tensorboard and jax.process_index() == 0 else None
+  writer = _tensorboard(workdir, start) if config.tensorboard and main else None
   tokens_seen, clock = 0, time.perf_counter()
   try:
-    with open(metrics_file, "a") as log, tqdm(total=total_steps, initial=start, desc="training",
-                                              unit="step", disable=not config.progress) as bar:
+    with open(metrics_file if main else os.devnull, "a") as log, tqdm(
+        total=total_steps, initial=start, desc="training", unit="step",
+        disable=not (config.progress and main)) as bar:
       for step in range(start, end):
         host_batch = next(batches)
         batch = {k: jax.make_array_from_process_local_data(
                      row_sharding, v, (num_micro, train.micro_batch_size) + v.shape[2:])
                  for k, v in host_batch.items()}
         state, metrics = step_fn(state, batch)
-        metrics = jax.device_get(metrics)
+        metrics = {k: _host(v) for k, v in metrics.items()}
         if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
           last = checkpointer.latest_step()
           raise NonFiniteError(
               f"step {step + 1}: loss={float(metrics['loss'])}, grad_norm={float(metrics['grad_norm'])} "
               f"(not finite); stopped without saving — the last good checkpoint is "
               f"{'step ' + str(last) if last is not None else 'none (no checkpoint was saved yet)'} "
-              f"in {workdir / 'checkpoints'}; lower optimizer.learning_rate or check the data")
+              f"in {checkpoint_dir}; lower optimizer.learning_rate or check the data")
         record = {"step": step + 1, "epoch": data.order.epoch_of(step),
                   **{k: _plain(v) for k, v in metrics.items()}, "learning_rate": float(schedule(step))}
         tokens_seen += int(record["tokens"])
@@ -330,8 +338,27 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   if data.truncated:
     _log.warning("%d training examples were truncated to max_length=%d", data.truncated,
                  config.data.max_length)
-  (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+  if main:
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
   return summary
+
+
+def _agree(flag: bool) -> bool:
+  """Process 0's value of `flag`, on every process."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
+
+
+def _host(x: jax.Array) -> np.ndarray:
+  """A metric on the host; replicated values are read from a local shard (multi-host safe)."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  if x.is_fully_replicated:
+    return np.asarray(x.addressable_data(0))
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def training_hooks(config: ml_collections.ConfigDict) -> list[tuple[int, Hook]]:

@@ -43,8 +43,12 @@ def compute_reference_logps(model, examples: Sequence[TokenizedExample], *, max_
                     disable=not progress, unit="batch"):
     chunk = examples[start:start + batch_size]
     batch = pad_rows(chunk, batch_size, max_length)
-    logps = np.asarray(_batch_logps(graphdef, params, jnp.asarray(batch["input_ids"]),
-                                    jnp.asarray(batch["attention_mask"]), vocab_chunk))
+    logps = _batch_logps(graphdef, params, jnp.asarray(batch["input_ids"]),
+                         jnp.asarray(batch["attention_mask"]), vocab_chunk)
+    if not logps.is_fully_addressable:  # several hosts: every process gets every row
+      from jax.experimental import multihost_utils
+      logps = multihost_utils.process_allgather(logps, tiled=True)
+    logps = np.asarray(logps)
     for row, example in enumerate(chunk):
       values = np.zeros(len(example), np.float32)
       values[1:] = logps[row, :len(example) - 1]
