@@ -1,0 +1,155 @@
+"""python -m deepalign_jax.scale.plan --config configs/scale/<plan>.py [--config.key=value ...]
+
+Checks a sharding plan for a real model size without weights: the full train
+step (forward, constrained loss, backward over every micro-batch, AdamW
+update) is lowered and compiled from abstract shapes for the plan's mesh on
+as many simulated CPU devices as the target has chips, and the compiled
+program's memory analysis gives the bytes each device needs, set against the
+target chip's HBM.  Nothing is allocated.
+
+Per device it prints: parameters and optimizer state (from the shardings:
+exact), the step's temporaries (XLA's memory analysis of the CPU program: the
+activations kept for the backward pass, the gradient accumulator and
+workspace — an estimate, since TPU/GPU compilers fuse and schedule
+differently), and the total against HBM.
+
+The process re-executes itself with `--xla_force_host_platform_device_count`
+set to the plan's device count when it does not already have that many.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from typing import Any
+
+GIB = 1024 ** 3
+
+
+def _ensure_devices(count: int) -> None:
+  """Re-exec with `count` simulated CPU devices (only before any JAX computation)."""
+  import jax
+  if jax.device_count() == count:
+    return
+  if jax.devices()[0].platform != "cpu" or os.environ.get("_DEEPALIGN_PLAN_REEXEC"):
+    raise ValueError(f"the plan needs {count} devices, this process has {jax.device_count()} "
+                     f"{jax.devices()[0].platform} devices")
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+  env = {**os.environ, "XLA_FLAGS": " ".join(flags + [f"--xla_force_host_platform_device_count={count}"]),
+         "JAX_PLATFORMS": "cpu", "_DEEPALIGN_PLAN_REEXEC": "1"}
+  sys.stdout.flush()
+  os.execve(sys.executable, [sys.executable, "-m", "deepalign_jax.scale.plan", *sys.argv[1:]], env)
+
+
+def _bytes_per_device(tree) -> int:
+  """Bytes of the largest shard of every array, summed (abstract arrays with shardings)."""
+  import jax
+  import numpy as np
+  total = 0
+  for leaf in jax.tree.leaves(tree):
+    shard = leaf.sharding.shard_shape(leaf.shape)
+    total += int(np.prod(shard)) * leaf.dtype.itemsize
+  return total
+
+
+def check_plan(plan) -> dict[str, Any]:
+  """Compiles the plan's train step from abstract shapes; returns per-device memory figures (bytes)."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from jax.sharding import NamedSharding, PartitionSpec as P
+
+  from deepalign_jax import sharding
+  from deepalign_jax.models import Transformer, config_from_hf
+  from deepalign_jax.train.state import OptimizerConfig, TrainState, _optimizer_state_shardings, make_optimizer
+  from deepalign_jax.train.step import LossConfig, train_step
+
+  dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+  cfg = config_from_hf(plan.model.to_dict())
+  mesh = sharding.make_mesh(**plan.mesh.to_dict())
+  rules = sharding.ShardingRules(mesh)
+  dtype, param_dtype = dtypes[plan.dtype], dtypes[plan.param_dtype or plan.dtype]
+  abstract_model = nnx.eval_shape(lambda: Transformer(cfg, dtype=dtype, param_dtype=param_dtype,
+                                                      remat=plan.remat, rules=rules, rngs=nnx.Rngs(0)))
+  graphdef, abstract_params = nnx.split(abstract_model)
+  shardings = sharding.state_shardings(abstract_params, rules)
+
+  def with_sharding(leaf, target):
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=target)
+
+  params = jax.tree.map(with_sharding, abstract_params, shardings)
+  optimizer = make_optimizer(OptimizerConfig(learning_rate=2e-5, b1=0.5, warmup_steps=10, total_steps=100))
+  abstract_opt = jax.eval_shape(optimizer.init, params)
+  opt_shardings = _optimizer_state_shardings(params, abstract_opt)
+  opt_state = jax.tree.map(with_sharding, abstract_opt, opt_shardings)
+  replicated = NamedSharding(mesh, P())
+  state = TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), params, opt_state)
+
+  micro, rows, length = plan.num_micro_batches, plan.micro_batch_size, plan.seq_len
+  ways = mesh.shape["data"] * mesh.shape["fsdp"]
+  if rows % ways:
+    raise ValueError(f"micro_batch_size={rows} is not a multiple of the mesh's data × fsdp = {ways}")
+  rows_sharding = NamedSharding(mesh, P(None, ("data", "fsdp")))
+  batch = {name: jax.ShapeDtypeStruct((micro, rows, length), dt, sharding=rows_sharding)
+           for name, dt in (("input_ids", jnp.int32), ("attention_mask", jnp.int32),
+                            ("loss_mask", jnp.int32), ("ref_logps", jnp.float32))}
+  loss_config = LossConfig(objective=plan.objective, vocab_chunk=plan.vocab_chunk or None)
+  step = jax.jit(functools.partial(train_step, graphdef, optimizer=optimizer, loss_config=loss_config),
+                 donate_argnums=0)
+  compiled = step.lower(state, batch).compile()
+  memory = compiled.memory_analysis()
+  param_bytes = _bytes_per_device(params)
+  opt_bytes = _bytes_per_device(opt_state)
+  temp = int(memory.temp_size_in_bytes)
+  # Donated state: the updated state reuses its buffers, so arguments + temporaries is the peak.
+  total = int(memory.argument_size_in_bytes) + temp
+  num_params = sum(int(x.size) for x in jax.tree.leaves(params))
+  return {
+      "plan": plan.name, "chip": plan.chip, "devices": jax.device_count(),
+      "mesh": dict(mesh.shape), "remat": plan.remat, "dtype": plan.dtype,
+      "param_dtype": plan.param_dtype or plan.dtype, "parameters": num_params,
+      "tokens_per_step": micro * rows * length, "micro_batches": micro, "micro_batch_size": rows,
+      "seq_len": length, "params_bytes": param_bytes, "optimizer_bytes": opt_bytes,
+      "argument_bytes": int(memory.argument_size_in_bytes), "temp_bytes": temp,
+      "total_bytes": total, "hbm_bytes": int(plan.hbm_gib * GIB),
+      "fits": total <= plan.hbm_gib * GIB * plan.usable_fraction,
+  }
+
+
+def format_row(r: dict[str, Any]) -> str:
+  return (f"| {r['plan']} | {r['chip']} ×{r['devices']} | {'×'.join(str(v) for v in r['mesh'].values())} | "
+          f"{r['remat']} | {r['micro_batches']}×{r['micro_batch_size']}×{r['seq_len']} | "
+          f"{r['params_bytes'] / GIB:.2f} | {r['optimizer_bytes'] / GIB:.2f} | {r['temp_bytes'] / GIB:.2f} | "
+          f"{r['total_bytes'] / GIB:.2f} / {r['hbm_bytes'] / GIB:.0f} | {'yes' if r['fits'] else 'NO'} |")
+
+
+HEADER = ("| plan | target | mesh d×f×t | remat | micro × rows × seq | params GiB | optimizer GiB | "
+          "temporaries GiB | total / HBM GiB | fits |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def main() -> None:
+  from absl import app, flags
+  from ml_collections import config_flags
+  config_flag = config_flags.DEFINE_config_file("config", None, "a configs/scale/*.py plan", lock_config=True)
+  json_flag = flags.DEFINE_string("json", None, "also write the figures to this JSON file")
+
+  def _main(argv):
+    del argv
+    plan = config_flag.value
+    if plan is None:
+      raise app.UsageError("--config is required")
+    _ensure_devices(plan.devices)
+    result = check_plan(plan)
+    print(HEADER)
+    print(format_row(result))
+    if json_flag.value:
+      with open(json_flag.value, "w") as f:
+        json.dump(result, f, indent=2)
+
+  app.run(_main)
+
+
+if __name__ == "__main__":
+  main()
