@@ -181,3 +181,22 @@ def test_cli_runs_an_eval_config(tiny_model_dir, tmp_path):
        "--workdir", str(tmp_path / "bad"), "--config.model=/nonexistent"],
       capture_output=True, text=True, env=env, timeout=600)
   assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+EVAL_CONFIGS = sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "configs/eval").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", EVAL_CONFIGS, ids=[p.stem for p in EVAL_CONFIGS])
+def test_eval_configs_load_and_build_their_settings(path):
+  import importlib.util
+  from deepalign_jax.evaluate import build_settings
+  from deepalign_jax.judges.factory import DEFAULTS
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  settings = build_settings(config)
+  assert settings and len({s.name for s in settings}) == len(settings)
+  assert config.judge.kind in DEFAULTS
+  if config.attack.kind == "decoding_grid":
+    assert len(settings) == 50 and config.decoding.batch_size == 50

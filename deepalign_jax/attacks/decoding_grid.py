@@ -3,7 +3,7 @@
 Greedy decoding plus three one-axis sweeps from the default sampler
 (temperature 1, no top-k, top-p 1): temperature 0.05…1.0 in steps of 0.05,
 top-k ∈ {1, 2, 5, 10, 20, 50, 100, 200, 500}, top-p 0.05…1.0 in steps of
-0.05 — 49 settings.  Every setting is one row of a batched generation with
+0.05 — 50 settings.  Every setting is one row of a batched generation with
 per-row decoding parameters, so the whole grid compiles once.  A prompt is
 broken on an axis if any setting of that axis breaks it, and broken overall
 if any setting at all does (the worst case over the grid).
