@@ -9,9 +9,7 @@ import sys
 import pytest
 
 from deepalign_jax import distributed
-from deepalign_jax.data import load_tokenizer
-from deepalign_jax.models import config_from_hf, create_model, save_pretrained
-from tests.real_checkpoints import real_tokenizer
+from tests.tiny_models import tiny_chat_model
 
 
 @pytest.mark.parametrize("env, reason", [
@@ -41,11 +39,7 @@ def _free_port():
 
 def test_two_processes_train_like_one(tmp_path):
   """2 processes × 2 CPU devices (gloo) = 1 process × 4 devices: same global batch, same loss curve."""
-  tokenizer = load_tokenizer(real_tokenizer("smollm2"))
-  cfg = config_from_hf(dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=64,
-                            intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                            num_key_value_heads=1, head_dim=32, tie_word_embeddings=True))
-  model_dir = save_pretrained(create_model(cfg, seed=0), cfg, tmp_path / "model", tokenizer=tokenizer)
+  model_dir = tiny_chat_model(tmp_path / "model")
   args = ["--config", "configs/demo.py", f"--config.model={model_dir}", "--config.train.num_steps=3",
           "--config.train.batch_size=8", "--config.train.micro_batch_size=4", "--config.data.max_length=96",
           "--config.checkpoint.every_steps=2", "--config.export_hf=False", "--config.progress=False",

@@ -12,20 +12,14 @@ from deepalign_jax.attacks.decoding_grid import grid_settings, worst_case
 from deepalign_jax.attacks.settings import Setting
 from deepalign_jax.data import load_tokenizer
 from deepalign_jax.evaluate import default_config, read_records, run
-from deepalign_jax.models import config_from_hf, create_model, save_pretrained
-from tests.real_checkpoints import real_tokenizer
+from tests.tiny_models import override, tiny_chat_model
 
 ASSETS = resources.files("deepalign_jax") / "assets/demo"
 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-  tokenizer = load_tokenizer(real_tokenizer("smollm2"))
-  cfg = config_from_hf(dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=64,
-                            intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                            num_key_value_heads=1, head_dim=32, tie_word_embeddings=True))
-  path = tmp_path_factory.mktemp("tiny") / "model"
-  return save_pretrained(create_model(cfg, seed=1), cfg, path, tokenizer=tokenizer)
+  return tiny_chat_model(tmp_path_factory.mktemp("tiny") / "model", seed=1)
 
 
 def _config(model_dir, **overrides):
@@ -39,13 +33,7 @@ def _config(model_dir, **overrides):
   c.decoding.batch_size = 4
   c.progress = False
   c.mesh.fsdp, c.mesh.tensor = 1, -1
-  for key, value in overrides.items():
-    target = c
-    *parents, last = key.split(".")
-    for parent in parents:
-      target = target[parent]
-    target[last] = value
-  return c
+  return override(c, overrides)
 
 
 def _lines(workdir):

@@ -8,23 +8,16 @@ import numpy as np
 import pytest
 import transformers
 
-from deepalign_jax.data import load_tokenizer
-from deepalign_jax.models import config_from_hf, create_model, load_pretrained, save_pretrained
+from deepalign_jax.models import load_pretrained
 from deepalign_jax.train.loop import default_config, run, training_hooks
-from tests.real_checkpoints import real_tokenizer
+from tests.tiny_models import override, tiny_chat_model
 
 ASSETS = resources.files("deepalign_jax") / "assets/demo"
 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-  """A 2-layer Llama with SmolLM2's tokenizer (ChatML), random weights."""
-  tokenizer = load_tokenizer(real_tokenizer("smollm2"))
-  cfg = config_from_hf(dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=64,
-                            intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                            num_key_value_heads=1, head_dim=32, tie_word_embeddings=True))
-  path = tmp_path_factory.mktemp("tiny") / "model"
-  return save_pretrained(create_model(cfg, seed=0), cfg, path, tokenizer=tokenizer)
+  return tiny_chat_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
 
 
 def _config(model_dir, **overrides):
@@ -41,13 +34,7 @@ def _config(model_dir, **overrides):
   c.tensorboard = False
   # 8 simulated devices: micro-batches of 2 rows over fsdp=2, the rest tensor-parallel.
   c.mesh.fsdp, c.mesh.tensor = 2, -1
-  for key, value in overrides.items():
-    target = c
-    *parents, last = key.split(".")
-    for parent in parents:
-      target = target[parent]
-    target[last] = value
-  return c
+  return override(c, overrides)
 
 
 def _metrics(workdir):

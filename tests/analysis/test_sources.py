@@ -1,0 +1,62 @@
+"""Models to analyse from HF directories and from training workdirs (checkpoints as the train loop writes them)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+
+from deepalign_jax.analysis import load_model, resolve_source
+from deepalign_jax.models import load_pretrained
+from deepalign_jax.train.checkpoints import Checkpointer
+from deepalign_jax.train.state import OptimizerConfig, init_train_state, make_optimizer
+
+
+def _params(model):
+  return [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
+
+
+def test_hf_directory(model_dirs):
+  source = resolve_source(str(model_dirs["a"]))
+  assert (source.kind, source.path, source.tokenizer) == ("hf", model_dirs["a"], model_dirs["a"])
+  loaded = load_model(source, jnp.bfloat16)
+  assert loaded.embed[...].dtype == jnp.bfloat16
+  with pytest.raises(ValueError, match="step=3 was given, but this is not a training workdir"):
+    resolve_source(str(model_dirs["a"]), step=3)
+
+
+def test_training_workdir_final_params_and_a_step_checkpoint(model_dirs, tmp_path):
+  """A workdir laid out by the train loop: config.json, checkpoints/<step> (TrainState), params/."""
+  model, _ = load_pretrained(model_dirs["a"])
+  optimizer = make_optimizer(OptimizerConfig(learning_rate=1e-3))
+  _, state = init_train_state(model, optimizer)
+  shifted = state._replace(params=jax.tree.map(lambda x: x + 1.0, state.params))
+  (tmp_path / "config.json").write_text(json.dumps({"model": str(model_dirs["a"]), "dtype": "float32",
+                                                    "param_dtype": "", "optimizer": {"learning_rate": 1e-3}}))
+  checkpointer = Checkpointer(str((tmp_path / "checkpoints").absolute()))
+  checkpointer.maybe_save(2, state, {"step": 2}, force=True)
+  checkpointer.maybe_save(5, shifted, {"step": 5}, force=True)
+  checkpointer.close()
+
+  # No params/ yet: the latest checkpoint; or the one asked for.
+  latest = resolve_source(str(tmp_path))
+  assert (latest.kind, latest.step, latest.base, latest.tokenizer) == ("training", 5, model_dirs["a"],
+                                                                       model_dirs["a"])
+  original = _params(model)
+  for got, want in zip(_params(load_model(latest)), original):
+    np.testing.assert_array_equal(got, want + 1.0)
+  for got, want in zip(_params(load_model(resolve_source(str(tmp_path), step=2))), original):
+    np.testing.assert_array_equal(got, want)
+  with pytest.raises(ValueError, match=r"no step 3 \(saved steps: \[2, 5\]\)"):
+    resolve_source(str(tmp_path), step=3)
+
+  # The final params/ (params only) are preferred once written.
+  with ocp.StandardCheckpointer() as final:
+    final.save((tmp_path / "params").absolute(), jax.tree.map(lambda x: x * 2.0, state.params))
+  source = resolve_source(str(tmp_path))
+  assert source.step is None
+  for got, want in zip(_params(load_model(source)), original):
+    np.testing.assert_array_equal(got, want * 2.0)
