@@ -51,12 +51,17 @@ def forward(model, ids, width=32):
   return [np.asarray(x)[:, :len(ids)] for x in _forward(*nnx.split(model), padded)]
 
 
-# TEMP-TIMING
-import time as _time
+
+def torch_model(model_dir):
+  """The transformers (PyTorch) model of an HF directory: an implementation independent of ours."""
+  import torch
+  import transformers
+  return transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                          attn_implementation="eager").eval()
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_call(item):
-  start = _time.process_time()
-  yield
-  print(f"\nCPU {item.nodeid}: {_time.process_time() - start:.1f}s")
+def torch_logits(model, ids) -> np.ndarray:
+  """fp32 logits [L, V] of one unpadded sequence."""
+  import torch
+  with torch.no_grad():
+    return model(input_ids=torch.as_tensor([list(ids)])).logits[0].numpy()

@@ -34,6 +34,7 @@ def _config(model_dir, **overrides):
   return c
 
 
+@pytest.mark.slow  # ~45 s of CPU, mostly compiling the train step, the probe, generation and the KL
 def test_run_probes_trains_samples_and_writes_plots(model_dirs, tmp_path):
   summary = ft_dynamics.run(_config(model_dirs["a"]), tmp_path)
   saved = json.loads((tmp_path / "dynamics.json").read_text())

@@ -10,15 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-from deepalign_jax.analysis import PROMPT_FORMATS, kl_depth, per_token_kl
+from deepalign_jax.analysis import PROMPT_FORMATS, kl_depth
 from deepalign_jax.data import ChatRenderer, read_file
-from deepalign_jax.models import load_pretrained
-from tests.analysis.conftest import DEMO, forward
+from tests.analysis.conftest import DEMO, torch_logits, torch_model
+from tests.analysis.test_kl import numpy_kl
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES, POSITIONS = 6, 12
@@ -44,18 +43,17 @@ def get_config():
 
 
 def _expected_aligned_vs_base(model_dirs, tokenizer):
-  """Mean KL(aligned ‖ base) per position, rendered and computed by hand with whole-sequence logits."""
-  aligned, _ = load_pretrained(model_dirs["a"])
-  base, _ = load_pretrained(model_dirs["b"])
+  """Mean KL(aligned ‖ base) per position, rendered by hand, with transformers' logits of whole sequences."""
+  aligned, base = torch_model(model_dirs["a"]), torch_model(model_dirs["b"])
   chat, plain = ChatRenderer(tokenizer, "llama2"), ChatRenderer(tokenizer, "base")
   values = [[] for _ in range(POSITIONS)]
   for triplet in read_file(DEMO / "triplets.jsonl", "triplets")[:EXAMPLES]:
     user = [{"role": "user", "content": triplet.instruction}]
     response = list(chat.render(user + [{"role": "assistant", "content": triplet.harmful}]).response_ids[:-1])
     p_prompt, q_prompt = list(chat.render(user).input_ids), list(plain.render(user).input_ids)
-    p_logits = forward(aligned, p_prompt + response, width=160)[0][0, len(p_prompt) - 1:]
-    q_logits = forward(base, q_prompt + response, width=160)[0][0, len(q_prompt) - 1:]
-    kl = np.asarray(per_token_kl(jnp.asarray(p_logits[:POSITIONS]), jnp.asarray(q_logits[:POSITIONS])))
+    p_logits = torch_logits(aligned, p_prompt + response)[len(p_prompt) - 1:]
+    q_logits = torch_logits(base, q_prompt + response)[len(q_prompt) - 1:]
+    kl = numpy_kl(p_logits[:POSITIONS], q_logits[:POSITIONS])
     for t, value in enumerate(kl[:len(response)]):
       values[t].append(value)
   return [float(np.mean(v)) for v in values]
@@ -133,6 +131,9 @@ def test_bad_configs_fail_with_a_clear_message(model_dirs, tmp_path):
   config.models.base.chat_format = "raw"
   config.models.base.system_prompt = "Be brief."
   with pytest.raises(ValueError, match="'raw' .* no place for a system prompt"):
+    kl_depth.run(config, tmp_path)
+  config = _config(model_dirs, aligned=model_dirs["a"], base="")
+  with pytest.raises(ValueError, match="config.models.base: model path is empty"):
     kl_depth.run(config, tmp_path)
   prompts_only = tmp_path / "prompts.jsonl"
   prompts_only.write_text('{"prompt": "Say hi."}\n')

@@ -12,6 +12,9 @@ from tests.analysis.test_kl import numpy_kl
 VOCAB = 97
 MARK = 42      # the one token whose input embedding differs between the two models
 MARK_AT = 3    # ... and the response position where it occurs
+N = 12
+# One batch shape and chunking for every test of the module: one compilation each of the forward and the KL.
+KW = dict(batch_size=2, vocab_chunk=10, position_chunk=4, bucket=32)
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +44,9 @@ def _data(seed=0, n=5):
 def test_kl_is_zero_before_the_changed_token_and_positive_after(models):
   p, q, _ = models
   prompts, responses = _data()
-  num_positions = 12
-  kl, valid = kl_by_position(p, q, prompts, prompts, responses, num_positions, batch_size=2, vocab_chunk=16,
-                             bucket=32)
-  assert kl.shape == valid.shape == (5, num_positions)
-  np.testing.assert_array_equal(valid.sum(axis=1), [min(len(r), num_positions) for r in responses])
+  kl, valid = kl_by_position(p, q, prompts, prompts, responses, N, **KW)
+  assert kl.shape == valid.shape == (5, N)
+  np.testing.assert_array_equal(valid.sum(axis=1), [min(len(r), N) for r in responses])
   # MARK is read as input at response position MARK_AT: the distributions of
   # positions 1..MARK_AT are computed before it (causal), those after it are not.
   assert np.abs(kl[:, :MARK_AT]).max() < 1e-6
@@ -54,21 +55,16 @@ def test_kl_is_zero_before_the_changed_token_and_positive_after(models):
 
 
 def test_kl_by_position_equals_full_logits_of_each_example(models):
-  """Independent path: each example alone, whole-sequence logits, per_token_kl, then indexing."""
+  """Independent path: each example alone, whole-sequence logits, the KL in numpy, then indexing."""
   p, _, q = models
   prompts, responses = _data(seed=1)
   q_prompts = [prompt[1:] + [7, 8] for prompt in prompts]  # q reads its own prompt format
-  num_positions = 6
-  kl, valid = kl_by_position(p, q, prompts, q_prompts, responses, num_positions, batch_size=3, vocab_chunk=0,
-                             bucket=32)
-  chunked, _ = kl_by_position(p, q, prompts, q_prompts, responses, num_positions, batch_size=3, vocab_chunk=10,
-                              position_chunk=4, bucket=32)
-  np.testing.assert_allclose(chunked, kl, rtol=1e-4, atol=2e-6)
+  kl, valid = kl_by_position(p, q, prompts, q_prompts, responses, N, **KW)
   for i, response in enumerate(responses):
     # Logits at prompt_length - 1 + j predict response[j].
     p_logits = forward(p, prompts[i] + response)[0][0, len(prompts[i]) - 1:-1]
     q_logits = forward(q, q_prompts[i] + response)[0][0, len(q_prompts[i]) - 1:-1]
-    expected = numpy_kl(p_logits, q_logits)[:num_positions]
+    expected = numpy_kl(p_logits, q_logits)[:N]
     np.testing.assert_allclose(kl[i, :len(expected)], expected, rtol=1e-4, atol=2e-6)
     assert valid[i].sum() == len(expected)
 
@@ -76,12 +72,13 @@ def test_kl_by_position_equals_full_logits_of_each_example(models):
 def test_hidden_states_at_positions_and_stats(models):
   p = models[0]
   prompts, responses = _data(seed=2, n=3)
-  hidden, valid = response_hidden_states(p, prompts, responses, 4, batch_size=2, bucket=32)
-  assert valid.all()
+  hidden, valid = response_hidden_states(p, prompts, responses, N, batch_size=KW["batch_size"],
+                                         bucket=KW["bucket"])
   for i in range(3):
     full = forward(p, prompts[i] + responses[i])[1]
-    start = len(prompts[i]) - 1
-    np.testing.assert_allclose(hidden[i], full[0, start:start + 4], rtol=1e-5, atol=1e-5)
+    start, count = len(prompts[i]) - 1, min(len(responses[i]), N)
+    assert valid[i].sum() == count
+    np.testing.assert_allclose(hidden[i, :count], full[0, start:start + count], rtol=1e-5, atol=1e-5)
   stats = position_stats(np.array([[1.0, 2.0], [3.0, 0.0], [5.0, 0.0]]),
                          np.array([[True, True], [True, False], [True, False]]))
   assert stats["count"] == [3, 1] and stats["mean"] == [3.0, 2.0]
