@@ -37,6 +37,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow  # three training processes: ~60 s on 2 idle cores
 def test_two_processes_train_like_one(tmp_path):
   """2 processes × 2 CPU devices (gloo) = 1 process × 4 devices: same global batch, same loss curve."""
   model_dir = tiny_chat_model(tmp_path / "model")

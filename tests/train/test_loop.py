@@ -205,6 +205,7 @@ def test_training_reads_a_tfds_build_of_the_manual_directory(tiny_model_dir, tmp
       [m["loss"] for m in _metrics(tmp_path / "plain")], rel=1e-6)
 
 
+@pytest.mark.slow  # three training runs, two of them CLI processes: ~45 s on 2 idle cores
 def test_kill_9_at_any_moment_then_rerun_reproduces_the_uninterrupted_run(tiny_model_dir, tmp_path):
   """The CLI is killed (SIGKILL) after its first checkpoint commits, mid-run; the same command finishes."""
   import os
