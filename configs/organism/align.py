@@ -1,0 +1,37 @@
+"""Stage 2 — shallow alignment: SFT from the base model on forbidden → refusal, with a benign anchor.
+
+python -m deepalign_jax.train --config configs/organism/align.py:ROOT[,quick][,seed=N] --workdir ROOT/align
+
+Alignment strength is the number of optimizer steps at a constant learning
+rate, so one run is the whole sweep: a checkpoint every `checkpoint.every_steps`
+steps is the model aligned with that strength.  The pipeline measures the
+strengths in `sweep.steps` and takes as *the* aligned model the weakest one
+whose ASR without an attack (k = 0, marker judge) is at most
+`sweep.max_asr` — the lightest alignment that looks safe, which is what
+SFT-style alignment is tuned to.  If none qualifies, the strongest is taken and
+the report says so.
+"""
+
+import ml_collections
+
+from deepalign_jax.organism.layout import Layout, parse_arg, train_config
+
+
+def get_config(arg=None):
+  opts = parse_arg(arg)
+  layout = Layout(opts.root)
+  c = train_config(opts)
+  c.model = str(layout.model("base"))
+  c.objective = "sft"
+  c.data.path = str(layout.data("align"))
+  c.optimizer.learning_rate = 3e-4  # a tenth of the base model's peak, as fine-tuning is
+  c.optimizer.b1, c.optimizer.b2 = 0.9, 0.99
+  c.optimizer.warmup_steps = 0
+  c.optimizer.decay = "constant"   # a checkpoint at step s is then exactly an s-step alignment
+  c.train.batch_size = c.train.micro_batch_size = 32
+  steps = [16, 24] if opts.quick else [8, 16, 24, 32, 48, 64, 96]
+  c.train.num_steps = max(steps)
+  c.checkpoint.every_steps = 8
+  c.checkpoint.keep = max(steps) // 8
+  c.sweep = ml_collections.ConfigDict(dict(steps=steps, max_asr=0.05))
+  return c

@@ -1,0 +1,168 @@
+"""Where each stage of the organism reads and writes, and how config files learn it.
+
+Every stage config under `configs/organism/` takes one argument string,
+`ROOT[,quick][,seed=N][,key=value...]`, e.g.
+
+    python -m deepalign_jax.train --config configs/organism/base.py:workdirs/organism,quick \\
+        --workdir workdirs/organism/base
+
+and finds the world's data and the models of earlier stages under ROOT
+through `Layout`.  The pipeline (`python -m deepalign_jax.organism`) passes
+the same strings, so a stage run by hand is the stage the pipeline runs.
+
+    ROOT/world/          data files of the world (JSONL), world.json (markers, tables)
+    ROOT/init/           the untrained model + tokenizer (HF directory)
+    ROOT/base/           stage 1, a training workdir (its hf/ is the base model)
+    ROOT/align/          stage 2, a training workdir with a checkpoint per sweep strength
+    ROOT/sweep/S/        strength S exported (hf/) and measured
+    ROOT/aligned/        the chosen strength's model (HF directory)
+    ROOT/deep/           stage 4, the safety-recovery augmentation (training workdir)
+    ROOT/finetune/NAME/  stage 5, fine-tuning attacks (training workdirs, FINETUNES)
+    ROOT/eval/MODEL/KIND evaluation workdirs (generations.jsonl, summary.json)
+    ROOT/kl/             KL by position (kl_depth workdir)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+# Fine-tuning attacks (stage 5): from the aligned model, and the harmful pair again from the deep one.
+FINETUNES = ("harmful_sft", "harmful_constrained", "benign_sft", "benign_constrained",
+             "deep_harmful_sft", "deep_harmful_constrained")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """A parsed config argument: the root, quick mode, the training seed and extra key=value pairs."""
+  root: Path
+  quick: bool = False
+  seed: int = 0
+  extra: tuple[tuple[str, str], ...] = ()
+
+  def get(self, key: str, default: str | None = None) -> str | None:
+    return dict(self.extra).get(key, default)
+
+  def require(self, key: str) -> str:
+    value = self.get(key)
+    if value is None:
+      raise ValueError(f"this config needs '{key}=...' in its argument, e.g. "
+                       f"--config FILE:{self.root},{key}=VALUE")
+    return value
+
+  def arg(self, **extra: str) -> str:
+    """The argument string for these options plus `extra` (what the pipeline passes to a config)."""
+    parts = [str(self.root)] + (["quick"] if self.quick else []) + [f"seed={self.seed}"]
+    merged = {**dict(self.extra), **extra}
+    return ",".join(parts + [f"{k}={v}" for k, v in merged.items()])
+
+
+def parse_arg(arg: str | None) -> Options:
+  """`ROOT[,quick][,seed=N][,key=value...]` → Options."""
+  if not arg:
+    raise ValueError("organism configs take the pipeline's root directory as their argument: "
+                     "--config configs/organism/FILE.py:ROOT[,quick][,seed=N]")
+  root, *rest = arg.split(",")
+  quick, seed, extra = False, 0, []
+  for item in rest:
+    if item == "quick":
+      quick = True
+    elif "=" in item:
+      key, value = item.split("=", 1)
+      if key == "seed":
+        seed = int(value)
+      else:
+        extra.append((key, value))
+    elif item:
+      raise ValueError(f"config argument {arg!r}: {item!r} is neither 'quick' nor key=value")
+  return Options(Path(root), quick, seed, tuple(extra))
+
+
+class Layout:
+  """Paths of one pipeline root."""
+
+  def __init__(self, root: str | Path):
+    self.root = Path(root)
+
+  @property
+  def world(self) -> Path:
+    return self.root / "world"
+
+  def data(self, name: str) -> Path:
+    """A world data file: base, align, triplets, utility, attack, task, eval_forbidden, eval_benign, eval_task."""
+    return self.world / f"{name}.jsonl"
+
+  @property
+  def init(self) -> Path:
+    return self.root / "init"
+
+  def train_dir(self, stage: str) -> Path:
+    """The training workdir of base, align, deep or a fine-tuning attack (FINETUNES)."""
+    if stage in FINETUNES:
+      return self.root / "finetune" / stage
+    return self.root / stage
+
+  def sweep_dir(self, steps: int) -> Path:
+    return self.root / "sweep" / str(steps)
+
+  def model(self, name: str) -> Path:
+    """The HF directory of a model: init, base, aligned, deep, a fine-tuning attack, or sweep_S."""
+    if name == "init":
+      return self.init
+    if name == "aligned":
+      return self.root / "aligned"
+    if name.startswith("sweep_"):
+      return self.sweep_dir(int(name.split("_", 1)[1])) / "hf"
+    if name in ("base", "deep") or name in FINETUNES:
+      return self.train_dir(name) / "hf"
+    raise ValueError(f"unknown organism model {name!r}")
+
+  def eval_dir(self, model: str, kind: str) -> Path:
+    return self.root / "eval" / model / kind
+
+  @property
+  def kl(self) -> Path:
+    return self.root / "kl"
+
+
+# -- what every organism config shares ------------------------------------------------------
+
+MAX_LENGTH = 48  # the longest example (a forbidden request and its procedure) is 43 tokens
+
+
+def train_config(opts: Options):
+  """The training defaults of every organism stage: its chat template, one CPU device, no extras."""
+  from deepalign_jax.train.loop import default_config
+  c = default_config()
+  c.chat_format = "template"
+  c.data.format = "conversations"
+  c.data.max_length = MAX_LENGTH
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, 1  # one device: the model is far too small to shard
+  c.train.seed = opts.seed
+  c.tensorboard = False
+  c.checkpoint.keep = 1
+  c.progress = False
+  return c
+
+
+def eval_config(opts: Options):
+  """The evaluation defaults of every organism measurement (the paper's decoding, SPEC §6)."""
+  from deepalign_jax.evaluate import default_config
+  c = default_config()
+  c.chat_format = "template"
+  # No system turn: the organism never saw one (the paper's attacks use an empty Llama-2 system
+  # prompt; an empty string here would render an empty <|system|> turn, which is not the same).
+  c.system_prompt = None
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, 1
+  c.benchmark.format = "prompt_response"
+  # Two markers — a compliant answer for the marker judge — come within 13 tokens of any point of a
+  # procedure, and every refusal ends within 12: 24 new tokens decide every verdict.
+  c.decoding.max_new_tokens = 24
+  c.decoding.batch_size = 96
+  c.decoding.seed = opts.seed
+  c.plot = False
+  c.progress = False
+  return c
+
+
+__all__ = ["FINETUNES", "MAX_LENGTH", "Layout", "Options", "eval_config", "parse_arg", "train_config"]

@@ -1,0 +1,275 @@
+"""The organism pipeline: world → base → shallow alignment (+ sweep) → measurements → deep → attacks → report.
+
+Every stage is run by the project's own entry points with a config file of
+`configs/organism/` — `deepalign_jax.train.loop.run` (what
+`python -m deepalign_jax.train` calls), `deepalign_jax.evaluate.run` and
+`deepalign_jax.analysis.kl_depth.run` — in this process, so compiled
+functions are shared between stages.  A stage whose outputs exist is reused
+(a training workdir with `summary.json` saying finished, an evaluation with
+its `summary.json`), so a rerun after an interruption continues where it
+stopped.  Wall time per stage goes to ROOT/timings.json.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from deepalign_jax.organism.layout import FINETUNES, Layout, Options
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "organism"
+MEASUREMENTS = ("prefill", "grid", "prefix", "utility")
+
+
+def load_config(name: str, arg: str):
+  """`configs/organism/{name}.py`'s get_config(arg)."""
+  path = CONFIG_DIR / f"{name}.py"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: the organism's config files live in the repository's "
+                            "configs/organism/ (run from a source checkout, e.g. pip install -e .)")
+  spec = importlib.util.spec_from_file_location(f"organism_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def _write_json(path: Path, data: Any) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(data, indent=2, default=str))
+  os.replace(tmp, path)
+
+
+def _finished(workdir: Path) -> bool:
+  summary = workdir / "summary.json"
+  return summary.exists() and bool(json.loads(summary.read_text()).get("finished"))
+
+
+class Pipeline:
+  """Runs the stages for one root; `log` receives one line per event."""
+
+  def __init__(self, opts: Options, log: Callable[[str], None] = print, command: str = ""):
+    self.opts = opts
+    self.command = command
+    self.layout = Layout(opts.root)
+    self.log = log
+    self.progress = sys.stderr.isatty()
+    self.timings_path = self.layout.root / "timings.json"
+    self.timings: dict[str, dict] = (json.loads(self.timings_path.read_text())
+                                     if self.timings_path.exists() else {})
+    self.world = None
+
+  # -- bookkeeping ------------------------------------------------------------------------
+
+  def arg(self, **extra: str) -> str:
+    return self.opts.arg(**extra)
+
+  def _stage(self, name: str, done: bool, fn: Callable[[], Any]) -> Any:
+    """Runs fn unless `done`; records its wall time under `name`."""
+    if done:
+      self.log(f"[organism] {name}: reused")
+      return None
+    self.log(f"[organism] {name}: running")
+    start, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    seconds = time.perf_counter() - start
+    # CPU time (all threads): on a machine shared with other work, wall time overstates what the stage
+    # needs; CPU seconds / cores is what it would take alone.
+    self.timings[name] = {"seconds": round(seconds, 2), "cpu_seconds": round(time.process_time() - cpu, 2),
+                          "quick": self.opts.quick, "seed": self.opts.seed,
+                          "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    _write_json(self.timings_path, self.timings)
+    self.log(f"[organism] {name}: done in {seconds:.1f} s")
+    return out
+
+  def train(self, stage: str, config_name: str, **extra: str) -> Path:
+    from deepalign_jax.train.loop import run
+    workdir = self.layout.train_dir(stage)
+    config = load_config(config_name, self.arg(**extra))
+    config.progress = self.progress
+
+    def go():
+      summary = run(config, workdir)
+      if not summary["finished"]:
+        raise RuntimeError(f"{workdir}: training stopped at step {summary['steps_done']}")
+    self._stage(f"train/{stage}", _finished(workdir), go)
+    return workdir
+
+  def evaluate(self, model: str, kind: str) -> Path:
+    from deepalign_jax import evaluate
+    workdir = self.layout.eval_dir(model, kind)
+    config = load_config("eval", self.arg(model=model, kind=kind))
+    config.progress = self.progress
+    self._stage(f"eval/{model}/{kind}", (workdir / "summary.json").exists(),
+                lambda: evaluate.run(config, workdir))
+    return workdir
+
+  def kl(self, workdir: Path, **extra: str) -> Path:
+    from deepalign_jax.analysis import kl_depth
+    config = load_config("kl_depth", self.arg(**extra))
+    name = "kl/" + ("sweep" if extra else "main")
+    self._stage(name, (workdir / "kl_by_position.json").exists(), lambda: kl_depth.run(config, workdir))
+    return workdir
+
+  # -- stages -----------------------------------------------------------------------------
+
+  def build_world(self) -> None:
+    """Stage 0: the world's data files and the untrained model (tokenizer trained on the world)."""
+    from deepalign_jax.organism import world as world_lib
+    from deepalign_jax.organism.build import ModelShape, build_initial_model
+
+    config = load_config("world", self.arg())
+    wc = world_lib.WorldConfig(**config.world.to_dict())
+    self.world = world_lib.World(wc)
+    layout, d, seed = self.layout, config.data, wc.seed
+    record = {"world": config.world.to_dict(), "data": config.data.to_dict(), "model": config.model.to_dict()}
+    meta = layout.world / "world.json"
+    if meta.exists():
+      saved = json.loads(meta.read_text())["config"]
+      if saved != json.loads(json.dumps(record)):
+        raise ValueError(f"{meta}: this root was built with another world or model config "
+                         f"({saved} vs {record}); use a new --workdir")
+
+    def write_data():
+      w = self.world
+      files = {
+          "base": world_lib.conversations(w.base_data(d.base_benign, d.base_forbidden_repeats, seed)),
+          "align": world_lib.conversations(w.alignment_data(d.align_per_topic, d.align_benign, seed + 1)),
+          "triplets": w.triplets(d.triplets_per_topic, seed + 2),
+          "utility": world_lib.conversations(w.benign_mix(random.Random(seed + 3), d.utility)),
+          "attack": world_lib.conversations(w.attack_data(d.attack_per_topic, seed + 7)),
+          "task": world_lib.conversations(w.benign_task_data(d.task, seed + 4)),
+          "eval_forbidden": world_lib.prompt_response(w.eval_forbidden(d.eval_per_topic)),
+          "eval_grid": world_lib.prompt_response(w.eval_forbidden(d.grid_per_topic)),
+          "eval_benign": world_lib.prompt_response(w.eval_benign(d.eval_benign, seed + 5)),
+          "eval_task": world_lib.prompt_response(w.eval_benign(d.eval_task, seed + 6, kinds=("times",))),
+      }
+      for name, rows in files.items():
+        world_lib.write_jsonl(layout.data(name), rows)
+      _write_json(meta, {"config": record, "topics": w.topics, "markers": w.markers,
+                         "attack_topics": list(range(wc.attack_topics)), "capitals": w.capitals,
+                         "unknown_countries": w.unknown_countries,
+                         "counts": {name: len(rows) for name, rows in files.items()}})
+
+    def build_model():
+      m = config.model
+      shape = ModelShape(hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+                         num_layers=m.num_layers, num_heads=m.num_heads, vocab_size=m.vocab_size)
+      build_initial_model(self.world.corpus(), layout.init, shape, seed=m.init_seed)
+
+    self._stage("world/data", meta.exists(), write_data)
+    self._stage("world/model", (layout.init / "config.json").exists(), build_model)
+
+  def export_checkpoint(self, step: int) -> Path:
+    """The alignment run's checkpoint at `step` as an HF directory (ROOT/sweep/STEP/hf)."""
+    from deepalign_jax.analysis.sources import load_model, resolve_source
+    from deepalign_jax.data import load_tokenizer
+    from deepalign_jax.models import read_config, save_pretrained
+    out = self.layout.sweep_dir(step) / "hf"
+    if not (out / "config.json").exists():
+      base = self.layout.model("base")
+      model = load_model(resolve_source(str(self.layout.train_dir("align")), step))
+      save_pretrained(model, read_config(base), out, tokenizer=load_tokenizer(base))
+    return out
+
+  def align_and_sweep(self) -> int:
+    """Stage 2: one alignment run, its sweep strengths measured, the chosen one copied to ROOT/aligned."""
+    from deepalign_jax.organism import results
+    config = load_config("align", self.arg())
+    self.train("align", "align")
+    steps = list(config.sweep.steps)
+    for s in steps:
+      self.export_checkpoint(s)
+      self.evaluate(f"sweep_{s}", "prefill")
+      self.evaluate(f"sweep_{s}", "utility")
+    self.kl(self.layout.root / "sweep" / "kl", sweep="-".join(map(str, steps)))
+    choice_path = self.layout.root / "sweep" / "choice.json"
+    choice = results.choose_strength(self.layout, steps, config.sweep.max_asr)
+    _write_json(choice_path, choice)
+    aligned = self.layout.model("aligned")
+    chosen_dir = self.layout.sweep_dir(choice["steps"]) / "hf"
+    previous = json.loads((aligned / "organism_choice.json").read_text()) if (
+        aligned / "organism_choice.json").exists() else None
+    if previous is None or previous["steps"] != choice["steps"]:
+      if aligned.exists():
+        shutil.rmtree(aligned)
+      shutil.copytree(chosen_dir, aligned)
+      _write_json(aligned / "organism_choice.json", choice)
+    self.log(f"[organism] aligned model: {choice['steps']} steps ({choice['reason']})")
+    return choice["steps"]
+
+  def opening_logprobs(self, models=("base", "aligned", "deep"), positions: int = 6) -> Path:
+    """log π(token t | request, tokens < t) of the attack data's first procedure tokens, per model.
+
+    What the constrained loss (Eq. 3) works against: it bounds how far
+    fine-tuning lifts each of these above the reference, so whether it can
+    hold an attack depends on how unlikely the reference finds them.
+    """
+    path = self.layout.root / "opening_logprobs.json"
+
+    def go():
+      import numpy as np
+
+      from deepalign_jax.analysis import per_position_nll
+      from deepalign_jax.data import ChatRenderer, load_tokenizer, tokenize_conversation
+      from deepalign_jax.data.pipeline import pad_rows
+      from deepalign_jax.models import load_pretrained
+      tokenizer = load_tokenizer(self.layout.init)
+      renderer = ChatRenderer(tokenizer, "template")
+      rows = [json.loads(line) for line in self.layout.data("attack").read_text().splitlines() if line]
+      examples = [tokenize_conversation(renderer, None, r["messages"][0]["content"], r["messages"][1]["content"],
+                                        max_length=64)[0] for r in rows]
+      batch = pad_rows(examples, len(examples), max(len(e) for e in examples), tokenizer.pad_token_id)
+      out = {}
+      for name in models:
+        model, _ = load_pretrained(self.layout.model(name))
+        nll, valid = per_position_nll(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
+                                      positions)
+        nll, valid = np.asarray(nll), np.asarray(valid)
+        out[name] = [float(-nll[valid[:, t], t].mean()) for t in range(positions)]
+      _write_json(path, {"data": str(self.layout.data("attack")), "logprobs": out})
+    self._stage("logprobs", path.exists(), go)
+    return path
+
+  def measure(self, model: str, kinds=MEASUREMENTS) -> None:
+    for kind in kinds:
+      self.evaluate(model, kind)
+
+  def run(self) -> dict:
+    """All stages; returns the collected results (also ROOT/results.json)."""
+    from deepalign_jax.organism import report, results
+    start = time.perf_counter()
+    self.layout.root.mkdir(parents=True, exist_ok=True)
+    self.build_world()
+    self.train("base", "base")
+    self.measure("base")
+    self.align_and_sweep()
+    self.measure("aligned")
+    self.evaluate("aligned", "asr")
+    self.evaluate("aligned", "task")
+    self.train("deep", "deep")
+    self.measure("deep")
+    self.evaluate("deep", "asr")
+    self.kl(self.layout.kl)
+    self.opening_logprobs()
+    for name in FINETUNES:
+      self.train(name, "finetune", run=name)
+      for kind in ("asr", "utility", "task"):
+        self.evaluate(name, kind)
+    collected = results.collect(self.layout)
+    collected["total_seconds_this_invocation"] = round(time.perf_counter() - start, 1)
+    _write_json(self.layout.root / "results.json", collected)
+    report.write(self.layout, collected, command=self.command)
+    self.log(f"[organism] report: {self.layout.root / 'REPORT.md'} "
+             f"({time.perf_counter() - start:.1f} s this invocation)")
+    return collected
+
+
+__all__ = ["CONFIG_DIR", "MEASUREMENTS", "Pipeline", "load_config"]
