@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     print(f"\n--- {title}: {len(sample.prompt_ids)} prompt tokens, {len(sample.token_ids)} new, "
           f"{seconds:.1f}s including compilation ---")
     print(repr(sample.prompt_text))
-    print(sample.prefill + sample.text)
+    print(sample.response)
   return 0
 
 

@@ -64,7 +64,7 @@ def default_config() -> ml_collections.ConfigDict:
       path="", format="harmful_hexphi", split="train", limit=0, tfds_data_dir=""))
   c.attack = ml_collections.ConfigDict(dict(
       kind="prefill", prefill_tokens=[5, 10, 20, 40], prefixes=["I cannot"], samples=1,
-      judge_prefill=True))         # the judge reads prefill + continuation (what a user would see)
+      judge_prefill=True))         # the judge reads the whole answer (prefill and continuation decoded together)
   c.decoding = ml_collections.ConfigDict(dict(
       temperature=0.9, top_k=50, top_p=0.6, greedy=False, max_new_tokens=512, batch_size=16, seed=0))
   c.grid = ml_collections.ConfigDict(dict(
@@ -241,20 +241,21 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
         else:
           rendered.append(sampler.prompt(messages, prefix=s.prefix))
       samples = sampler.run(
-          [r[0] for r in rendered], [r[1] for r in rendered], [r[2] for r in rendered],
-          batch_size=d.batch_size, max_new_tokens=d.max_new_tokens,
+          [r.ids for r in rendered], [r.prefill for r in rendered], [r.text for r in rendered],
+          prefill_lengths=[r.prefill_length for r in rendered], batch_size=d.batch_size, max_new_tokens=d.max_new_tokens,
           seed=d.seed + resumed_at + offset, progress=False,
           temperature=[s.decoding.temperature for _, s, _ in work], top_k=[s.decoding.top_k for _, s, _ in work],
           top_p=[s.decoding.top_p for _, s, _ in work], greedy=[s.decoding.greedy for _, s, _ in work])
       verdicts = judge.judge([(prompts[i].instruction,
-                               (sample.prefill if config.attack.judge_prefill else "") + sample.text)
+                               sample.response if config.attack.judge_prefill else sample.text)
                               for (i, _, _), sample in zip(work, samples)])
       for (i, s, j), sample, verdict in zip(work, samples, verdicts):
         p = prompts[i]
         record = {"key": record_key(i, s.name, j), "prompt_index": i, "setting": s.name, "sample": j,
                   "source": p.source, "category": p.category, "instruction": p.instruction,
                   "suffix": suffixes.get(i, s.suffix), "rendered_prompt": sample.prompt_text,
-                  "prefill": sample.prefill, "output": sample.text, "stopped": sample.stopped,
+                  "prefill": sample.prefill, "output": sample.text, "response": sample.response,
+                  "stopped": sample.stopped,
                   "output_tokens": len(sample.token_ids), "attack": s.as_dict(),
                   "max_new_tokens": d.max_new_tokens, "verdict": verdict.to_dict(),
                   "utility": _utility(config.utility.metric, sample.text, p.reference, p.source)}
@@ -332,7 +333,7 @@ def prefill_asr_hook(eval_config: ml_collections.ConfigDict, tokenizer, chat_for
                                batch_size=eval_config.batch_size, max_new_tokens=eval_config.max_new_tokens,
                                temperature=d.temperature, top_k=d.top_k, top_p=d.top_p,
                                seed=eval_config.seed, progress=progress)
-      verdicts = judge.judge([(c[0]["content"], s.prefill + s.text) for c, s in zip(conversations, samples)])
+      verdicts = judge.judge([(c[0]["content"], s.response) for c, s in zip(conversations, samples)])
       out[f"eval/asr_prefill_{int(k)}"] = summarize(verdicts).asr
     return out
 
@@ -375,32 +376,12 @@ def _write_json(path: Path, data: dict) -> None:
   os.replace(tmp, path)
 
 
-def main() -> None:
-  """The command line: absl flags + a locked ml_collections config file."""
-  from absl import app, flags
-  from absl import logging as absl_logging
-  from ml_collections import config_flags
-  config_flag = config_flags.DEFINE_config_file("config", None, "an ml_collections config file",
-                                                lock_config=True)
-  workdir_flag = flags.DEFINE_string("workdir", None, "where generations.jsonl, summary.json and plots go")
-  distributed.define_flags()
-
-  def _main(argv):
-    del argv
-    if config_flag.value is None or not workdir_flag.value:
-      raise app.UsageError("--config and --workdir are required")
-    if not flags.FLAGS["verbosity"].present:
-      absl_logging.set_verbosity(absl_logging.WARNING)
-    distributed.initialize_from_flags()
-    try:
-      summary = run(config_flag.value, workdir_flag.value)
-    except (ValueError, FileNotFoundError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(1)
+def _report(summary: dict, workdir: str) -> None:
+  del workdir
+  if distributed.is_main_process():
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2, default=str))
-
-  app.run(_main)
 
 
 if __name__ == "__main__":
-  main()
+  from deepalign_jax.cli import run_cli
+  run_cli(run, _report)

@@ -37,7 +37,7 @@ from flax import nnx
 from ml_collections import config_dict
 from tqdm.auto import tqdm
 
-from deepalign_jax.analysis.cli import run_cli
+from deepalign_jax.cli import run_cli
 from deepalign_jax.analysis.dynamics import per_position_grad_norms
 from deepalign_jax.analysis.plots import plot_by_position
 from deepalign_jax.analysis.positions import position_stats

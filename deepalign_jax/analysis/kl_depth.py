@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
-from deepalign_jax.analysis.cli import run_cli
+from deepalign_jax.cli import run_cli
 from deepalign_jax.analysis.kl import OutputHead
 from deepalign_jax.analysis.plots import plot_by_position
 from deepalign_jax.analysis.positions import position_stats

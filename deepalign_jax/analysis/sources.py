@@ -17,12 +17,12 @@ import dataclasses
 import json
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from deepalign_jax.models import Transformer, load_pretrained, read_config
 from deepalign_jax.models.gguf import packaged_checkpoint
+from deepalign_jax.train.checkpoints import read_params
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -106,30 +106,10 @@ def load_model(source: ModelSource, dtype=jnp.float32) -> Transformer:
   """The model of `source` on the default device (`dtype` applies to HF directories)."""
   if source.kind == "hf":
     return load_pretrained(source.path, dtype=dtype)[0]
-  import orbax.checkpoint as ocp
-
   compute_dtype, param_dtype = _training_dtypes(source.path)
-  cfg = read_config(source.base)
-  abstract = nnx.eval_shape(lambda: Transformer(cfg, dtype=compute_dtype, param_dtype=param_dtype,
-                                                rngs=nnx.Rngs(0)))
-  # The train state's split (`init_train_state`): parameters, then nothing else.
-  graphdef, params, _ = nnx.split(abstract, nnx.Param, ...)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), params)
-  if source.step is None:
-    with ocp.StandardCheckpointer() as checkpointer:
-      restored = checkpointer.restore((source.path / "params").absolute(), target)
-  else:
-    # Only the parameters of the saved TrainState are read (partial restore).
-    manager = ocp.CheckpointManager((source.path / "checkpoints").absolute())
-    try:
-      item = {"params": target}
-      args = ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-                                    partial_restore=True)
-      restored = manager.restore(source.step, args=ocp.args.Composite(state=args))["state"]["params"]
-    finally:
-      manager.close()
-  return nnx.merge(graphdef, restored)
+  model = load_pretrained(source.base, dtype=compute_dtype, param_dtype=param_dtype)[0]
+  graphdef, params = nnx.split(model)
+  return nnx.merge(graphdef, read_params(source.path, params, source.step))
 
 
 __all__ = ["DTYPES", "ModelSource", "load_model", "resolve_source"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -31,15 +31,28 @@ class Sample:
   prompt_text: the rendered prompt, special tokens written out, prefill included.
   prefill: the assistant-turn prefix placed before generation ('' if none).
   text: the generated continuation, decoded without special tokens.
+  response: the assistant's answer as a reader sees it — prefill and
+    continuation decoded together.  Not `prefill + text`: SentencePiece
+    tokenizers drop the space at that boundary when the two are decoded apart
+    ("I" + "cannot" → "Icannot"), which would hide a refusal from a judge.
   prompt_ids / token_ids: the prompt's and the generated ids (stop token included).
   stopped: whether a stop token ended it (False: max_new_tokens was reached).
   """
   prompt_text: str
   prefill: str
   text: str
+  response: str
   prompt_ids: list[int]
   token_ids: list[int]
   stopped: bool
+
+
+class RenderedPrompt(NamedTuple):
+  """One prompt for `Sampler.run`: ids, prefill text, prompt text, and how many of the ids are the prefill."""
+  ids: list[int]
+  prefill: str
+  text: str
+  prefill_length: int
 
 
 class Sampler:
@@ -58,18 +71,25 @@ class Sampler:
     self._vocab_limit = len(tokenizer)
 
   def prompt(self, messages: Messages, prefix: str | None = None, response: str | None = None,
-             prefill_tokens: int | None = None) -> tuple[list[int], str, str]:
-    """(ids, prefill text, prompt text) of one conversation, as `sample` renders it."""
+             prefill_tokens: int | None = None) -> RenderedPrompt:
+    """One conversation as `sample` renders it (assistant turn open, optionally prefilled)."""
     if response is not None:
       full = self.renderer.render(list(messages) + [{"role": "assistant", "content": response}])
       # Never prefill the closing end-of-turn token: the turn stays open.
       body = full.response_ids[:-1] if full.response_ids else ()
       k = min(prefill_tokens or 0, len(body))
       ids = list(full.with_response_prefix(k))
-      prefill = self.tokenizer.decode(body[:k])
-      return ids, prefill, self.tokenizer.decode(ids)
+      return RenderedPrompt(ids, self.tokenizer.decode(body[:k]), self.tokenizer.decode(ids), k)
     rendered = self.renderer.render(messages, assistant_prefix=prefix or None)
-    return list(rendered.input_ids), prefix or "", rendered.text
+    ids = list(rendered.input_ids)
+    length = 0
+    if prefix:
+      # The prefill is what follows the plain open turn (the template ends in a
+      # special token or newline, so the prefix never merges into it).
+      opened = self.renderer.render(messages).input_ids
+      common = next((i for i, (a, b) in enumerate(zip(opened, ids)) if a != b), min(len(opened), len(ids)))
+      length = len(ids) - common
+    return RenderedPrompt(ids, prefix or "", rendered.text, length)
 
   def sample(self, conversations: Sequence[Messages], *,
              assistant_prefixes: Sequence[str | None] | None = None,
@@ -92,8 +112,8 @@ class Sampler:
     prompts = [self.prompt(conv, assistant_prefixes[i] if assistant_prefixes else None,
                             responses[i] if responses is not None else None, prefill_tokens)
                for i, conv in enumerate(conversations)]
-    return self.run([p[0] for p in prompts], [p[1] for p in prompts], [p[2] for p in prompts],
-                    batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed,
+    return self.run([p.ids for p in prompts], [p.prefill for p in prompts], [p.text for p in prompts],
+                    prefill_lengths=[p.prefill_length for p in prompts], batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed,
                      progress=progress, temperature=temperature, top_k=top_k, top_p=top_p,
                      greedy=greedy)
 
@@ -103,14 +123,17 @@ class Sampler:
     return self.run(ids, [""] * len(texts), list(texts), **kwargs)
 
   def run(self, prompt_ids: Sequence[Sequence[int]], prefills: Sequence[str], prompt_texts: Sequence[str], *,
-          batch_size: int = 16, max_new_tokens: int = 512, seed: int = 0, progress: bool = True,
-          **decoding) -> list[Sample]:
+          prefill_lengths: Sequence[int] | None = None, batch_size: int = 16, max_new_tokens: int = 512,
+          seed: int = 0, progress: bool = True, **decoding) -> list[Sample]:
     """Generates from prompts already rendered (`prompt`), in fixed-size batches.
 
+    prefill_lengths: how many trailing prompt ids are the prefill (for
+      `Sample.response`); None: no prefills.
     decoding: temperature, top_k, top_p, greedy — each a scalar or one value
     per prompt (a decoding sweep then runs in the same compiled batches).
     """
     n = len(prompt_ids)
+    prefill_lengths = [0] * n if prefill_lengths is None else list(prefill_lengths)
     for key, value in decoding.items():
       if not np.isscalar(value) and len(value) != n:
         raise ValueError(f"{key}: {len(value)} values for {n} prompts")
@@ -138,9 +161,12 @@ class Sampler:
         tokens = out.tokens[row, :out.lengths[row]].tolist()
         stopped = bool(tokens) and tokens[-1] in stops
         i = offset + row
-        samples.append(Sample(prompt_text=prompt_texts[i], prefill=prefills[i],
-                              text=self.tokenizer.decode(tokens, skip_special_tokens=True),
-                              prompt_ids=list(ids), token_ids=tokens, stopped=stopped))
+        prefill_ids = list(ids[len(ids) - prefill_lengths[i]:]) if prefill_lengths[i] else []
+        samples.append(Sample(
+            prompt_text=prompt_texts[i], prefill=prefills[i],
+            text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+            response=self.tokenizer.decode(prefill_ids + tokens, skip_special_tokens=True),
+            prompt_ids=list(ids), token_ids=tokens, stopped=stopped))
         generated += len(tokens)
       bar.update(len(chunk))
       bar.set_postfix(tokens_per_s=f"{generated / (time.perf_counter() - start):.1f}")

@@ -2,41 +2,27 @@
 
 Trains as the config says (see `deepalign_jax.train.loop.default_config`
 for every setting); rerunning the same command resumes from the workdir's
-latest checkpoint.
+latest checkpoint.  Multi-host flags: see `deepalign_jax.distributed`.
 """
 
 from __future__ import annotations
 
 import json
-import sys
-
-from absl import app, flags, logging
-from ml_collections import config_flags
 
 from deepalign_jax import distributed
+from deepalign_jax.cli import run_cli
 from deepalign_jax.train.loop import run, training_hooks
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "an ml_collections config file", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and the export go")
-distributed.define_flags()
+
+def _run(config, workdir):
+  return run(config, workdir, hooks=training_hooks(config))
 
 
-def main(argv) -> None:
-  del argv
-  if _CONFIG.value is None or not _WORKDIR.value:
-    raise app.UsageError("--config and --workdir are required")
-  if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO
-    logging.set_verbosity(logging.WARNING)
-  distributed.initialize_from_flags()
-  try:
-    config = _CONFIG.value
-    summary = run(config, _WORKDIR.value, hooks=training_hooks(config))
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+def _report(summary, workdir) -> None:
+  del workdir
   if distributed.is_main_process():
     print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run_cli(_run, _report)

@@ -77,12 +77,49 @@ def _names(path) -> tuple[str, ...]:
   return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
+def read_params(workdir: str | os.PathLike, like, step: int | None = None):
+  """A training workdir's parameters, placed like `like` (an nnx.State of the same model).
+
+  step None: the final `params/` export if the run finished, else the latest
+  checkpoint; a step: `checkpoints/<step>`.  Only the parameters are read,
+  as host arrays (the run may have had another device topology), so the
+  optimizer state is never loaded.
+  """
+  workdir = Path(workdir).absolute()
+  if step is None and (workdir / "params").is_dir():
+    item_dir, key = workdir / "params", None
+  else:
+    if step is None:
+      step = ocp.CheckpointManager(str(workdir / "checkpoints")).latest_step()
+      if step is None:
+        raise ValueError(f"{workdir}: a training workdir with no params/ and no complete checkpoint")
+    item_dir, key = workdir / "checkpoints" / str(step) / "state", "params"
+    if not item_dir.is_dir():
+      raise ValueError(f"{workdir}/checkpoints: no complete checkpoint at step {step}")
+  tree = ocp.StandardCheckpointer().metadata(item_dir).item_metadata
+  target = tree[key] if key else tree
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+  with ocp.PyTreeCheckpointer() as reader:
+    if key:
+      restored = reader.restore(item_dir, args=ocp.args.PyTreeRestore(
+          item={key: target}, restore_args={key: args}, partial_restore=True))[key]
+    else:
+      restored = reader.restore(item_dir, args=ocp.args.PyTreeRestore(item=target, restore_args=args))
+  saved = {_names(p): v for p, v in jax.tree_util.tree_flatten_with_path(restored)[0]}
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
+  missing = [jax.tree_util.keystr(p) for p, _ in leaves if _names(p) not in saved]
+  if missing:
+    raise ValueError(f"{item_dir}: lacks parameters {missing[:3]} of the model being loaded")
+  return jax.tree_util.tree_unflatten(treedef, [
+      jax.device_put(saved[_names(p)].astype(x.dtype), x.sharding) for p, x in leaves])
+
+
 def load_model(spec: str | os.PathLike, *, dtype=None, mesh=None):
   """(model, tokenizer, directory) for an HF directory, `packaged:NAME`, or a training workdir.
 
-  A training workdir gives its `hf/` export when the run finished, else its
-  latest checkpoint's parameters on top of the model the run started from
-  (read from the workdir's config.json).
+  A training workdir gives its `hf/` export when the run finished, else
+  `read_params` (params/ or the latest checkpoint) on top of the model the
+  run started from (read from the workdir's config.json).
   """
   from flax import nnx
 
@@ -99,32 +136,14 @@ def load_model(spec: str | os.PathLike, *, dtype=None, mesh=None):
     path = Path(text)
   if (path / "hf" / "config.json").exists():
     path = path / "hf"
-  elif (path / "checkpoints").is_dir() and (path / "config.json").exists():
+  elif ((path / "checkpoints").is_dir() or (path / "params").is_dir()) and (path / "config.json").exists():
     base = json.loads((path / "config.json").read_text()).get("model")
     if not base:
       raise ValueError(f"{path}/config.json: a training workdir's config needs 'model'")
     base_dir = packaged_checkpoint(base.split(":", 1)[1]) if base.startswith("packaged:") else Path(base)
     model, _ = load_pretrained(base_dir, dtype=dtype, mesh=mesh)
-    manager = ocp.CheckpointManager(str((path / "checkpoints").absolute()))
-    step = manager.latest_step()
-    if step is None:
-      raise ValueError(f"{path}/checkpoints: no complete checkpoint to evaluate")
-    # Only the parameters, read as host arrays (the run may have had another
-    # device topology), then placed like the freshly loaded model's.
-    state_dir = path.absolute() / "checkpoints" / str(step) / "state"
-    tree = ocp.StandardCheckpointer().metadata(state_dir).item_metadata
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree["params"])
-    with ocp.PyTreeCheckpointer() as reader:
-      restored = reader.restore(state_dir, args=ocp.args.PyTreeRestore(
-          item={"params": tree["params"]}, restore_args={"params": restore_args}, partial_restore=True))
     graphdef, params = nnx.split(model)
-    saved = {_names(p): v for p, v in jax.tree_util.tree_flatten_with_path(restored["params"])[0]}
-    like, treedef = jax.tree_util.tree_flatten_with_path(params)
-    missing = [jax.tree_util.keystr(p) for p, _ in like if _names(p) not in saved]
-    if missing:
-      raise ValueError(f"{state_dir}: checkpoint lacks parameters {missing[:3]} of the model {base_dir}")
-    params = jax.tree_util.tree_unflatten(treedef, [
-        jax.device_put(saved[_names(p)].astype(x.dtype), x.sharding) for p, x in like])
+    params = read_params(path, params)
     return nnx.merge(graphdef, params), load_tokenizer(base_dir), base_dir
   model, _ = load_pretrained(path, dtype=dtype, mesh=mesh)
   return model, load_tokenizer(path), path

@@ -124,3 +124,29 @@ def test_bf16_generation_follows_fp32(smollm2):
   # A real model's confident first tokens survive bf16 rounding.
   agree = [a.token_ids[:3] == b.token_ids[:3] for a, b in zip(ref, out)]
   assert sum(agree) >= 2, (ref, out)
+
+
+def test_response_decodes_prefill_and_continuation_together():
+  """A SentencePiece tokenizer loses the space between separately decoded pieces; `response` keeps it."""
+  from tests.data.tokenizers import sentencepiece_like_tokenizer
+  tokenizer = sentencepiece_like_tokenizer()
+  cfg = config_from_hf({**FAMILY_CONFIGS["llama"]().to_dict(), "vocab_size": len(tokenizer)})
+  sampler = Sampler(create_model(cfg, seed=0), tokenizer, "base")
+  convs = [[{"role": "user", "content": f"Tell me about the river number {i}."}] for i in range(16)]
+  answer = "I cannot help with that request."
+  by_prefix = sampler.sample(convs, assistant_prefixes=["I cannot"] * 16, max_new_tokens=3, temperature=1.0,
+                             batch_size=8, progress=False)
+  by_tokens = sampler.sample(convs[:2], responses=[answer] * 2, prefill_tokens=3, max_new_tokens=3,
+                             greedy=True, batch_size=8, progress=False)
+  prefill_length = len(tokenizer("I cannot", add_special_tokens=False)["input_ids"])
+  glued = 0
+  for sample, length in [(s, prefill_length) for s in by_prefix] + [(s, 3) for s in by_tokens]:
+    prefill_ids = sample.prompt_ids[-length:]
+    assert tokenizer.decode(prefill_ids) == sample.prefill
+    assert sample.response == tokenizer.decode(prefill_ids + sample.token_ids, skip_special_tokens=True)
+    assert sample.response.startswith(sample.prefill)
+    glued += sample.response != sample.prefill + sample.text
+  # Continuations that start a new word: apart they glue onto the prefill, together they do not.
+  word_starts = [s for s in by_prefix if tokenizer.convert_ids_to_tokens(s.token_ids[0]).startswith("▁")]
+  assert word_starts and all(s.response.startswith("I cannot ") for s in word_starts)
+  assert glued >= len(word_starts)

@@ -1,4 +1,4 @@
-"""The shared `--config FILE --workdir DIR` entry point of the analysis CLIs.
+"""The shared `--config FILE --workdir DIR` entry point of every CLI (train, evaluate, analyses).
 
 Flags are defined when a CLI starts, not when its module is imported: two
 modules defining `--config` at import time could not both be imported by one
