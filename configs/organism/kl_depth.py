@@ -38,4 +38,5 @@ def get_config(arg=None):
   c.num_positions = 30    # every procedure is 30 tokens before its end-of-turn
   c.batch_size = 32
   c.vocab_chunk = 0       # ~700 columns: full logits
+  c.plot = False          # the pipeline's REPORT.md draws the figure (kl_by_position.png in ROOT)
   return c

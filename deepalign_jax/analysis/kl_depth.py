@@ -74,6 +74,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.position_chunk = 0         # 0: all positions of a batch at once
   c.log_scale = True
   c.title = "Per-token KL divergence on harmful responses"
+  c.plot = True                # kl_by_position.png (matplotlib)
   return c
 
 
@@ -192,8 +193,9 @@ def _write(workdir: Path, config, summary, per_example, records, prompts) -> Non
       line = {"source": source, "prompts": {name: prompts[name][i][1] for name in prompts},
               "prompt_tokens": {name: len(prompts[name][i][0]) for name in prompts}}
       f.write(json.dumps(line, ensure_ascii=False) + "\n")
-  plot_by_position({pair["label"]: pair for pair in summary["pairs"]}, workdir / "kl_by_position.png",
-                   ylabel="KL divergence (nats)", title=config.title, log_scale=config.log_scale)
+  if config.plot:
+    plot_by_position({pair["label"]: pair for pair in summary["pairs"]}, workdir / "kl_by_position.png",
+                     ylabel="KL divergence (nats)", title=config.title, log_scale=config.log_scale)
 
 
 def _report(summary, workdir) -> None:

@@ -19,7 +19,9 @@ them.  With `assistant_prefix` the assistant turn is left open (prefilling).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 LLAMA2_DEFAULT_SYSTEM_PROMPT = (
@@ -80,9 +82,22 @@ class Rendered:
     return self.input_ids[:self.response_start + k]
 
 
+# tokenizer_config.json classes that are transformers' generic fast tokenizer: loaded without
+# AutoTokenizer, whose model-config registry imports PyTorch (seconds) when it is installed.
+_GENERIC_FAST = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
 def load_tokenizer(path: str | os.PathLike):
   """The tokenizer saved beside an HF model (local files only, no remote code)."""
   import transformers
+  config = Path(path) / "tokenizer_config.json"
+  if config.is_file() and (Path(path) / "tokenizer.json").is_file():
+    try:
+      name = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class")
+    except ValueError:
+      name = None  # AutoTokenizer reports the broken file
+    if name in _GENERIC_FAST:
+      return transformers.PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
   return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
 

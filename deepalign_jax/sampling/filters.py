@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 _MIN_TEMPERATURE = 1e-6
+TOP_K_CANDIDATES = 64  # top_k up to this ranks only the largest logits (lax.top_k), not the vocabulary
 
 
 class SamplingParams(NamedTuple):
@@ -40,13 +41,21 @@ class SamplingParams(NamedTuple):
                row(greedy, jnp.bool_))
 
 
-def filter_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
-  """Temperature, top-k and top-p applied to fp32 logits [B, V]; removed → -inf."""
+def filter_logits(logits: jax.Array, params: SamplingParams, candidates: int | None = None) -> jax.Array:
+  """Temperature, top-k and top-p applied to fp32 logits [B, V]; removed → -inf.
+
+  candidates: when every row's top_k is in 1..candidates, only the
+  `candidates` largest logits can survive top-k, so they alone are ranked
+  (`lax.top_k`) instead of sorting the whole vocabulary; same result.
+  """
   logits = logits.astype(jnp.float32) / jnp.maximum(params.temperature, _MIN_TEMPERATURE)[:, None]
   vocab = logits.shape[-1]
-  descending = -jnp.sort(-logits, axis=-1)
+  if candidates is None or candidates >= vocab:
+    descending = -jnp.sort(-logits, axis=-1)
+  else:
+    descending = jax.lax.top_k(logits, candidates)[0]
   # top-k: everything below the k-th largest logit goes (ties with it stay).
-  k = jnp.clip(params.top_k, 1, vocab)
+  k = jnp.clip(params.top_k, 1, descending.shape[-1])
   kth = jnp.take_along_axis(descending, (k - 1)[:, None], axis=-1)
   keep_k = (params.top_k[:, None] <= 0) | (logits >= kth)
   logits = jnp.where(keep_k, logits, -jnp.inf)
@@ -55,26 +64,32 @@ def filter_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
   # likely token always stays), i.e. transformers' "cumsum <= 1 - p" removal.
   probs = jax.nn.softmax(descending, axis=-1)
   mass_before = jnp.cumsum(probs, axis=-1) - probs
-  kept_sorted = (mass_before < params.top_p[:, None]) | (jnp.arange(vocab) == 0)
+  kept_sorted = (mass_before < params.top_p[:, None]) | (jnp.arange(descending.shape[-1]) == 0)
   cutoff = jnp.min(jnp.where(kept_sorted, descending, jnp.inf), axis=-1, keepdims=True)
   keep_p = (params.top_p[:, None] >= 1.0) | (logits >= cutoff)
   return jnp.where(keep_p, logits, -jnp.inf)
 
 
-def choose_tokens(key: jax.Array, logits: jax.Array, params: SamplingParams) -> jax.Array:
+def choose_tokens(key: jax.Array, logits: jax.Array, params: SamplingParams,
+                  candidates: int = TOP_K_CANDIDATES) -> jax.Array:
   """Next token ids [B] from logits [B, V].
 
   The vocabulary sort that top-k/top-p need costs more than a small model's
-  decode step on a CPU, so it only runs when some sampled row asks for it,
-  and nothing is sampled when every row is greedy.
+  decode step on a CPU, so it only runs when some sampled row asks for it;
+  when every sampled row has a top_k of at most `candidates` (the paper's
+  50), only that many logits are ranked; nothing is sampled when every row
+  is greedy.
   """
   greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
   def sample(_):
     sampled_rows = ~params.greedy
     needs_cut = jnp.any(sampled_rows & ((params.top_k > 0) | (params.top_p < 1.0)))
+    few = jnp.all(~sampled_rows | ((params.top_k > 0) & (params.top_k <= candidates)))
     scaled = lambda x: x.astype(jnp.float32) / jnp.maximum(params.temperature, _MIN_TEMPERATURE)[:, None]
-    filtered = jax.lax.cond(needs_cut, lambda x: filter_logits(x, params), scaled, logits)
+    branch = jnp.where(needs_cut, jnp.where(few, 2, 1), 0)
+    filtered = jax.lax.switch(branch, [scaled, lambda x: filter_logits(x, params),
+                                       lambda x: filter_logits(x, params, candidates)], logits)
     return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
 
   sampled = jax.lax.cond(jnp.all(params.greedy), lambda _: greedy, sample, None)

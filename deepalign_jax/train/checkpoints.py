@@ -42,10 +42,14 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def due(self, step: int) -> bool:
+    """Whether `maybe_save` saves at this step unforced."""
+    return bool(self.save_every) and step % self.save_every == 0
+
   def maybe_save(self, step: int, state: TrainState, meta: dict[str, Any], *, force: bool = False,
                  data: grain.DatasetIterator | None = None) -> bool:
     """Saves at multiples of `save_every` (or when forced); `data`: the iterator, positioned after `step`."""
-    if not force and not (self.save_every and step % self.save_every == 0):
+    if not force and not self.due(step):
       return False
     if step in self._manager.all_steps():
       return False

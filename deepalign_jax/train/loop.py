@@ -45,8 +45,8 @@ from deepalign_jax.models.gguf import packaged_checkpoint
 from deepalign_jax.train import reference
 from deepalign_jax.train.checkpoints import Checkpointer
 from deepalign_jax.train.state import (OptimizerConfig, init_train_state, learning_rate_schedule,
-                                       make_optimizer)
-from deepalign_jax.train.step import LossConfig, train_step
+                                       make_optimizer, optimizer_hyperparameters)
+from deepalign_jax.train.step import LossConfig, shared_train_step, split_loss_config
 
 _log = logging.getLogger(__name__)
 OBJECTIVES = ("sft", "constrained_sft", "augmented")
@@ -278,22 +278,29 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   if main:
     _keep_metrics_before(metrics_file, start)
 
-  step_fn = jax.jit(functools.partial(train_step, graphdef, optimizer=optimizer, loss_config=loss_config),
-                    donate_argnums=0)
+  # Numbers as inputs, not constants: runs of one shape share the compiled step.
+  static_loss, loss_values = split_loss_config(loss_config)
+  hyperparameters = jax.device_put({"optimizer": optimizer_hyperparameters(optimizer_config),
+                                    "loss": loss_values}, NamedSharding(mesh, P()))
+  step_fn = functools.partial(shared_train_step, graphdef, loss_config=static_loss)
   row_sharding = NamedSharding(mesh, P(None, ("data", "fsdp")))
   end = total_steps if train.stop_after_steps <= 0 else min(total_steps, start + train.stop_after_steps)
   writer = _tensorboard(workdir, start) if config.tensorboard and main else None
   tokens_seen, clock = 0, time.perf_counter()
+
+  def sync_after(step: int) -> bool:
+    """Whether step `step` (1-based) needs its state on the host side: a hook, a checkpoint or the end."""
+    return (step == end or checkpointer.due(step)
+            or any(every > 0 and step % every == 0 for every, _ in hooks))
+
   try:
     with open(metrics_file if main else os.devnull, "a") as log, tqdm(
         total=total_steps, initial=start, desc="training", unit="step",
         disable=not (config.progress and main)) as bar:
-      for step in range(start, end):
-        host_batch = next(batches)
-        batch = {k: jax.make_array_from_process_local_data(
-                     row_sharding, v, (num_micro, train.micro_batch_size) + v.shape[2:])
-                 for k, v in host_batch.items()}
-        state, metrics = step_fn(state, batch)
+
+      def finish(step: int, metrics) -> None:
+        """The host side of step `step` (0-based): finiteness, the metrics line, hooks."""
+        nonlocal tokens_seen
         metrics = {k: _host(v) for k, v in metrics.items()}
         if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
           last = checkpointer.latest_step()
@@ -315,7 +322,25 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
           _write_scalars(writer, record)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}", tokens_per_s=f"{record['tokens_per_s']:.0f}")
-        checkpointer.maybe_save(step + 1, state, {"step": step + 1}, data=batches)
+
+      # One step in flight: step s+1 is dispatched before step s's metrics are read, so the
+      # host's work overlaps the device's.  Steps whose state is needed (hooks, checkpoints, the
+      # last) are finished at once, so nothing is saved after a step that was not finite.
+      pending = None
+      for step in range(start, end):
+        host_batch = next(batches)
+        batch = {k: jax.make_array_from_process_local_data(
+                     row_sharding, v, (num_micro, train.micro_batch_size) + v.shape[2:])
+                 for k, v in host_batch.items()}
+        state, metrics = step_fn(state, batch, hyperparameters)
+        if pending is not None:
+          finish(*pending)
+          pending = None
+        if sync_after(step + 1):
+          finish(step, metrics)
+          checkpointer.maybe_save(step + 1, state, {"step": step + 1}, data=batches)
+        else:
+          pending = (step, metrics)
     finished = end == total_steps
     checkpointer.maybe_save(end, state, {"step": end}, force=True, data=batches)
   finally:

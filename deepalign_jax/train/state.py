@@ -9,10 +9,11 @@ definition) is static and lives beside it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -31,24 +32,51 @@ class OptimizerConfig:
   decay: str = "linear"  # or "constant"
 
 
-def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
-  warmup = max(cfg.warmup_steps, 0)
-  if cfg.decay == "constant":
-    after = optax.constant_schedule(cfg.learning_rate)
-  elif cfg.decay == "linear":
-    after = optax.linear_schedule(cfg.learning_rate, 0.0, max(cfg.total_steps - warmup, 1))
-  else:
+def optimizer_hyperparameters(cfg: OptimizerConfig) -> dict[str, np.ndarray]:
+  """The optimizer's settings as fp32 scalars: what `make_optimizer` reads, values or jit inputs."""
+  if cfg.decay not in ("linear", "constant"):
     raise ValueError(f"decay must be 'linear' or 'constant', got {cfg.decay!r}")
-  if warmup == 0:
-    return after
-  return optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, warmup), after], [warmup])
+  values = {"learning_rate": cfg.learning_rate, "b1": cfg.b1, "b2": cfg.b2, "eps": cfg.eps,
+            "weight_decay": cfg.weight_decay, "grad_clip": cfg.grad_clip,
+            "warmup_steps": max(cfg.warmup_steps, 0), "total_steps": cfg.total_steps,
+            "linear_decay": 1.0 if cfg.decay == "linear" else 0.0}
+  return {k: np.float32(v) for k, v in values.items()}
 
 
-def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
+def learning_rate_at(count, hp: Mapping[str, Any]) -> jax.Array:
+  """The learning rate of update `count` (0-based): linear warm-up 0 → peak, then constant or linear → 0.
+
+  Plain jnp arithmetic of the settings, so the same schedule runs with the
+  settings as Python values or as traced inputs of a shared compiled step
+  (optax's schedule combinators would bake them into the program).
+  """
+  count = jnp.asarray(count, jnp.float32)
+  peak, warmup = hp["learning_rate"], hp["warmup_steps"]
+  warm = peak * jnp.clip(count, 0.0, warmup) / jnp.maximum(warmup, 1.0)
+  decay_steps = jnp.maximum(hp["total_steps"] - warmup, 1.0)
+  decayed = peak * (1.0 - jnp.clip(count - warmup, 0.0, decay_steps) / decay_steps)
+  after = jnp.where(hp["linear_decay"] > 0, decayed, peak)
+  return jnp.where(count < warmup, warm, after)
+
+
+def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
+  hp = optimizer_hyperparameters(cfg)
+  return lambda count: learning_rate_at(count, hp)
+
+
+def make_optimizer(cfg: OptimizerConfig | Mapping[str, Any]) -> optax.GradientTransformation:
+  """AdamW (+ global-norm clipping when grad_clip > 0) from a config or its hyper-parameters.
+
+  Given `optimizer_hyperparameters(...)` as traced arrays, one compiled train
+  step serves runs with other learning rates, schedules and Adam settings;
+  the optimizer state's structure never depends on the values.
+  """
+  hp = optimizer_hyperparameters(cfg) if isinstance(cfg, OptimizerConfig) else cfg
+  clip = jnp.where(hp["grad_clip"] > 0, hp["grad_clip"], jnp.inf)  # ∞: the norm never triggers
   return optax.chain(
-      optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip else optax.identity(),
-      optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                  weight_decay=cfg.weight_decay),
+      optax.clip_by_global_norm(clip),
+      optax.adamw(lambda count: learning_rate_at(count, hp), b1=hp["b1"], b2=hp["b2"], eps=hp["eps"],
+                  weight_decay=hp["weight_decay"]),
   )
 
 

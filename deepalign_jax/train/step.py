@@ -15,15 +15,17 @@ update of one batch of M·b — on one device or sharded over many.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
 from deepalign_jax import losses
-from deepalign_jax.train.state import TrainState
+from deepalign_jax.train.state import TrainState, make_optimizer
 
 OBJECTIVES = ("sft", "constrained")
 
@@ -164,3 +166,35 @@ def train_step(graphdef, state: TrainState, batch: Mapping[str, jax.Array], *,
     metrics["delta_by_position"] = jnp.where(count > 0, stats["delta"] / jnp.maximum(count, 1), jnp.nan)
     metrics["mean_weight"] = stats["weight_all"][0] / jnp.maximum(stats["count_all"][0], 1)
   return TrainState(state.step + 1, params, opt_state), metrics
+
+
+# The settings a run passes to `shared_train_step` as inputs rather than compiling in.
+_LOSS_HYPERPARAMETERS = ("beta", "first_token_factor", "early_factor", "early_length", "alpha")
+
+
+def split_loss_config(cfg: LossConfig) -> tuple[LossConfig, dict[str, np.ndarray]]:
+  """(the config's compiled-in part, its numeric part as scalars) for `shared_train_step`.
+
+  What stays compiled in changes the program: the objective, whether α-mixing
+  is on, the vocabulary chunk, the logged positions and whether the weight
+  clamp is on (`min_weight`, a Python branch).
+  """
+  values = {k: getattr(cfg, k) for k in _LOSS_HYPERPARAMETERS if getattr(cfg, k) is not None}
+  static = dataclasses.replace(cfg, beta=0.0, first_token_factor=0.0, early_factor=0.0, early_length=0,
+                               alpha=None if cfg.alpha is None else 0.0)
+  return static, {k: np.asarray(v, np.int32 if k == "early_length" else np.float32)
+                  for k, v in values.items()}
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames="loss_config", donate_argnums=1)
+def shared_train_step(graphdef, state: TrainState, batch: Mapping[str, jax.Array],
+                      hyperparameters: Mapping[str, Mapping[str, jax.Array]], *, loss_config: LossConfig):
+  """`train_step` with the run's numbers as inputs: one compilation per model structure, batch shape
+  and objective serves every run of a process (and of the persistent compilation cache).
+
+  hyperparameters: {"optimizer": optimizer_hyperparameters(...), "loss": the second value of
+  split_loss_config(...)}; loss_config: its first value.  The state is donated.
+  """
+  cfg = dataclasses.replace(loss_config, **hyperparameters["loss"])
+  return train_step(graphdef, state, batch, optimizer=make_optimizer(hyperparameters["optimizer"]),
+                    loss_config=cfg)

@@ -197,3 +197,26 @@ def test_every_stage_config_builds(name, tmp_path):
       assert config.model == str(tmp_path / "deep") + "/hf" and config.objective == "constrained_sft"
       assert (config.loss.beta, config.loss.first_token_factor, config.loss.early_factor) == (0.1, 5.0, 20.0)
   assert set(FINETUNES) >= {"harmful_sft", "harmful_constrained", "benign_sft", "benign_constrained"}
+
+
+def test_a_generic_fast_tokenizer_loads_without_pytorch(world, tokenizer, tmp_path):
+  """load_tokenizer skips AutoTokenizer (whose config registry imports torch) for the generic class,
+  and the tokenizer it gives encodes and renders as AutoTokenizer's does."""
+  import subprocess
+  import sys
+
+  import transformers
+
+  from deepalign_jax.data import ChatRenderer, load_tokenizer
+  tokenizer.save_pretrained(tmp_path)
+  text = world.corpus()[0]
+  ours, auto = load_tokenizer(tmp_path), transformers.AutoTokenizer.from_pretrained(tmp_path)
+  assert ours(text)["input_ids"] == auto(text)["input_ids"]
+  messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
+  assert (ChatRenderer(ours, "template").render(messages).input_ids
+          == ChatRenderer(auto, "template").render(messages).input_ids)
+  probe = ("import sys; from deepalign_jax.data import ChatRenderer, load_tokenizer; "
+           f"ChatRenderer(load_tokenizer({str(tmp_path)!r}), 'template'); print('torch' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip().splitlines()[-1] == "False"

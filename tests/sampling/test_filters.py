@@ -34,6 +34,31 @@ def test_filter_matches_transformers_warpers(temperature, top_k, top_p):
   np.testing.assert_allclose(ours[kept], theirs[kept], rtol=1e-6)
 
 
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.9, 50, 0.6), (1.3, 3, 0.9), (0.7, 64, 1.0),
+                                                      (1.0, 1, 0.5)])
+def test_ranking_only_the_top_candidates_matches_transformers(temperature, top_k, top_p):
+  """top_k ≤ candidates: lax.top_k of the candidates instead of a vocabulary sort, same filter."""
+  logits = jax.random.normal(jax.random.key(7), (6, 300)) * 3.0
+  params = SamplingParams.make(6, temperature=temperature, top_k=top_k, top_p=top_p)
+  ours = np.asarray(filter_logits(logits, params, candidates=64))
+  theirs = _hf_filter(logits, temperature, top_k, top_p)
+  np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(theirs))
+  np.testing.assert_allclose(ours[np.isfinite(ours)], theirs[np.isfinite(theirs)], rtol=1e-6)
+  # Ties (the k-th logit repeated): the shortcut keeps exactly what the full sort keeps.
+  tied = logits.at[:, 10:20].set(logits[:, 10:11])
+  np.testing.assert_array_equal(np.asarray(filter_logits(tied, params, candidates=64)),
+                                np.asarray(filter_logits(tied, params)))
+
+
+def test_choose_tokens_draws_alike_with_and_without_the_candidate_shortcut():
+  logits = jax.random.normal(jax.random.key(8), (5, 300)) * 2.0
+  params = SamplingParams.make(5, temperature=0.9, top_k=[50, 5, 64, 2, 30], top_p=[0.6, 1.0, 0.9, 1.0, 0.3])
+  keys = jax.random.split(jax.random.key(0), 200)
+  fast = jax.vmap(lambda k: choose_tokens(k, logits, params))(keys)
+  full = jax.vmap(lambda k: choose_tokens(k, logits, params, candidates=300))(keys)
+  np.testing.assert_array_equal(np.asarray(fast), np.asarray(full))
+
+
 def test_rows_of_one_batch_use_their_own_parameters():
   logits = jax.random.normal(jax.random.key(1), (3, 100)) * 2.0
   params = SamplingParams.make(3, temperature=[1.0, 0.5, 1.0], top_k=[0, 7, 0], top_p=[1.0, 1.0, 0.5])

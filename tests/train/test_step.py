@@ -10,8 +10,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from deepalign_jax import losses, sharding
 from deepalign_jax.models import config_from_hf, create_model, load_pretrained, save_pretrained
-from deepalign_jax.train import (LossConfig, OptimizerConfig, init_train_state, make_optimizer,
-                                 target_logps, train_step)
+from deepalign_jax.train import (LossConfig, OptimizerConfig, init_train_state, learning_rate_schedule,
+                                 make_optimizer, target_logps, train_step)
 from tests.models.hf_fixtures import FAMILY_CONFIGS
 
 OPT = OptimizerConfig(learning_rate=1e-3, b1=0.5, warmup_steps=2, total_steps=10)
@@ -175,3 +175,47 @@ def test_constrained_metrics_by_response_position_match_numpy():
   np.testing.assert_allclose(np.asarray(metrics["delta_by_position"]), [np.mean(d) for d in deltas],
                              rtol=1e-4, atol=1e-4)
   assert float(metrics["mean_weight"]) == pytest.approx(np.mean(all_weights), rel=1e-4)
+
+
+@pytest.mark.parametrize("warmup,decay", [(0, "linear"), (3, "linear"), (0, "constant"), (4, "constant"),
+                                          (12, "linear")])
+def test_learning_rate_schedule_is_optax_warmup_then_decay(warmup, decay):
+  """The jnp schedule (traceable settings) against optax's own schedule combinators."""
+  import optax
+  cfg = OptimizerConfig(learning_rate=3e-4, warmup_steps=warmup, total_steps=10, decay=decay)
+  after = (optax.linear_schedule(3e-4, 0.0, max(10 - warmup, 1)) if decay == "linear"
+           else optax.constant_schedule(3e-4))
+  expected = (after if warmup == 0 else
+              optax.join_schedules([optax.linear_schedule(0.0, 3e-4, warmup), after], [warmup]))
+  schedule = learning_rate_schedule(cfg)
+  for count in range(14):
+    np.testing.assert_allclose(float(schedule(count)), float(expected(count)), rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("loss_config", [LossConfig("sft", alpha=0.3),
+                                         LossConfig("constrained", beta=0.3, early_length=3)])
+def test_shared_step_equals_the_step_with_its_numbers_compiled_in(loss_config):
+  """Hyper-parameters as inputs give the same update as a step built from the config, and runs with
+  other numbers reuse the one compilation."""
+  from deepalign_jax.train import optimizer_hyperparameters, shared_train_step, split_loss_config
+  model = _model()
+  batch = _as_micro(_with_ref(model, _examples(seed=5)), 2)
+  batch["ref_logps"] = batch["ref_logps"] - 0.7  # Δ ≠ 0: the β schedule matters
+  static, loss_values = split_loss_config(loss_config)
+  compilations = shared_train_step._cache_size()
+  for opt in (OPT, OptimizerConfig(learning_rate=2e-3, b1=0.8, b2=0.99, weight_decay=0.1, grad_clip=0.0,
+                                   warmup_steps=0, total_steps=4, decay="constant")):
+    optimizer = make_optimizer(opt)
+    graphdef, state = init_train_state(model, optimizer)
+    reference = jax.jit(functools.partial(train_step, graphdef, optimizer=optimizer, loss_config=loss_config))
+    expected = state
+    for _ in range(3):
+      expected, expected_metrics = reference(expected, batch)
+    got = jax.tree.map(jnp.copy, state)  # the shared step donates its state; the model keeps its arrays
+    hyper = {"optimizer": optimizer_hyperparameters(opt), "loss": loss_values}
+    for _ in range(3):
+      got, metrics = shared_train_step(graphdef, got, batch, hyper, loss_config=static)
+    np.testing.assert_allclose(metrics["loss"], expected_metrics["loss"], rtol=1e-6)
+    _assert_params_close(got.params, expected.params, atol=1e-7)
+    assert int(got.opt_state[1][2].count) == 3  # the schedule's count is checkpointed as before
+  assert shared_train_step._cache_size() == compilations + 1
