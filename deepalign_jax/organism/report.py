@@ -362,8 +362,11 @@ DIFFERENCES = """\
 - **Augmentation.** Utility data D_B are the world's exact benign answers, not answers distilled from the
   aligned model; α = 0.2 as `loss.alpha` with 16 safety + 16 utility rows per step; C = 100 covers whole
   procedures.
-- **Seeds.** One training seed here; `tests/organism` runs the quick pipeline for seed 0 and (marked slow)
-  seeds 1 and 2, asserting each effect's direction with the margins written in the test.
+- **Seeds.** One training seed here, and one run is one draw: the full run's training is chaotic at the level
+  of floating-point rounding (other XLA compile flags alone give other numbers), so differences of a few
+  points between rows are noise, and a verdict near its threshold can flip between runs (the README lists
+  three runs). `tests/organism` runs the quick pipeline for seed 0 and (marked slow) seeds 1 and 2,
+  asserting each effect's direction with the margins written in the test.
 """
 
 
@@ -383,7 +386,7 @@ DESIGN_HISTORY = """\
   (below), the same attack pair was added from the deep model, to test the mechanism the paper gives:
   the constraint bounds log π/π_ref per token, so it protects only tokens the reference finds unlikely.
 - **Table 1 verdict** uses the paper's headline prefix ("I apologize, but I cannot"); the other two
-  prefixes are reported beside it, including the one that does not work ("Sorry ,").
+  prefixes are reported beside it (in an earlier full run "Sorry ," left the base model at 80% ASR).
 - The selection criterion (fewest steps with ASR(k=0) ≤ 5%), the judges, the thresholds of the verdicts
   and the β schedule were fixed before the runs reported here and not changed after.
 """
