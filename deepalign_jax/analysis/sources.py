@@ -17,6 +17,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -107,9 +108,14 @@ def load_model(source: ModelSource, dtype=jnp.float32) -> Transformer:
   if source.kind == "hf":
     return load_pretrained(source.path, dtype=dtype)[0]
   compute_dtype, param_dtype = _training_dtypes(source.path)
-  model = load_pretrained(source.base, dtype=compute_dtype, param_dtype=param_dtype)[0]
-  graphdef, params = nnx.split(model)
-  return nnx.merge(graphdef, read_params(source.path, params, source.step))
+  cfg = read_config(source.base)
+  # The model's structure only: the starting weights are never read, the workdir's replace them.
+  abstract = nnx.eval_shape(lambda: Transformer(cfg, dtype=compute_dtype, param_dtype=param_dtype,
+                                                rngs=nnx.Rngs(0)))
+  graphdef, params = nnx.split(abstract)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), params)
+  return nnx.merge(graphdef, read_params(source.path, like, source.step))
 
 
 __all__ = ["DTYPES", "ModelSource", "load_model", "resolve_source"]

@@ -52,9 +52,12 @@ def _plt():
 
 
 def _save(fig, path: Path) -> str:
+  """Lays out, writes (atomically) and closes `fig`; returns the file name the report links."""
+  fig.tight_layout()
   tmp = path.with_suffix(".tmp.png")
   fig.savefig(tmp, dpi=110)
   os.replace(tmp, path)
+  _plt().close(fig)
   return path.name
 
 
@@ -82,10 +85,7 @@ def plot_kl(collected: dict, path: Path) -> str | None:
     panel.set_ylabel("KL (nats)")
     panel.grid(alpha=0.3)
     panel.legend(fontsize=7)
-  fig.tight_layout()
-  name = _save(fig, path)
-  plt.close(fig)
-  return name
+  return _save(fig, path)
 
 
 def plot_asr(collected: dict, path: Path) -> str | None:
@@ -121,10 +121,7 @@ def plot_asr(collected: dict, path: Path) -> str | None:
     panel.set_ylim(-3, 103)
     panel.grid(alpha=0.3)
     panel.legend(fontsize=7)
-  fig.tight_layout()
-  name = _save(fig, path)
-  plt.close(fig)
-  return name
+  return _save(fig, path)
 
 
 # -- verdicts ----------------------------------------------------------------------------------

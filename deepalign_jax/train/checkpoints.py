@@ -94,7 +94,9 @@ def read_params(workdir: str | os.PathLike, like, step: int | None = None):
     item_dir, key = workdir / "params", None
   else:
     if step is None:
-      step = ocp.CheckpointManager(str(workdir / "checkpoints")).latest_step()
+      manager = ocp.CheckpointManager(str(workdir / "checkpoints"))
+      step = manager.latest_step()
+      manager.close()
       if step is None:
         raise ValueError(f"{workdir}: a training workdir with no params/ and no complete checkpoint")
     item_dir, key = workdir / "checkpoints" / str(step) / "state", "params"
