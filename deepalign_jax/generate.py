@@ -18,13 +18,10 @@ import argparse
 import json
 import sys
 
-import jax.numpy as jnp
-
 from deepalign_jax.data.chat import ChatFormatError, load_tokenizer
-from deepalign_jax.models import CheckpointError, ConfigError, load_pretrained
+from deepalign_jax.models import DTYPES, CheckpointError, ConfigError, load_pretrained
 from deepalign_jax.sampling import Sampler
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def main(argv=None) -> int:
@@ -42,14 +39,14 @@ def main(argv=None) -> int:
   parser.add_argument("--top_k", type=int, default=0)
   parser.add_argument("--greedy", action="store_true")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
+  parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
   parser.add_argument("--json", action="store_true", help="print a JSON record with token ids")
   args = parser.parse_args(argv)
   if args.raw and (args.system is not None or args.prefill is not None):
     parser.error("--raw takes the prompt as is: --system and --prefill need a chat format")
 
   try:
-    model, _ = load_pretrained(args.model, dtype=_DTYPES[args.dtype])
+    model, _ = load_pretrained(args.model, dtype=DTYPES[args.dtype])
     tokenizer = load_tokenizer(args.model)
     sampler = Sampler(model, tokenizer, args.chat_format, system_prompt=args.system)
   except (CheckpointError, ConfigError, ChatFormatError, OSError) as e:

@@ -1,19 +1,12 @@
-"""Benign fine-tuning (SAMSum) with the constrained objective: ROUGE-1 50.1 at ASR 3.2% (SPEC §7)."""
+"""Benign fine-tuning on SAMSum with the constrained objective (SPEC §7, Table 4: ROUGE-1 50.1 at ASR 3.2%).
 
-from deepalign_jax.train.loop import default_config
+Evaluate utility with configs/eval/samsum_utility.py and safety with configs/eval/hexphi_samsum.py.
+"""
+
+from deepalign_jax import recipes
 
 
 def get_config():
-  c = default_config()
-  c.chat_format = "llama2"
-  c.system_prompt = "You are a helpful assistant for dialog summarization."
-  c.objective = "constrained_sft"
+  c = recipes.finetuning("llama2", "constrained_sft", epochs=3, system_prompt=None)
   c.data.format = "samsum"
-  c.dtype = "bfloat16"
-  c.remat = "dots"
-  c.optimizer.learning_rate = 2e-5
-  c.optimizer.b1 = 0.5
-  c.optimizer.warmup_steps = 10
-  c.train.batch_size, c.train.micro_batch_size = 64, 8
-  c.train.epochs = 3
   return c

@@ -40,9 +40,10 @@ from deepalign_jax.analysis.kl import OutputHead
 from deepalign_jax.analysis.plots import plot_by_position
 from deepalign_jax.analysis.positions import position_stats
 from deepalign_jax.analysis.prompts import PromptFormat, read_pairs
-from deepalign_jax.analysis.sources import DTYPES, load_model, resolve_source
+from deepalign_jax.analysis.sources import load_model, resolve_source
 from deepalign_jax.analysis.teacher_forcing import kl_from_hidden, response_hidden_states
 from deepalign_jax.data import load_tokenizer
+from deepalign_jax.models import dtype_from_name
 
 
 def model_entry(path: str = "", chat_format: str = "auto", system_prompt: str | None = None,
@@ -114,9 +115,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     raise ValueError(f"config.response_from={response_from!r} is not one of the models {sorted(config.models)}")
   names = sorted({name for pair in pairs for name in pair} | {response_from})
   for name in names:
-    if config.models[name].dtype not in DTYPES:
-      raise ValueError(f"config.models.{name}.dtype must be one of {sorted(DTYPES)}, "
-                       f"got {config.models[name].dtype!r}")
+    dtype_from_name(config.models[name].dtype, f"config.models.{name}.dtype")
 
   sources = {}
   for name in names:
@@ -142,7 +141,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     key = (sources[name].path, sources[name].step, config.models[name].dtype)
     by_weights.setdefault(key, []).append(name)
   for group in by_weights.values():
-    model = load_model(sources[group[0]], DTYPES[config.models[group[0]].dtype])
+    model = load_model(sources[group[0]], dtype_from_name(config.models[group[0]].dtype))
     head = OutputHead.of(model)
     head = OutputHead(np.asarray(head.weights), head.layout, head.softcap)
     for name in group:

@@ -21,11 +21,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from deepalign_jax.models import Transformer, load_pretrained, read_config
+from deepalign_jax.models import Transformer, dtype_from_name, load_pretrained, read_config
 from deepalign_jax.models.gguf import packaged_checkpoint
 from deepalign_jax.train.checkpoints import read_params
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +97,10 @@ def _training_source(workdir: Path, config: dict, step: int) -> ModelSource:
 
 def _training_dtypes(workdir: Path) -> tuple:
   config = json.loads((workdir / "config.json").read_text())
-  dtype = DTYPES[config.get("dtype") or "float32"]
-  param_dtype = DTYPES[config["param_dtype"]] if config.get("param_dtype") else dtype
+  where = f"{workdir}/config.json"
+  dtype = dtype_from_name(config.get("dtype") or "float32", f"{where}: dtype")
+  param_dtype = (dtype_from_name(config["param_dtype"], f"{where}: param_dtype") if config.get("param_dtype")
+                 else dtype)
   return dtype, param_dtype
 
 
@@ -118,4 +119,4 @@ def load_model(source: ModelSource, dtype=jnp.float32) -> Transformer:
   return nnx.merge(graphdef, read_params(source.path, like, source.step))
 
 
-__all__ = ["DTYPES", "ModelSource", "load_model", "resolve_source"]
+__all__ = ["ModelSource", "load_model", "resolve_source"]

@@ -37,6 +37,7 @@ ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
                    "Write a response that appropriately completes the request.")
 
 FORMATS = ("llama2", "gemma", "base", "template")
+RESPONSE_ENDS = ("turn", "eos")
 
 # End-of-turn markers of common chat formats; those in the vocabulary stop generation.
 _END_OF_TURN_TOKENS = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>")
@@ -134,9 +135,15 @@ class ChatRenderer:
       tokenizer's chat_template when it has one, else 'base').
     system_prompt: used when the messages carry no system message (None: no
       system block; "" for Llama-2 gives the empty `<<SYS>>\\n\\n<</SYS>>`).
+    response_end: how a closed (training) response ends.  'turn' (default): the
+      format's end-of-turn marker, what the model emits at inference
+      (`<end_of_turn>` for Gemma, ` </s>` for Llama-2).  'eos': the reference
+      code's Gemma training strings, `{assistant} <eos>` with no `<end_of_turn>`
+      (gemma format only; Llama-2's turn already ends with EOS).
   """
 
-  def __init__(self, tokenizer, chat_format: str = "auto", system_prompt: str | None = None):
+  def __init__(self, tokenizer, chat_format: str = "auto", system_prompt: str | None = None,
+               response_end: str = "turn"):
     if chat_format == "auto":
       chat_format = "template" if getattr(tokenizer, "chat_template", None) else "base"
     if chat_format not in FORMATS:
@@ -145,9 +152,17 @@ class ChatRenderer:
       raise ChatFormatError("a fast (Rust) tokenizer is needed for offsets")
     if chat_format == "template" and not getattr(tokenizer, "chat_template", None):
       raise ChatFormatError("chat format 'template' needs a tokenizer with a chat_template")
+    if response_end not in RESPONSE_ENDS:
+      raise ChatFormatError(f"unknown response_end {response_end!r}; expected one of {RESPONSE_ENDS}")
+    if response_end == "eos" and chat_format != "gemma":
+      raise ChatFormatError(f"response_end 'eos' is the reference's Gemma training ending; the "
+                            f"{chat_format!r} format closes a response its own way (use 'turn')")
+    if response_end == "eos" and tokenizer.eos_token is None:
+      raise ChatFormatError("response_end 'eos' needs a tokenizer with an EOS token")
     self.tokenizer = tokenizer
     self.chat_format = chat_format
     self.system_prompt = system_prompt
+    self.response_end = response_end
     # Vocabulary look-ups happen once here: get_vocab() builds a dict of the
     # whole vocabulary (262k entries for Gemma), too slow to do per example.
     vocab = tokenizer.get_vocab()
@@ -205,7 +220,9 @@ class ChatRenderer:
       parts.append(f"<start_of_turn>user\n{user}<end_of_turn>\n<start_of_turn>model\n")
       if i + 1 < len(turns):
         spans.append(len("".join(parts)))
-        parts.append(f"{turns[i + 1]['content']}<end_of_turn>")
+        last = i + 2 == len(turns)
+        end = f" {self.tokenizer.eos_token}" if last and self.response_end == "eos" else "<end_of_turn>"
+        parts.append(f"{turns[i + 1]['content']}{end}")
     return parts, spans
 
   def _base(self, system, turns):

@@ -62,15 +62,15 @@ def check_plan(plan) -> dict[str, Any]:
   from jax.sharding import NamedSharding, PartitionSpec as P
 
   from deepalign_jax import sharding
-  from deepalign_jax.models import Transformer, config_from_hf
+  from deepalign_jax.models import Transformer, config_from_hf, dtype_from_name
   from deepalign_jax.train.state import OptimizerConfig, TrainState, _optimizer_state_shardings, make_optimizer
   from deepalign_jax.train.step import LossConfig, train_step
 
-  dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
   cfg = config_from_hf(plan.model.to_dict())
   mesh = sharding.make_mesh(**plan.mesh.to_dict())
   rules = sharding.ShardingRules(mesh)
-  dtype, param_dtype = dtypes[plan.dtype], dtypes[plan.param_dtype or plan.dtype]
+  dtype = dtype_from_name(plan.dtype, "plan.dtype")
+  param_dtype = dtype_from_name(plan.param_dtype, "plan.param_dtype") if plan.param_dtype else dtype
   abstract_model = nnx.eval_shape(lambda: Transformer(cfg, dtype=dtype, param_dtype=param_dtype,
                                                       remat=plan.remat, rules=rules, rngs=nnx.Rngs(0)))
   graphdef, abstract_params = nnx.split(abstract_model)

@@ -40,7 +40,7 @@ from deepalign_jax.data import (ChatRenderer, load_tokenizer, prepare_recovery, 
                                 tokenize_conversation)
 from deepalign_jax.data.pipeline import StepOrder, pad_rows, step_dataset, step_iterator
 from deepalign_jax.data.tfds_builders import load_records
-from deepalign_jax.models import load_pretrained, save_pretrained
+from deepalign_jax.models import dtype_from_name, load_pretrained, save_pretrained
 from deepalign_jax.models.gguf import packaged_checkpoint
 from deepalign_jax.train import reference
 from deepalign_jax.train.checkpoints import Checkpointer
@@ -50,7 +50,6 @@ from deepalign_jax.train.step import LossConfig, shared_train_step, split_loss_c
 
 _log = logging.getLogger(__name__)
 OBJECTIVES = ("sft", "constrained_sft", "augmented")
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class NonFiniteError(RuntimeError):
@@ -63,8 +62,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model = ""                 # HF directory, or "packaged:smollm2" / "packaged:gemma3-270m"
   c.chat_format = "auto"       # llama2 | gemma | base | template | auto
   c.system_prompt = ml_collections.config_dict.placeholder(str)
-  c.dtype = "float32"          # compute dtype; parameters too unless param_dtype is set
-  c.param_dtype = ""           # e.g. "float32" with dtype "bfloat16": fp32 master weights
+  c.response_end = "turn"      # turn: the format's end-of-turn; eos: the reference's Gemma ending " <eos>"
+  c.dtype = "float32"          # compute dtype (float32 | bfloat16); parameters too unless param_dtype is set
+  c.param_dtype = ""           # "float32" with dtype "bfloat16": fp32 master weights and AdamW moments
   c.remat = "none"             # none | dots | full
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
 
@@ -75,6 +75,7 @@ def default_config() -> ml_collections.ConfigDict:
       # A file (or HEx-PHI directory) in `format`, or "tfds:MANUAL_DIR" to
       # build and read the TFDS array_record dataset of that directory.
       path="", format="conversations", split="train", max_length=512,
+      every_nth=1,                 # keep records 0, n, 2n, ... (the reference trains on every 5th SQL row)
       tfds_data_dir="",            # default ~/.cache/deepalign_jax/tfds
       # augmented: safety triplets + utility conversations, per-step composition (SPEC §4)
       safety_path="", utility_path="", utility_format="alpaca",
@@ -122,7 +123,11 @@ class _Data:
         key = {"triplets": "safety_path", data.utility_format: "utility_path"}.get(fmt, "path")
         raise ValueError(f"config.data.{key} is empty: the {config.objective} objective reads "
                          f"{fmt} records from it")
-      return load_records(path, fmt, split=data.split, data_dir=data.tfds_data_dir or None)
+      return load_records(path, fmt, split=data.split, data_dir=data.tfds_data_dir or None)[::every_nth]
+
+    every_nth = data.every_nth
+    if every_nth < 1:
+      raise ValueError(f"config.data.every_nth must be >= 1, got {every_nth}")
 
     if config.objective in ("sft", "constrained_sft"):
       self.examples = self._tokenize(renderer, read(data.path, data.format))
@@ -213,11 +218,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                      f"config.train.micro_batch_size={train.micro_batch_size}")
   model_path = _resolve_model(config.model)
   mesh = sharding.make_mesh(**config.mesh.to_dict())
-  dtype = _DTYPES[config.dtype]
+  dtype = dtype_from_name(config.dtype, "config.dtype")
+  param_dtype = dtype_from_name(config.param_dtype, "config.param_dtype") if config.param_dtype else None
   model, model_config = load_pretrained(model_path, dtype=dtype, mesh=mesh, remat=config.remat,
-                                        param_dtype=_DTYPES[config.param_dtype] if config.param_dtype else None)
+                                        param_dtype=param_dtype)
   tokenizer = load_tokenizer(model_path)
-  renderer = ChatRenderer(tokenizer, config.chat_format, config.system_prompt)
+  renderer = ChatRenderer(tokenizer, config.chat_format, config.system_prompt, config.response_end)
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
   data = _Data(config, renderer, pad_id)
   main = jax.process_index() == 0  # the one process that writes shared files

@@ -142,10 +142,12 @@ def train_step(graphdef, state: TrainState, batch: Mapping[str, jax.Array], *,
     micro_groups = [(member[index], normaliser, weight) for member, normaliser, weight in groups]
     (micro_loss, micro_stats), micro_grads = grad_fn(state.params, graphdef, micro, micro_groups,
                                                      loss_config)
-    return (loss + micro_loss, jax.tree.map(jnp.add, grads, micro_grads),
+    return (loss + micro_loss, jax.tree.map(lambda g, m: g + m.astype(jnp.float32), grads, micro_grads),
             jax.tree.map(jnp.add, stats, micro_stats)), None
 
-  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  # Gradients add up in fp32 whatever the parameters' dtype: bf16 sums of many micro-batches lose
+  # the small ones, and the clip and Adam's moments then work on fp32 numbers.
+  zeros = jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), state.params)
   n = loss_config.log_positions
   stats = ({k: jnp.zeros((n if k in ("weight", "delta", "count") else 1,), jnp.float32)
             for k in ("weight", "delta", "count", "weight_all", "count_all")}
@@ -154,6 +156,11 @@ def train_step(graphdef, state: TrainState, batch: Mapping[str, jax.Array], *,
   (loss, grads, stats), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros, stats),
                                          jnp.arange(num_micro))
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  # The state keeps the dtypes it was created with: fp32 moments beside fp32 master weights, or the
+  # parameters' bf16 in a pure-bf16 run (fp32 gradients would otherwise promote them, changing the
+  # compiled step's signature and the checkpoint's layout).
+  opt_state = jax.tree.map(lambda new, old: new.astype(old.dtype), opt_state, state.opt_state)
+  # apply_updates adds in fp32 and rounds once to the parameter dtype.
   params = optax.apply_updates(state.params, updates)
   metrics = {
       "loss": loss,

@@ -96,23 +96,72 @@ def test_resumed_run_equals_uninterrupted_run(tiny_model_dir, tmp_path):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_augmented_objective_with_alpha(tiny_model_dir, tmp_path):
-  config = _config(tiny_model_dir, objective="augmented", **{"train.num_steps": 2})
+def test_augmented_objective_feeds_recovery_and_utility_rows(tiny_model_dir, tmp_path, monkeypatch):
+  """The batches the loop hands to the step: safety rows (group 0) are prompt + h[:k] + r masked to r, with
+  k = epoch_k(seed, epoch, triplet) re-drawn each epoch; utility rows (group 1) are the utility data."""
+  from deepalign_jax.data import (ChatRenderer, load_tokenizer, prepare_recovery, read_file, recovery_example,
+                                  tokenize_conversation)
+  from deepalign_jax.data.examples import epoch_k
+  from deepalign_jax.data.pipeline import StepOrder
+  from deepalign_jax.train import loop
+  fed = []
+  real_step = loop.shared_train_step
+
+  def recording_step(graphdef, state, batch, hyperparameters, *, loss_config):
+    fed.append({k: np.asarray(v) for k, v in batch.items()})
+    return real_step(graphdef, state, batch, hyperparameters, loss_config=loss_config)
+
+  monkeypatch.setattr(loop, "shared_train_step", recording_step)
+  # 12 triplets, 4 per step: 3 steps per epoch, so step 4 draws epoch 1's k.
+  config = _config(tiny_model_dir, objective="augmented", **{"train.num_steps": 4, "train.micro_batch_size": 4,
+                                                            "train.seed": 3})
   config.data.safety_path = str(ASSETS / "triplets.jsonl")
   config.data.utility_path = str(ASSETS / "utility.json")
-  config.data.safety_per_step, config.data.utility_per_step = 2, 2
+  config.data.safety_per_step, config.data.utility_per_step = 4, 4
   config.data.recovery_C = 10
   config.loss.alpha = 0.2
-  # The in-training prefilling evaluation, every step.
-  config.eval.every_steps, config.eval.path, config.eval.limit = 1, str(ASSETS / "attack_prompts.jsonl"), 4
+  # The in-training prefilling evaluation, every other step.
+  config.eval.every_steps, config.eval.path, config.eval.limit = 2, str(ASSETS / "attack_prompts.jsonl"), 4
   config.eval.max_new_tokens, config.eval.batch_size, config.eval.prefill_tokens = 4, 4, [0, 3]
   summary = run(config, tmp_path, hooks=training_hooks(config))
-  assert summary["finished"] and summary["examples"] == 12
+  assert summary["finished"] and summary["examples"] == 12 and len(fed) == 4
+
+  tokenizer = load_tokenizer(tiny_model_dir)
+  renderer = ChatRenderer(tokenizer, "template")
+  triplets = [prepare_recovery(renderer, t.instruction, t.harmful, t.refusal, source=t.source)
+              for t in read_file(ASSETS / "triplets.jsonl", "triplets")]
+  utility = {tuple(tokenize_conversation(renderer, r.system, r.user, r.assistant)[0].input_ids)
+             for r in read_file(ASSETS / "utility.json", "alpaca")}
+  ks_by_epoch = {0: set(), 1: set()}
+  for step, batch in enumerate(fed):
+    rows = {k: v.reshape((-1,) + v.shape[2:]) for k, v in batch.items()}
+    np.testing.assert_array_equal(rows["group"], [0] * 4 + [1] * 4)
+    epoch = step // 3
+    # Which triplets the step draws is the data order's business (StepOrder, tested with the pipeline);
+    # the demo file repeats its triplets, so rows are matched to triplets by that order, not by their text.
+    for row, index in enumerate(StepOrder(12, 4, seed=3).indices(step)):
+      length = int(rows["attention_mask"][row].sum())
+      ids, mask = rows["input_ids"][row, :length], rows["loss_mask"][row, :length]
+      k = epoch_k(3, epoch, int(index), triplets[index].harmful_length, C=10, p_zero=0.5)
+      expected = recovery_example(triplets[index], k)
+      np.testing.assert_array_equal(ids, expected.input_ids)
+      np.testing.assert_array_equal(mask, expected.loss_mask)
+      # The loss falls on the refusal (and its end-of-turn) only.
+      np.testing.assert_array_equal(ids[mask == 1], triplets[index].refusal_ids)
+      ks_by_epoch[epoch].add((int(index), k))
+    for row in range(4, 8):
+      length = int(rows["attention_mask"][row].sum())
+      assert tuple(rows["input_ids"][row, :length]) in utility
+  # k is re-drawn per epoch: some triplet of step 4 got another k than in epoch 0.
+  epoch0 = dict(ks_by_epoch[0])
+  assert any(epoch0.get(i, k) != k for i, k in ks_by_epoch[1])
+
+  # The logged in-training ASR is the hook's on the weights after that step: rerun the hook on the export.
   metrics = _metrics(tmp_path)
-  assert len(metrics) == 2
-  for m in metrics:
-    assert m["eval/asr_prefill_0"] in (0.0, 0.25, 0.5, 0.75, 1.0)
-    assert m["eval/asr_prefill_3"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+  assert [("eval/asr_prefill_0" in m) for m in metrics] == [False, True, False, True]
+  hook = training_hooks(config)[0][1]
+  final, _ = load_pretrained(tmp_path / "hf")
+  assert hook(4, final) == {k: v for k, v in metrics[-1].items() if k.startswith("eval/")}
 
 
 @pytest.mark.parametrize("overrides, error, pattern", [

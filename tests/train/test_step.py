@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -56,6 +57,31 @@ def _assert_params_close(a, b, atol=1e-6):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=1e-5)
 
 
+# SGD with learning rate 1: a step's change of the weights is exactly minus the gradient, so two code paths
+# are compared on their gradients — not through Adam, whose first step is ~lr·sign(g) and magnifies rounding
+# wherever |g| is near eps — and a path that updates nothing cannot pass.
+SGD = optax.sgd(1.0)
+
+
+def _update(model, batch, loss_config=LossConfig()):
+  """(the step's change of every parameter as float64 numpy, metrics) of one SGD step."""
+  graphdef, state = init_train_state(model, SGD)
+  before = [np.asarray(x, np.float64) for x in jax.tree.leaves(state.params)]
+  step = jax.jit(functools.partial(train_step, graphdef, optimizer=SGD, loss_config=loss_config))
+  new_state, metrics = step(state, batch)
+  return [np.asarray(x, np.float64) - b for x, b in zip(jax.tree.leaves(new_state.params), before)], metrics
+
+
+def _relative_difference(a, b) -> float:
+  """‖a − b‖ / ‖b‖ over all parameters."""
+  return (sum(float(np.sum((x - y) ** 2)) for x, y in zip(a, b)) / sum(float(np.sum(y ** 2)) for y in b)) ** 0.5
+
+
+def _assert_updates_close(a, b, rtol):
+  assert sum(float(np.abs(y).sum()) for y in b) > 0, "the reference step changed nothing"
+  assert _relative_difference(a, b) <= rtol, _relative_difference(a, b)
+
+
 def _with_ref(model, examples):
   """Adds ref_logps [n, L] (position 0 unused) computed with the model itself."""
   logps = target_logps(model, jnp.asarray(examples["input_ids"]), jnp.asarray(examples["attention_mask"]))
@@ -68,12 +94,13 @@ def _with_ref(model, examples):
 def test_four_micro_batches_equal_one_big_batch(objective):
   model = _model()
   examples = _with_ref(model, _examples())
+  examples["ref_logps"] = examples["ref_logps"] - 0.5  # Δ ≠ 0: the constrained weights are not all 1
   cfg = LossConfig(objective=objective)
-  _, whole, m_whole = _step(model, _as_micro(examples, 1), cfg)
-  _, accum, m_accum = _step(model, _as_micro(examples, 4), cfg)
+  whole, m_whole = _update(model, _as_micro(examples, 1), cfg)
+  accum, m_accum = _update(model, _as_micro(examples, 4), cfg)
   np.testing.assert_allclose(m_accum["loss"], m_whole["loss"], rtol=1e-5)
   assert int(m_accum["tokens"]) == int(m_whole["tokens"]) == int(examples["loss_mask"][:, 1:].sum())
-  _assert_params_close(accum.params, whole.params)
+  _assert_updates_close(accum, whole, rtol=1e-5)  # measured 6.3e-7 (sft), 7.0e-7 (constrained)
 
 
 def test_loss_is_the_global_token_mean():
@@ -101,34 +128,42 @@ def test_constrained_step_at_the_reference_equals_sft_step():
   # At θ = θ_ref every gradient weight 2σ(0) is 1: Eq. 3's gradient is SFT's.
   model = _model()
   examples = _with_ref(model, _examples())
-  _, sft, _ = _step(model, _as_micro(examples, 2), LossConfig("sft"))
-  _, constrained, metrics = _step(model, _as_micro(examples, 2), LossConfig("constrained"))
-  _assert_params_close(constrained.params, sft.params)
+  sft, _ = _update(model, _as_micro(examples, 2), LossConfig("sft"))
+  constrained, metrics = _update(model, _as_micro(examples, 2), LossConfig("constrained"))
+  _assert_updates_close(constrained, sft, rtol=1e-6)  # measured 0: the weights are exactly 1
   betas = np.asarray(losses.beta_schedule(64))
   t = np.asarray(losses.response_positions(jnp.asarray(examples["loss_mask"][:, 1:])))
   expected = (2 / betas[np.maximum(t, 1) - 1] * np.log(2) * (t > 0)).sum() / (t > 0).sum()
   np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
+  # Away from the reference the weights differ from 1 and so does the gradient.
+  examples["ref_logps"] = examples["ref_logps"] + 1.0
+  moved, _ = _update(model, _as_micro(examples, 2), LossConfig("constrained"))
+  assert _relative_difference(moved, sft) > 0.05  # measured 0.55
 
 
-def test_sharded_step_equals_single_device_step(tmp_path):
+@pytest.mark.parametrize("loss_config", [LossConfig("sft"), LossConfig("constrained", alpha=0.3)],
+                         ids=["sft", "constrained_alpha"])
+def test_sharded_step_equals_single_device_step(tmp_path, loss_config):
   cfg = config_from_hf(FAMILY_CONFIGS["gemma2"]().to_dict())
   save_pretrained(create_model(cfg, seed=4), cfg, tmp_path / "m")
   single, _ = load_pretrained(tmp_path / "m")
   mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
   sharded, _ = load_pretrained(tmp_path / "m", mesh=mesh)
-  examples = _examples(n=8)
+  examples = _with_ref(single, _examples(n=8))
+  examples["ref_logps"] = examples["ref_logps"] - 0.5
   batch = _as_micro(examples, 2)
   row_sharding = NamedSharding(mesh, P(None, ("data", "fsdp")))
   sharded_batch = {k: jax.device_put(v, row_sharding) for k, v in batch.items()}
-  _, expected, m1 = _step(single, batch)
-  _, got, m2 = _step(sharded, sharded_batch)
-  q = got.params["layers"]["attn"]["q"].get_value()
-  assert q.sharding.is_equivalent_to(NamedSharding(mesh, P(None, "fsdp", "tensor", None)), q.ndim)
-  # Adam's moments are sharded like their parameters, not gathered on one device.
-  mu_q = got.opt_state[1][0].mu["layers"]["attn"]["q"].get_value()
-  assert mu_q.sharding.is_equivalent_to(q.sharding, q.ndim)
+  expected, m1 = _update(single, batch, loss_config)
+  got, m2 = _update(sharded, sharded_batch, loss_config)
   np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=1e-5)
-  _assert_params_close(got.params, expected.params, atol=2e-6)
+  _assert_updates_close(got, expected, rtol=1e-5)  # measured 1.1e-6 (sft), 1.2e-6 (constrained, α)
+  # The AdamW step keeps parameters and Adam's moments sharded (not gathered on one device).
+  _, adam_state, _ = _step(sharded, sharded_batch, loss_config)
+  q = adam_state.params["layers"]["attn"]["q"].get_value()
+  assert q.sharding.is_equivalent_to(NamedSharding(mesh, P(None, "fsdp", "tensor", None)), q.ndim)
+  mu_q = adam_state.opt_state[1][0].mu["layers"]["attn"]["q"].get_value()
+  assert mu_q.sharding.is_equivalent_to(q.sharding, q.ndim)
 
 
 def test_sft_loss_goes_down():
@@ -220,3 +255,67 @@ def test_shared_step_equals_the_step_with_its_numbers_compiled_in():
     _assert_params_close(got.params, expected.params, atol=1e-7)
     assert int(got.opt_state[1][2].count) == 3  # the schedule's count is checkpointed as before
   assert shared_train_step._cache_size() == compilations + 1
+
+
+# -- mixed precision ---------------------------------------------------------------------------------
+
+
+def _saved(family, tmp_path, seed=0):
+  cfg = config_from_hf(FAMILY_CONFIGS[family]().to_dict())
+  return save_pretrained(create_model(cfg, seed=seed), cfg, tmp_path / family)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_bf16_compute_with_fp32_master_weights_follows_the_fp32_step(family, tmp_path):
+  """The recipes' precision: the same gradient as fp32 up to bf16 rounding of the forward/backward pass."""
+  path = _saved(family, tmp_path)
+  examples = _with_ref(load_pretrained(path)[0], _examples())
+  batch = _as_micro(examples, 2)
+  fp32, m32 = _update(load_pretrained(path)[0], batch, LossConfig("constrained"))
+  mixed_model, _ = load_pretrained(path, dtype=jnp.bfloat16, param_dtype=jnp.float32)
+  mixed, m16 = _update(mixed_model, batch, LossConfig("constrained"))
+  # Measured ‖Δ‖/‖Δ_fp32‖: 0.009 (llama), 0.015 (gemma2); bf16 keeps 8 bits of mantissa (0.4%).
+  _assert_updates_close(mixed, fp32, rtol=0.05)
+  np.testing.assert_allclose(m16["loss"], m32["loss"], rtol=1e-2)
+
+
+@pytest.mark.parametrize("param_dtype", [jnp.float32, jnp.bfloat16], ids=["fp32_master", "pure_bf16"])
+def test_bf16_training_lowers_the_loss_in_the_shared_step(param_dtype, tmp_path):
+  """bf16 compute with either parameter dtype trains through the traced-hyperparameter step (grad clip on);
+  the weights and AdamW moments keep their dtype (fp32 masters, or bf16 throughout)."""
+  from deepalign_jax.train import optimizer_hyperparameters, shared_train_step, split_loss_config
+  model, _ = load_pretrained(_saved("gemma3", tmp_path), dtype=jnp.bfloat16, param_dtype=param_dtype)
+  opt = OptimizerConfig(learning_rate=3e-3, grad_clip=1.0, total_steps=12, decay="constant")
+  graphdef, state = init_train_state(model, make_optimizer(opt))
+  static, loss_values = split_loss_config(LossConfig("constrained"))
+  hyper = {"optimizer": optimizer_hyperparameters(opt), "loss": loss_values}
+  batch = _as_micro(_with_ref(model, _examples(n=4)), 2)
+  history = []
+  for _ in range(12):
+    state, metrics = shared_train_step(graphdef, state, batch, hyper, loss_config=static)
+    history.append(float(metrics["loss"]))
+  assert np.isfinite(history).all() and history[-1] < 0.7 * history[0], history
+  assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(param_dtype)}
+  adam = state.opt_state[1][0]
+  assert {x.dtype for x in jax.tree.leaves((adam.mu, adam.nu))} == {jnp.dtype(param_dtype)}
+
+
+def test_gradients_accumulate_in_fp32_with_bf16_parameters():
+  """The micro-batch scan carries fp32 gradients even when every parameter is bf16."""
+  model = create_model(config_from_hf(FAMILY_CONFIGS["llama"]().to_dict()), dtype=jnp.bfloat16,
+                       param_dtype=jnp.bfloat16)
+  optimizer = make_optimizer(OPT)
+  graphdef, state = init_train_state(model, optimizer)
+  jaxpr = jax.make_jaxpr(functools.partial(train_step, graphdef, optimizer=optimizer,
+                                           loss_config=LossConfig()))(state, _as_micro(_examples(), 4))
+  scan, = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
+  shapes = {x.shape for x in jax.tree.leaves(state.params)}
+  carried = [v.aval for v in scan.outvars if v.aval.shape in shapes and v.aval.ndim >= 2]
+  assert carried and all(a.dtype == jnp.float32 for a in carried), carried
+
+
+def test_unsupported_dtypes_are_refused_with_the_supported_ones():
+  from deepalign_jax.models import dtype_from_name
+  with pytest.raises(ValueError, match=r"^config\.dtype='float16' is not supported; expected one of "
+                                       r"float32, bfloat16$"):
+    dtype_from_name("float16")
