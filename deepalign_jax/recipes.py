@@ -119,5 +119,26 @@ def finetuned_safety_eval(chat_format: str, system_prompt: str | None) -> ml_col
   return c
 
 
+def finetuned_utility_eval(chat_format: str, data_format: str, metric: str) -> ml_collections.ConfigDict:
+  """Utility of a benign fine-tune (SAMSum / SQL ROUGE-1, GSM8k exact match) on the task's test file.
+
+  The reference's utility decoding: sampled, T 0.9, top-p 0.6 (top-k 50), up to 1024 new tokens; the
+  records carry the task's system prompt, as in fine-tuning.
+  """
+  from deepalign_jax.evaluate import default_config
+  _check(chat_format)
+  c = default_config()
+  c.chat_format = chat_format
+  c.dtype = "bfloat16"
+  c.benchmark.format = data_format
+  c.attack.kind = "plain"
+  c.decoding.temperature, c.decoding.top_p, c.decoding.top_k = 0.9, 0.6, 50
+  c.decoding.max_new_tokens = 1024
+  c.decoding.batch_size = 32
+  c.utility.metric = metric
+  c.plot = False
+  return c
+
+
 __all__ = ["AOA_INSTRUCTION_TEMPLATE", "AOA_SYSTEM_PROMPT", "BACKDOOR_TRIGGER", "EXECUTE_SYSTEM_PROMPT",
-           "LEARNING_RATES", "augmentation", "finetuned_safety_eval", "finetuning"]
+           "LEARNING_RATES", "augmentation", "finetuned_safety_eval", "finetuned_utility_eval", "finetuning"]

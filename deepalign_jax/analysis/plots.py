@@ -25,12 +25,15 @@ def plot_by_position(curves: Mapping[str, Mapping[str, Sequence]], path: str | o
     path: the PNG to write.
     ylabel, title, xlabel: axis labels and title.
     log_scale: logarithmic y axis (non-positive means are left out, since a
-      log axis cannot show them).
+      log axis cannot show them; with no positive mean at all — identical
+      models, KL 0 everywhere — the axis stays linear).
   """
   import matplotlib
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
 
+  if log_scale and not any(m is not None and m > 0 for stats in curves.values() for m in stats["mean"]):
+    log_scale = False
   fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=120)
   try:
     for label, stats in curves.items():

@@ -65,11 +65,17 @@ class Pipeline:
     self.timings: dict[str, dict] = (json.loads(self.timings_path.read_text())
                                      if self.timings_path.exists() else {})
     self.world = None
+    self.configs_used: set[str] = set()  # which configs/organism/ files this invocation ran (results.json)
 
   # -- bookkeeping ------------------------------------------------------------------------
 
   def arg(self, **extra: str) -> str:
     return self.opts.arg(**extra)
+
+  def config(self, name: str, **extra: str):
+    """`configs/organism/{name}.py` for this root and options (and `extra` arguments)."""
+    self.configs_used.add(name)
+    return load_config(name, self.arg(**extra))
 
   def _stage(self, name: str, done: bool, fn: Callable[[], Any]) -> Any:
     """Runs fn unless `done`; records its wall time under `name`."""
@@ -92,7 +98,7 @@ class Pipeline:
   def train(self, stage: str, config_name: str, **extra: str) -> Path:
     from deepalign_jax.train.loop import run
     workdir = self.layout.train_dir(stage)
-    config = load_config(config_name, self.arg(**extra))
+    config = self.config(config_name, **extra)
     config.progress = self.progress
 
     def go():
@@ -105,7 +111,7 @@ class Pipeline:
   def evaluate(self, model: str, kind: str) -> Path:
     from deepalign_jax import evaluate
     workdir = self.layout.eval_dir(model, kind)
-    config = load_config("eval", self.arg(model=model, kind=kind))
+    config = self.config("eval", model=model, kind=kind)
     config.progress = self.progress
     self._stage(f"eval/{model}/{kind}", (workdir / "summary.json").exists(),
                 lambda: evaluate.run(config, workdir))
@@ -113,7 +119,7 @@ class Pipeline:
 
   def kl(self, workdir: Path, **extra: str) -> Path:
     from deepalign_jax.analysis import kl_depth
-    config = load_config("kl_depth", self.arg(**extra))
+    config = self.config("kl_depth", **extra)
     name = "kl/" + ("sweep" if extra else "main")
     self._stage(name, (workdir / "kl_by_position.json").exists(), lambda: kl_depth.run(config, workdir))
     return workdir
@@ -125,7 +131,7 @@ class Pipeline:
     from deepalign_jax.organism import world as world_lib
     from deepalign_jax.organism.build import ModelShape, build_initial_model
 
-    config = load_config("world", self.arg())
+    config = self.config("world")
     wc = world_lib.WorldConfig(**config.world.to_dict())
     self.world = world_lib.World(wc)
     layout, d, seed = self.layout, config.data, wc.seed
@@ -182,7 +188,7 @@ class Pipeline:
   def align_and_sweep(self) -> int:
     """Stage 2: one alignment run, its sweep strengths measured, the chosen one copied to ROOT/aligned."""
     from deepalign_jax.organism import results
-    config = load_config("align", self.arg())
+    config = self.config("align")
     self.train("align", "align")
     steps = list(config.sweep.steps)
     for s in steps:
@@ -265,6 +271,7 @@ class Pipeline:
         self.evaluate(name, kind)
     collected = results.collect(self.layout)
     collected["total_seconds_this_invocation"] = round(time.perf_counter() - start, 1)
+    collected["configs"] = sorted(self.configs_used)
     _write_json(self.layout.root / "results.json", collected)
     report.write(self.layout, collected, command=self.command)
     self.log(f"[organism] report: {self.layout.root / 'REPORT.md'} "

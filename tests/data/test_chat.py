@@ -162,6 +162,26 @@ def test_gemma_strings(get_renderer):
       "<start_of_turn>user\nAnd another one?<end_of_turn>\n<start_of_turn>model\n")
 
 
+def test_gemma_eos_response_end_is_the_reference_training_string(gemma3, spm):
+  """response_end='eos': the reference's Gemma training strings end the last answer with " <eos>"."""
+  r = ChatRenderer(gemma3, "gemma", response_end="eos")
+  rendered = r.render([PIRATE] + MULTI)
+  assert rendered.text == (
+      "<bos><start_of_turn>user\nYou are a pirate.\nName a colour.<end_of_turn>\n"
+      "<start_of_turn>model\nBlue is a colour.<end_of_turn>\n"
+      "<start_of_turn>user\nAnd another one?<end_of_turn>\n"
+      "<start_of_turn>model\nRed. <eos>")
+  # The loss covers the answer and its ending, EOS last; prompts for generation are unchanged.
+  assert gemma3.decode(list(rendered.response_ids)) == "Red. <eos>"
+  assert rendered.input_ids[rendered.response_end - 1] == gemma3.eos_token_id
+  assert sum(rendered.loss_mask) == rendered.response_end - rendered.response_start
+  assert r.render(QA[:1]).text == ChatRenderer(gemma3, "gemma").render(QA[:1]).text
+  with pytest.raises(ChatFormatError, match="response_end 'eos' is the reference's Gemma training ending"):
+    ChatRenderer(spm, "llama2", response_end="eos")
+  with pytest.raises(ChatFormatError, match="unknown response_end 'end'"):
+    ChatRenderer(gemma3, "gemma", response_end="end")
+
+
 def test_base_strings(gemma3, smollm2, spm):
   # Gemma's tokenizer adds <bos> by itself, so the rendering writes it; its EOS is <eos>.
   assert ChatRenderer(gemma3, "base").render(QA).text == (

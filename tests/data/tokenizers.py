@@ -1,8 +1,9 @@
 """A small SentencePiece-like fast tokenizer, trained in-process for tests.
 
 A BPE model with a Metaspace pre-tokenizer (spaces become "▁" and start
-words, as in Llama 2's tokenizer) and the special tokens `<unk>`, `<s>`,
-`</s>`, wrapped as a `transformers.PreTrainedTokenizerFast`.  Training is
+words, as in Llama 2's and Gemma's tokenizers) and Llama 2's special tokens
+`<unk>`, `<s>`, `</s>` (or Gemma's), wrapped as a
+`transformers.PreTrainedTokenizerFast`.  Training is
 deterministic for a given `tokenizers` version, but ids are not pinned by
 the tests: only the structure of the encodings is.
 """
@@ -40,17 +41,28 @@ def corpus() -> list[str]:
   return sentences[::3] + list(EXTRA_TEXTS) * 3
 
 
-def sentencepiece_like_tokenizer(vocab_size: int = 600):
-  """A trained BPE + Metaspace `PreTrainedTokenizerFast` with <unk>, <s>, </s>."""
+GEMMA_SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>")
+
+
+def sentencepiece_like_tokenizer(vocab_size: int = 600, *, gemma: bool = False, extra_texts=()):
+  """A trained BPE + Metaspace `PreTrainedTokenizerFast`.
+
+  Special tokens: <unk>, <s>, </s> (Llama 2's), or with `gemma` Gemma's <pad>, <eos>, <bos>, <unk>,
+  <start_of_turn>, <end_of_turn>.  `extra_texts` join the training corpus (e.g. the demo data, so that
+  its words are not all <unk>).
+  """
   import tokenizers
   import transformers
   from tokenizers import decoders, models, pre_tokenizers, trainers
 
+  specials = GEMMA_SPECIAL_TOKENS if gemma else SPECIAL_TOKENS
   tok = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
   tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
   tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                show_progress=False)
-  tok.train_from_iterator(corpus(), trainer=trainer)
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials), show_progress=False)
+  tok.train_from_iterator(corpus() + list(extra_texts), trainer=trainer)
+  if gemma:
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                                unk_token="<unk>", pad_token="<pad>")
   return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>",
                                               eos_token="</s>", unk_token="<unk>")
