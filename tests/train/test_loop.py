@@ -164,6 +164,22 @@ def test_augmented_objective_feeds_recovery_and_utility_rows(tiny_model_dir, tmp
   assert hook(4, final) == {k: v for k, v in metrics[-1].items() if k.startswith("eval/")}
 
 
+def test_pure_bf16_run_trains_checkpoints_and_exports(tiny_model_dir, tmp_path):
+  """dtype bfloat16 without param_dtype: bf16 weights and AdamW moments end to end, the loss going down."""
+  summary = run(_config(tiny_model_dir, objective="sft", dtype="bfloat16", **{
+      "train.num_steps": 6, "checkpoint.every_steps": 3, "optimizer.learning_rate": 3e-3,
+      "optimizer.warmup_steps": 0, "optimizer.decay": "constant", "data.every_nth": 3}), tmp_path)
+  assert summary["finished"] and summary["examples"] == 8  # records 0, 3, ..., 21 of 24
+  losses = [m["loss"] for m in _metrics(tmp_path)]
+  assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
+  import orbax.checkpoint as ocp
+  saved = ocp.StandardCheckpointer().metadata(tmp_path / "checkpoints/6/state").item_metadata
+  assert {leaf.dtype for leaf in jax.tree.leaves(saved["params"])} == {np.dtype("bfloat16")}
+  assert {leaf.dtype for leaf in jax.tree.leaves(saved["opt_state"]) if leaf.shape} == {np.dtype("bfloat16")}
+  exported, _ = load_pretrained(tmp_path / "hf")
+  assert np.isfinite(np.asarray(exported(np.array([[1, 2, 3]])))).all()
+
+
 @pytest.mark.parametrize("overrides, error, pattern", [
     ({"train.micro_batch_size": 3}, ValueError,
      r"config\.train\.batch_size=4 is not a multiple of config\.train\.micro_batch_size=3"),
@@ -182,6 +198,9 @@ def test_augmented_objective_feeds_recovery_and_utility_rows(tiny_model_dir, tmp
     ({"objective": "augmented"}, ValueError,
      r"config\.data\.safety_path is empty: the augmented objective reads triplets records from it"),
     ({"data.path": ""}, ValueError, r"config\.data\.path is empty"),
+    ({"dtype": "float16"}, ValueError, r"config\.dtype='float16' is not supported; expected one of float32, bfloat16"),
+    ({"param_dtype": "fp32"}, ValueError, r"config\.param_dtype='fp32' is not supported"),
+    ({"data.every_nth": 0}, ValueError, r"config\.data\.every_nth must be >= 1, got 0"),
 ])
 def test_bad_configs_fail_with_a_clear_message(tiny_model_dir, tmp_path, overrides, error, pattern):
   with pytest.raises(error, match=pattern):
