@@ -1,5 +1,7 @@
 """Logit parity with transformers' PyTorch models on tiny random configs."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,15 @@ FAMILIES = sorted(FAMILY_CONFIGS)
 FP32_ATOL = 5e-5
 SEQ = 24  # longer than the Gemma 2/3 sliding window of 8
 LENGTHS = (24, 17, 9)
+# bf16 bounds, relative to transformers' bf16 error against its fp32 logits (the same weights cast in
+# PyTorch). Measured on every family, model seeds 0-3 x batch seeds 0-2 (60 cases, CPU): our mean |Δ|
+# is 0.89-1.05x transformers', our max |Δ| 0.60-1.35x, and our top-1 agreement with fp32 at worst
+# 0.04 (2 of the batch's 50 tokens) below transformers' 0.90-1.00. Rounding the weights to bf16 alone
+# gives 0.53-0.59x transformers' mean error, an fp32 forward about 0.002x.
+BF16_MEAN_RATIO = 2.0
+BF16_MAX_RATIO = 2.5
+BF16_MIN_RATIO = 0.25
+BF16_TOP1_MARGIN = 0.06  # 3 of 50 tokens
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -54,19 +65,31 @@ def test_save_pretrained_round_trip(family_dir, tmp_path):
                                 np.asarray(model(jnp.asarray(ids), attention_mask=jnp.asarray(mask))))
 
 
-def test_bf16_close_to_fp32(family_dir):
-  family, _, path = family_dir
-  model32, _ = load_pretrained(path)
+def test_bf16_error_is_that_of_transformers_bf16(family_dir):
+  """Our bf16 forward is as close to fp32 as transformers' own bf16 forward of the same weights.
+
+  A bound relative to transformers rather than to the logit scale: as a
+  fraction of the scale, bf16's error differs by family (max |Δ| 1.6% of it
+  for Llama, 4% for Gemma 2), so one fraction is loose for some families and
+  tight for others; transformers in bf16 on the same batch is the error to
+  expect.
+  """
+  family, hf, path = family_dir
   model16, _ = load_pretrained(path, dtype=jnp.bfloat16)
-  ids, mask, _ = left_padded_batch(LENGTHS, SEQ)
-  logits32 = np.asarray(model32(jnp.asarray(ids), attention_mask=jnp.asarray(mask)))
-  logits16 = model16(jnp.asarray(ids), attention_mask=jnp.asarray(mask))
-  assert logits16.dtype == jnp.float32  # logits are upcast for losses
-  logits16 = np.asarray(logits16)
+  hf16 = copy.deepcopy(hf).to(torch.bfloat16)
+  assert next(hf16.parameters()).dtype == torch.bfloat16
+  ids, mask, positions = left_padded_batch(LENGTHS, SEQ)
+  truth = hf_logits(hf, ids, mask, positions)
+  theirs = hf_logits(hf16, ids, mask, positions)
+  ours = model16(jnp.asarray(ids), attention_mask=jnp.asarray(mask))
+  assert ours.dtype == jnp.float32  # logits are upcast for losses
+  ours = np.asarray(ours)
   real = mask.astype(bool)
-  scale = np.abs(logits32[real]).max()
-  # bf16 has 8 mantissa bits: errors of a few percent of the logit scale.
-  assert np.abs(logits16[real] - logits32[real]).max() <= 0.05 * scale
-  # and the ranking of the top token mostly survives
-  agree = (logits16.argmax(-1) == logits32.argmax(-1))[real].mean()
-  assert agree >= 0.9
+  our_err, their_err = np.abs(ours - truth)[real], np.abs(theirs - truth)[real]
+  assert our_err.mean() <= BF16_MEAN_RATIO * their_err.mean(), (family, our_err.mean(), their_err.mean())
+  assert our_err.max() <= BF16_MAX_RATIO * their_err.max(), (family, our_err.max(), their_err.max())
+  # The forward really ran in bf16: an fp32 one would be ~0.002x transformers' bf16 error.
+  assert our_err.mean() >= BF16_MIN_RATIO * their_err.mean(), (family, our_err.mean(), their_err.mean())
+  top1 = truth.argmax(-1)
+  our_agree, their_agree = (ours.argmax(-1) == top1)[real].mean(), (theirs.argmax(-1) == top1)[real].mean()
+  assert our_agree >= their_agree - BF16_TOP1_MARGIN, (family, our_agree, their_agree)
