@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepalign_jax.losses import (beta_schedule, chunked_token_logps, masked_nll, response_positions,
+from deepalign_jax.losses import (BetaSchedule, chunked_token_logps, masked_nll, response_positions,
                                   token_constrained_loss, token_logps)
+from deepalign_jax.models import OutputHead
 
 
 def _np_log_softmax(x):
@@ -70,8 +71,7 @@ def test_chunked_token_logps_equals_full_values_and_gradients(layout, softcap, c
     return token_logps(logits, targets)
 
   def chunked(hidden, head):
-    return chunked_token_logps(hidden, head, targets, vocab_chunk=chunk, softcap=softcap,
-                               head_layout=layout)
+    return chunked_token_logps(hidden, OutputHead(head, layout, softcap), targets, vocab_chunk=chunk)
 
   np.testing.assert_allclose(chunked(hidden, head), full(hidden, head), atol=1e-5)
   weights = jnp.asarray(rng.normal(size=(2, 6)), jnp.float32)
@@ -82,9 +82,11 @@ def test_chunked_token_logps_equals_full_values_and_gradients(layout, softcap, c
 
 
 def test_beta_schedule_is_the_papers():
-  np.testing.assert_allclose(beta_schedule(8), [0.5, 2.0, 2.0, 2.0, 2.0, 0.1, 0.1, 0.1], rtol=1e-6)
-  np.testing.assert_allclose(beta_schedule(4, beta=0.2, first_token_factor=1.0, early_factor=3.0,
-                                           early_length=2), [0.2, 0.6, 0.2, 0.2], rtol=1e-6)
+  np.testing.assert_allclose(BetaSchedule().values(8), [0.5, 2.0, 2.0, 2.0, 2.0, 0.1, 0.1, 0.1], rtol=1e-6)
+  np.testing.assert_allclose(BetaSchedule(beta=0.2, first_token_factor=1.0, early_factor=3.0,
+                                          early_length=2).values(4), [0.2, 0.6, 0.2, 0.2], rtol=1e-6)
+  # .at() takes positions of any shape; 0 (not a response token) gets β.
+  np.testing.assert_allclose(BetaSchedule().at(jnp.asarray([[0, 1, 5, 6]])), [[0.1, 0.5, 2.0, 0.1]], rtol=1e-6)
 
 
 def test_response_positions_count_from_the_first_response_token():

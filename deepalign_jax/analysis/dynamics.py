@@ -56,9 +56,7 @@ def per_position_nll(model, input_ids: jax.Array, attention_mask: jax.Array, los
   hidden = gather_positions(hidden, index)                 # [B, N, D]
   targets = gather_positions(input_ids, index + 1)          # [B, N]
   if vocab_chunk:
-    head, layout = model.output_head()
-    logps = losses.chunked_token_logps(hidden, head, targets, vocab_chunk=vocab_chunk,
-                                       softcap=model.config.final_softcap, head_layout=layout)
+    logps = losses.chunked_token_logps(hidden, model.output_head(), targets, vocab_chunk=vocab_chunk)
     return jnp.where(valid, -logps, 0.0), valid
   return per_token_cross_entropy(model.logits(hidden), targets, valid), valid
 

@@ -25,33 +25,10 @@ the same way, so identical inputs give exactly 0.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 
-from deepalign_jax.models.layers import softcap as apply_softcap
-
-
-class OutputHead(NamedTuple):
-  """A model's output projection, as `chunked_per_token_kl` needs it.
-
-  weights: [D, V] (`layout="dv"`) or the tied embedding [V, D] (`"vd"`).
-  softcap: the final-logit soft-cap (Gemma 2), or None.
-  """
-  weights: jax.Array
-  layout: str
-  softcap: float | None = None
-
-  @classmethod
-  def of(cls, model) -> "OutputHead":
-    """The head of a `Transformer` (`model.output_head()` and its soft-cap)."""
-    weights, layout = model.output_head()
-    return cls(weights, layout, model.config.final_softcap)
-
-  @property
-  def vocab_size(self) -> int:
-    return self.weights.shape[1] if self.layout == "dv" else self.weights.shape[0]
+from deepalign_jax.models.head import OutputHead, scan_vocabulary
 
 
 def _masked(kl: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -80,32 +57,12 @@ def per_token_kl(p_logits: jax.Array, q_logits: jax.Array, mask: jax.Array | Non
   return _masked(jnp.sum(terms, axis=-1), mask)
 
 
-def _chunk_logits(hidden, head: OutputHead, start, size):
-  """Logits of columns [start, start + size) as [B, T, size] fp32 (no copy of the head)."""
-  acc = jnp.promote_types(jnp.float32, hidden.dtype)
-  if head.layout == "dv":
-    weights = jax.lax.dynamic_slice_in_dim(head.weights, start, size, axis=1)
-    logits = jnp.einsum("btd,dv->btv", hidden, weights.astype(hidden.dtype), preferred_element_type=acc)
-  else:
-    weights = jax.lax.dynamic_slice_in_dim(head.weights, start, size, axis=0)
-    logits = jnp.einsum("btd,vd->btv", hidden, weights.astype(hidden.dtype), preferred_element_type=acc)
-  return apply_softcap(logits, head.softcap)
-
-
-def _kl_block(p_hidden, q_hidden, p_head: OutputHead, q_head: OutputHead, vocab: int, chunk: int):
+def _kl_block(p_hidden, q_hidden, p_head: OutputHead, q_head: OutputHead, chunk: int):
   """[B, P] KL of one position block, scanning the vocabulary `chunk` columns at a time."""
-  n_chunks = -(-vocab // chunk)
-  shape = p_hidden.shape[:2]
-
-  def body(carry, index):
+  def step(carry, logits, columns, fresh):
     m_p, s_p, m_q, s_q, w = carry
-    # The last chunk is slid back to end at `vocab` (slices never pad the
-    # head); its columns already counted by the previous chunk are masked.
-    start = jnp.minimum(index * chunk, vocab - chunk)
-    column = start + jnp.arange(chunk)
-    fresh = column >= index * chunk
-    a = jnp.where(fresh, _chunk_logits(p_hidden, p_head, start, chunk), -jnp.inf)
-    b = jnp.where(fresh, _chunk_logits(q_hidden, q_head, start, chunk), -jnp.inf)
+    a = jnp.where(fresh, logits[0], -jnp.inf)
+    b = jnp.where(fresh, logits[1], -jnp.inf)
     new_m_p = jnp.maximum(m_p, jnp.max(a, axis=-1))
     new_m_q = jnp.maximum(m_q, jnp.max(b, axis=-1))
     e_a = jnp.exp(a - new_m_p[..., None])
@@ -113,12 +70,13 @@ def _kl_block(p_hidden, q_hidden, p_head: OutputHead, q_head: OutputHead, vocab:
     s_p = s_p * scale_p + jnp.sum(e_a, axis=-1)
     w = w * scale_p + jnp.sum(jnp.where(fresh & (e_a > 0), e_a * (a - b), 0.0), axis=-1)
     s_q = s_q * jnp.exp(m_q - new_m_q) + jnp.sum(jnp.exp(b - new_m_q[..., None]), axis=-1)
-    return (new_m_p, s_p, new_m_q, s_q, w), None
+    return new_m_p, s_p, new_m_q, s_q, w
 
+  shape = p_hidden.shape[:2]
   minus_inf = jnp.full(shape, -jnp.inf, jnp.float32)
   zeros = jnp.zeros(shape, jnp.float32)
-  (m_p, s_p, m_q, s_q, w), _ = jax.lax.scan(body, (minus_inf, zeros, minus_inf, zeros, zeros),
-                                             jnp.arange(n_chunks))
+  m_p, s_p, m_q, s_q, w = scan_vocabulary(step, (minus_inf, zeros, minus_inf, zeros, zeros),
+                                          [(p_hidden, p_head), (q_hidden, q_head)], chunk)
   return w / s_p - (m_p + jnp.log(s_p)) + (m_q + jnp.log(s_q))
 
 
@@ -149,13 +107,10 @@ def chunked_per_token_kl(p_hidden: jax.Array, q_hidden: jax.Array, p_head: Outpu
   if p_hidden.shape[:2] != q_hidden.shape[:2]:
     raise ValueError(f"p_hidden {p_hidden.shape} and q_hidden {q_hidden.shape} must agree on [B, T]")
   for head in (p_head, q_head):
-    if head.layout not in ("dv", "vd"):
-      raise ValueError(f"head layout must be 'dv' or 'vd', got {head.layout!r}")
-  vocab = p_head.vocab_size
-  chunk = max(1, min(vocab_chunk, vocab))
+    head.check()
   batch, length = p_hidden.shape[:2]
   if not position_chunk or position_chunk >= length:
-    return _masked(_kl_block(p_hidden, q_hidden, p_head, q_head, vocab, chunk), mask)
+    return _masked(_kl_block(p_hidden, q_hidden, p_head, q_head, vocab_chunk), mask)
 
   n_blocks = -(-length // position_chunk)
   pad = n_blocks * position_chunk - length
@@ -164,7 +119,7 @@ def chunked_per_token_kl(p_hidden: jax.Array, q_hidden: jax.Array, p_head: Outpu
     hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
     return hidden.reshape(batch, n_blocks, position_chunk, -1).swapaxes(0, 1)
 
-  kl = jax.lax.map(lambda xs: _kl_block(xs[0], xs[1], p_head, q_head, vocab, chunk),
+  kl = jax.lax.map(lambda xs: _kl_block(xs[0], xs[1], p_head, q_head, vocab_chunk),
                    (blocks(p_hidden), blocks(q_hidden)))
   kl = kl.swapaxes(0, 1).reshape(batch, n_blocks * position_chunk)[:, :length]
   return _masked(kl, mask)

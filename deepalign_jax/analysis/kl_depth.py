@@ -36,7 +36,6 @@ import numpy as np
 from ml_collections import config_dict
 
 from deepalign_jax.cli import run_cli
-from deepalign_jax.analysis.kl import OutputHead
 from deepalign_jax.analysis.plots import plot_by_position
 from deepalign_jax.analysis.positions import position_stats
 from deepalign_jax.analysis.prompts import PromptFormat, read_pairs
@@ -142,8 +141,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     by_weights.setdefault(key, []).append(name)
   for group in by_weights.values():
     model = load_model(sources[group[0]], dtype_from_name(config.models[group[0]].dtype))
-    head = OutputHead.of(model)
-    head = OutputHead(np.asarray(head.weights), head.layout, head.softcap)
+    head = model.output_head()
+    head = head._replace(weights=np.asarray(head.weights))
     for name in group:
       hidden[name], valid = response_hidden_states(model, [ids for ids, _ in prompts[name]], responses, n_pos,
                                                    batch_size=config.batch_size)

@@ -24,9 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from deepalign_jax.analysis.kl import OutputHead, chunked_per_token_kl, per_token_kl
+from deepalign_jax.analysis.kl import chunked_per_token_kl, per_token_kl
 from deepalign_jax.analysis.positions import gather_positions
 from deepalign_jax.models.layers import softcap
+from deepalign_jax.models.head import OutputHead
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -90,14 +91,6 @@ def response_hidden_states(model, prompts: Sequence[Sequence[int]], responses: S
   return out, valid
 
 
-def _full_logits(hidden, head: OutputHead):
-  """[B, N, V] logits of a whole head (what `Transformer.logits` computes)."""
-  spec = "btd,dv->btv" if head.layout == "dv" else "btd,vd->btv"
-  acc = jnp.promote_types(jnp.float32, hidden.dtype)
-  return softcap(jnp.einsum(spec, hidden, head.weights.astype(hidden.dtype), preferred_element_type=acc),
-                 head.softcap)
-
-
 @functools.partial(jax.jit, static_argnames=("p_layout", "p_softcap", "q_layout", "q_softcap",
                                              "vocab_chunk", "position_chunk"))
 def _kl_batch(p_hidden, q_hidden, p_weights, q_weights, mask, *, p_layout, p_softcap, q_layout,
@@ -108,7 +101,7 @@ def _kl_batch(p_hidden, q_hidden, p_weights, q_weights, mask, *, p_layout, p_sof
     return chunked_per_token_kl(p_hidden, q_hidden, p_head, q_head, mask, vocab_chunk=vocab_chunk,
                                 position_chunk=position_chunk)
   # Full logits: faster for small vocabularies.
-  return per_token_kl(_full_logits(p_hidden, p_head), _full_logits(q_hidden, q_head), mask)
+  return per_token_kl(p_head.logits(p_hidden), q_head.logits(q_hidden), mask)
 
 
 def kl_from_hidden(p_hidden: np.ndarray, q_hidden: np.ndarray, valid: np.ndarray, p_head: OutputHead,
@@ -161,7 +154,7 @@ def kl_by_position(p_model, q_model, p_prompts: Sequence[Sequence[int]], q_promp
                                            batch_size=batch_size, bucket=bucket)
   q_hidden, _ = response_hidden_states(q_model, q_prompts, responses, num_positions,
                                        batch_size=batch_size, bucket=bucket)
-  kl = kl_from_hidden(p_hidden, q_hidden, valid, OutputHead.of(p_model), OutputHead.of(q_model),
+  kl = kl_from_hidden(p_hidden, q_hidden, valid, p_model.output_head(), q_model.output_head(),
                       batch_size=batch_size, vocab_chunk=vocab_chunk, position_chunk=position_chunk)
   return kl, valid
 

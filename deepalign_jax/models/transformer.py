@@ -20,8 +20,9 @@ from flax import nnx
 from deepalign_jax import sharding
 from deepalign_jax.models.cache import KVCache
 from deepalign_jax.models.config import SLIDING, ModelConfig
+from deepalign_jax.models.head import OutputHead
 from deepalign_jax.models.layers import (Attention, GatedMLP, RMSNorm, _normal, rope_inv_freq,
-                                         rope_tables, softcap)
+                                         rope_tables)
 
 REMAT_POLICIES = {
     "none": None,
@@ -116,20 +117,15 @@ class Transformer(nnx.Module):
     logits = self.logits(hidden)
     return logits if cache is None else (logits, new_cache)
 
-  def output_head(self) -> tuple[jax.Array, str]:
-    """The output projection and its layout: ([V, D], "vd") when tied, else ([D, V], "dv")."""
+  def output_head(self) -> OutputHead:
+    """The output projection in the compute dtype: the tied [V, D] embedding ("vd") or lm_head [D, V]."""
     if self.lm_head is None:
-      return self.embed[...].astype(self.dtype), "vd"
-    return self.lm_head[...].astype(self.dtype), "dv"
+      return OutputHead(self.embed[...].astype(self.dtype), "vd", self.config.final_softcap)
+    return OutputHead(self.lm_head[...].astype(self.dtype), "dv", self.config.final_softcap)
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     """Logits [B, T, V] (fp32 or wider) from final hidden states [B, T, D]."""
-    acc = jnp.promote_types(jnp.float32, self.dtype)
-    head, layout = self.output_head()
-    # Tied: contract with the [V, D] table directly, no transposed copy.
-    spec = "btd,vd->btv" if layout == "vd" else "btd,dv->btv"
-    logits = softcap(jnp.einsum(spec, hidden, head, preferred_element_type=acc),
-                     self.config.final_softcap)
+    logits = self.output_head().logits(hidden)
     return sharding.constrain(logits, self.rules, ("act_batch", "act_seq", "act_vocab"))
 
   def hidden_states(self, input_ids, positions=None, attention_mask=None,
@@ -137,7 +133,7 @@ class Transformer(nnx.Module):
     """Final normed hidden states [B, T, D] (and the updated cache, or None).
 
     For losses over large vocabularies: `losses.chunked_token_logps(hidden,
-    *model.output_head(), ...)` never builds the [B, T, V] logits.
+    model.output_head(), ...)` never builds the [B, T, V] logits.
     """
     cfg, rules = self.config, self.rules
     batch, length = input_ids.shape

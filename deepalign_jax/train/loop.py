@@ -35,7 +35,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from deepalign_jax import sharding
+from deepalign_jax import losses, sharding
 from deepalign_jax.data import (ChatRenderer, load_tokenizer, prepare_recovery, recovery_epoch,
                                 tokenize_conversation)
 from deepalign_jax.data.pipeline import StepOrder, pad_rows, step_dataset, step_iterator
@@ -256,8 +256,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
 
   loss_config = LossConfig(
       objective="constrained" if config.objective == "constrained_sft" else "sft",
-      beta=config.loss.beta, first_token_factor=config.loss.first_token_factor,
-      early_factor=config.loss.early_factor, early_length=config.loss.early_length,
+      betas=losses.BetaSchedule(config.loss.beta, config.loss.first_token_factor, config.loss.early_factor,
+                                config.loss.early_length),
       min_weight=config.loss.min_weight, alpha=config.loss.alpha,
       vocab_chunk=config.loss.vocab_chunk or None, log_positions=config.loss.log_positions)
   optimizer_config = OptimizerConfig(**config.optimizer.to_dict(), total_steps=total_steps)

@@ -36,8 +36,8 @@ class LossConfig:
 
   objective: 'sft' (masked NLL; also the safety-recovery augmentation, whose
     masks select the refusal) or 'constrained' (paper Eq. 3).
-  beta, first_token_factor, early_factor, early_length, min_weight: Eq. 3's
-    schedule and the optional gradient-weight clamp (see `losses`).
+  betas: Eq. 3's β schedule (`losses.BetaSchedule`; the paper's by default).
+  min_weight: the optional clamp of Eq. 3's gradient weight (see `losses`).
   alpha: None → one token mean over the batch (the reference code's
     batch-composition weighting); a float → α·mean over D_H tokens +
     (1−α)·mean over D_B tokens (paper Eq. 2), using `group`.
@@ -48,10 +48,7 @@ class LossConfig:
     the constraint working where it should — on the first tokens.
   """
   objective: str = "sft"
-  beta: float = 0.1
-  first_token_factor: float = 5.0
-  early_factor: float = 20.0
-  early_length: int = 5
+  betas: losses.BetaSchedule = losses.BetaSchedule()
   min_weight: float = 0.0
   alpha: float | None = None
   vocab_chunk: int | None = None
@@ -67,9 +64,7 @@ def target_logps(model, input_ids, attention_mask, vocab_chunk=None) -> jax.Arra
   targets = input_ids[:, 1:]
   if vocab_chunk:
     hidden, _ = model.hidden_states(input_ids, attention_mask=attention_mask)
-    head, layout = model.output_head()
-    return losses.chunked_token_logps(hidden[:, :-1], head, targets, vocab_chunk=vocab_chunk,
-                                      softcap=model.config.final_softcap, head_layout=layout)
+    return losses.chunked_token_logps(hidden[:, :-1], model.output_head(), targets, vocab_chunk=vocab_chunk)
   logits = model(input_ids, attention_mask=attention_mask)
   return losses.token_logps(logits[:, :-1], targets)
 
@@ -94,8 +89,7 @@ def _position_stats(logps, micro, cfg: LossConfig) -> dict[str, jax.Array]:
   """
   mask = micro["loss_mask"][:, 1:].astype(jnp.float32)
   t = losses.response_positions(mask)
-  beta_t = jnp.where(t == 1, cfg.beta * cfg.first_token_factor,
-                     jnp.where(t <= cfg.early_length, cfg.beta * cfg.early_factor, cfg.beta))
+  beta_t = cfg.betas.at(t)
   delta = jax.lax.stop_gradient(micro["ref_logps"][:, 1:] - logps)
   weight = 2.0 * jax.nn.sigmoid(beta_t * delta) * mask
   onehot = (t[..., None] == jnp.arange(1, cfg.log_positions + 1)).astype(jnp.float32)  # [b, T, N]
@@ -115,10 +109,8 @@ def _micro_loss(params, graphdef, micro, groups, cfg: LossConfig):
     if cfg.objective == "sft":
       loss_sum, _ = losses.masked_nll(logps, group_mask)
     else:
-      loss_sum, _ = losses.token_constrained_loss(
-          logps, micro["ref_logps"][:, 1:], group_mask, beta=cfg.beta,
-          first_token_factor=cfg.first_token_factor, early_factor=cfg.early_factor,
-          early_length=cfg.early_length, min_weight=cfg.min_weight)
+      loss_sum, _ = losses.token_constrained_loss(logps, micro["ref_logps"][:, 1:], group_mask,
+                                                  betas=cfg.betas, min_weight=cfg.min_weight)
     total = total + weight * loss_sum / normaliser
   return total, stats
 
@@ -175,22 +167,21 @@ def train_step(graphdef, state: TrainState, batch: Mapping[str, jax.Array], *,
   return TrainState(state.step + 1, params, opt_state), metrics
 
 
-# The settings a run passes to `shared_train_step` as inputs rather than compiling in.
-_LOSS_HYPERPARAMETERS = ("beta", "first_token_factor", "early_factor", "early_length", "alpha")
+def split_loss_config(cfg: LossConfig) -> tuple[LossConfig, dict[str, Any]]:
+  """(the config's compiled-in part, its numbers as scalars) for `shared_train_step`.
 
-
-def split_loss_config(cfg: LossConfig) -> tuple[LossConfig, dict[str, np.ndarray]]:
-  """(the config's compiled-in part, its numeric part as scalars) for `shared_train_step`.
-
-  What stays compiled in changes the program: the objective, whether α-mixing
-  is on, the vocabulary chunk, the logged positions and whether the weight
-  clamp is on (`min_weight`, a Python branch).
+  The numbers are the β schedule's and α; what stays compiled in changes the program: the objective,
+  whether α-mixing is on, the vocabulary chunk, the logged positions and whether the weight clamp is on
+  (`min_weight`, a Python branch).
   """
-  values = {k: getattr(cfg, k) for k in _LOSS_HYPERPARAMETERS if getattr(cfg, k) is not None}
-  static = dataclasses.replace(cfg, beta=0.0, first_token_factor=0.0, early_factor=0.0, early_length=0,
+  values = {"betas": {f.name: np.asarray(getattr(cfg.betas, f.name),
+                                         np.int32 if f.name == "early_length" else np.float32)
+                      for f in dataclasses.fields(cfg.betas)}}
+  if cfg.alpha is not None:
+    values["alpha"] = np.float32(cfg.alpha)
+  static = dataclasses.replace(cfg, betas=losses.BetaSchedule(0.0, 0.0, 0.0, 0),
                                alpha=None if cfg.alpha is None else 0.0)
-  return static, {k: np.asarray(v, np.int32 if k == "early_length" else np.float32)
-                  for k, v in values.items()}
+  return static, values
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames="loss_config", donate_argnums=1)
@@ -202,6 +193,8 @@ def shared_train_step(graphdef, state: TrainState, batch: Mapping[str, jax.Array
   hyperparameters: {"optimizer": optimizer_hyperparameters(...), "loss": the second value of
   split_loss_config(...)}; loss_config: its first value.  The state is donated.
   """
-  cfg = dataclasses.replace(loss_config, **hyperparameters["loss"])
+  numbers = hyperparameters["loss"]
+  cfg = dataclasses.replace(loss_config, betas=losses.BetaSchedule(**numbers["betas"]),
+                            alpha=numbers.get("alpha"))
   return train_step(graphdef, state, batch, optimizer=make_optimizer(hyperparameters["optimizer"]),
                     loss_config=cfg)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from deepalign_jax.losses import beta_schedule
+from deepalign_jax.losses import BetaSchedule
 from deepalign_jax.organism.results import EARLY, LATE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,8 +126,8 @@ def test_constrained_runs_weight_tokens_by_the_paper_schedule(quick):
   # check β themselves: mean w_t is not 2σ(β_t · mean Δ_t) where Δ_t varies over the batch (seed 1,
   # last step, t = 3: mean w 0.746, 2σ(2 · mean Δ) 0.039).
   loss = json.loads((run / "config.json").read_text())["loss"]
-  schedule = beta_schedule(8, beta=loss["beta"], first_token_factor=loss["first_token_factor"],
-                           early_factor=loss["early_factor"], early_length=loss["early_length"])
+  schedule = BetaSchedule(loss["beta"], loss["first_token_factor"], loss["early_factor"],
+                          loss["early_length"]).values(8)
   assert schedule.tolist() == pytest.approx([0.5, 2.0, 2.0, 2.0, 2.0, 0.1, 0.1, 0.1], rel=1e-6)
   metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
   first, last = metrics[0], metrics[-1]

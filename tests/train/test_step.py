@@ -131,7 +131,7 @@ def test_constrained_step_at_the_reference_equals_sft_step():
   sft, _ = _update(model, _as_micro(examples, 2), LossConfig("sft"))
   constrained, metrics = _update(model, _as_micro(examples, 2), LossConfig("constrained"))
   _assert_updates_close(constrained, sft, rtol=1e-6)  # measured 0: the weights are exactly 1
-  betas = np.asarray(losses.beta_schedule(64))
+  betas = np.asarray(losses.BetaSchedule().values(64))
   t = np.asarray(losses.response_positions(jnp.asarray(examples["loss_mask"][:, 1:])))
   expected = (2 / betas[np.maximum(t, 1) - 1] * np.log(2) * (t > 0)).sum() / (t > 0).sum()
   np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
@@ -232,8 +232,7 @@ def test_shared_step_equals_the_step_with_its_numbers_compiled_in():
   other numbers reuse the one compilation."""
   from deepalign_jax.train import optimizer_hyperparameters, shared_train_step, split_loss_config
   # Every number that becomes an input: the β schedule, α, and (below) two optimizer configs.
-  loss_config = LossConfig("constrained", beta=0.3, first_token_factor=4.0, early_factor=10.0, early_length=3,
-                           alpha=0.3)
+  loss_config = LossConfig("constrained", betas=losses.BetaSchedule(0.3, 4.0, 10.0, 3), alpha=0.3)
   model = _model()
   batch = _as_micro(_with_ref(model, _examples(seed=5)), 2)
   batch["ref_logps"] = batch["ref_logps"] - 0.7  # Δ ≠ 0: the β schedule matters
