@@ -15,11 +15,10 @@ from deepalign_jax.analysis.kl import chunked_per_token_kl, per_token_kl
 from deepalign_jax.analysis.plots import plot_by_position
 from deepalign_jax.analysis.positions import gather_positions, position_stats, prediction_index
 from deepalign_jax.analysis.prompts import PROMPT_FORMATS, PromptFormat
-from deepalign_jax.analysis.sources import ModelSource, load_model, resolve_source
 from deepalign_jax.analysis.teacher_forcing import kl_by_position, kl_from_hidden, response_hidden_states
 from deepalign_jax.models.head import OutputHead
 
-__all__ = ["PROMPT_FORMATS", "ModelSource", "OutputHead", "PromptFormat", "chunked_per_token_kl",
-           "gather_positions", "kl_by_position", "kl_from_hidden", "load_model", "per_position_grad_norms",
+__all__ = ["PROMPT_FORMATS", "OutputHead", "PromptFormat", "chunked_per_token_kl",
+           "gather_positions", "kl_by_position", "kl_from_hidden", "per_position_grad_norms",
            "per_position_nll", "per_token_cross_entropy", "per_token_kl", "plot_by_position",
-           "position_stats", "prediction_index", "resolve_source", "response_hidden_states"]
+           "position_stats", "prediction_index", "response_hidden_states"]

@@ -42,11 +42,11 @@ from deepalign_jax.analysis.dynamics import per_position_grad_norms
 from deepalign_jax.analysis.plots import plot_by_position
 from deepalign_jax.analysis.positions import position_stats
 from deepalign_jax.analysis.prompts import read_pairs
-from deepalign_jax.analysis.sources import load_model, resolve_source
 from deepalign_jax.analysis.teacher_forcing import kl_by_position
 from deepalign_jax.data import ChatRenderer, load_tokenizer, read_file, tokenize_conversation, truncate
 from deepalign_jax.data.pipeline import StepOrder, as_micro_batches, pad_rows
 from deepalign_jax.models import dtype_from_name
+from deepalign_jax.models.sources import load, resolve_source
 from deepalign_jax.sampling import Sampler
 from deepalign_jax.train.state import OptimizerConfig, init_train_state, make_optimizer
 from deepalign_jax.train.step import LossConfig, train_step
@@ -140,7 +140,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     examples.append(example)
     truncated += cut
 
-  model = load_model(source, dtype_from_name(config.dtype, "config.dtype"))
+  model = load(source, dtype=dtype_from_name(config.dtype, "config.dtype"))
   optimizer_config = OptimizerConfig(**config.optimizer.to_dict(), total_steps=max(config.num_steps, 1))
   optimizer = make_optimizer(optimizer_config)
   graphdef, state = init_train_state(model, optimizer)

@@ -39,10 +39,10 @@ from deepalign_jax.cli import run_cli
 from deepalign_jax.analysis.plots import plot_by_position
 from deepalign_jax.analysis.positions import position_stats
 from deepalign_jax.analysis.prompts import PromptFormat, read_pairs
-from deepalign_jax.analysis.sources import load_model, resolve_source
 from deepalign_jax.analysis.teacher_forcing import kl_from_hidden, response_hidden_states
 from deepalign_jax.data import load_tokenizer
 from deepalign_jax.models import dtype_from_name
+from deepalign_jax.models.sources import load, resolve_source
 
 
 def model_entry(path: str = "", chat_format: str = "auto", system_prompt: str | None = None,
@@ -120,8 +120,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
   for name in names:
     try:
       sources[name] = resolve_source(config.models[name].path, config.models[name].step)
-    except ValueError as e:
-      raise ValueError(f"config.models.{name}: {e}") from None
+    except (ValueError, FileNotFoundError) as e:
+      raise type(e)(f"config.models.{name}: {e}") from None
   tokenizers = {name: load_tokenizer(sources[name].tokenizer) for name in names}
   _check_tokenizers(names, tokenizers, sources)
   formats = {name: PromptFormat(tokenizers[name], config.models[name].chat_format,
@@ -140,7 +140,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     key = (sources[name].path, sources[name].step, config.models[name].dtype)
     by_weights.setdefault(key, []).append(name)
   for group in by_weights.values():
-    model = load_model(sources[group[0]], dtype_from_name(config.models[group[0]].dtype))
+    model = load(sources[group[0]], dtype=dtype_from_name(config.models[group[0]].dtype))
     head = model.output_head()
     head = head._replace(weights=np.asarray(head.weights))
     for name in group:

@@ -19,10 +19,9 @@ them.  With `assistant_prefix` the assistant turn is left open (prefilling).
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from deepalign_jax.models.tokenizers import load_tokenizer
 
 LLAMA2_DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful, respectful and honest assistant. Always answer as helpfully as possible, "
@@ -81,25 +80,6 @@ class Rendered:
       raise ValueError(f"k={k} is outside the response's "
                        f"{self.response_end - self.response_start} tokens")
     return self.input_ids[:self.response_start + k]
-
-
-# tokenizer_config.json classes that are transformers' generic fast tokenizer: loaded without
-# AutoTokenizer, whose model-config registry imports PyTorch (seconds) when it is installed.
-_GENERIC_FAST = ("TokenizersBackend", "PreTrainedTokenizerFast")
-
-
-def load_tokenizer(path: str | os.PathLike):
-  """The tokenizer saved beside an HF model (local files only, no remote code)."""
-  import transformers
-  config = Path(path) / "tokenizer_config.json"
-  if config.is_file() and (Path(path) / "tokenizer.json").is_file():
-    try:
-      name = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class")
-    except ValueError:
-      name = None  # AutoTokenizer reports the broken file
-    if name in _GENERIC_FAST:
-      return transformers.PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
-  return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
 
 def _validate(messages: Sequence[Mapping[str, Any]]) -> tuple[str | None, list[dict[str, str]]]:

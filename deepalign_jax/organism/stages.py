@@ -175,13 +175,13 @@ class Pipeline:
 
   def export_checkpoint(self, step: int) -> Path:
     """The alignment run's checkpoint at `step` as an HF directory (ROOT/sweep/STEP/hf)."""
-    from deepalign_jax.analysis.sources import load_model, resolve_source
+    from deepalign_jax.models.sources import load, resolve_source
     from deepalign_jax.data import load_tokenizer
     from deepalign_jax.models import read_config, save_pretrained
     out = self.layout.sweep_dir(step) / "hf"
     if not (out / "config.json").exists():
       base = self.layout.model("base")
-      model = load_model(resolve_source(str(self.layout.train_dir("align")), step))
+      model = load(resolve_source(str(self.layout.train_dir("align")), step))
       save_pretrained(model, read_config(base), out, tokenizer=load_tokenizer(base))
     return out
 

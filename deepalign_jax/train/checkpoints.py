@@ -7,19 +7,17 @@ the previous step's arrays are written).  The data iterator's state (grain)
 is saved in the same checkpoint, so state and data position commit
 together.  Restoring uses the live state's shapes, dtypes and
 shardings as the target, so every process reads only its own shards.
-Workdirs on `gs://` work through Orbax/TensorStore unchanged.
+Workdirs on `gs://` work through Orbax/TensorStore unchanged.  Reading a
+finished or running workdir's parameters for evaluation and analysis is
+`deepalign_jax.models.sources`'.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Any
 
 import grain
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from deepalign_jax.train.state import TrainState
@@ -74,82 +72,3 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
-
-
-def _names(path) -> tuple[str, ...]:
-  """A pytree path as plain names, whether its steps are dict keys or attributes."""
-  return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
-def read_params(workdir: str | os.PathLike, like, step: int | None = None):
-  """A training workdir's parameters, placed like `like` (an nnx.State of the same model).
-
-  step None: the final `params/` export if the run finished, else the latest
-  checkpoint; a step: `checkpoints/<step>`.  Only the parameters are read,
-  as host arrays (the run may have had another device topology), so the
-  optimizer state is never loaded.
-  """
-  workdir = Path(workdir).absolute()
-  if step is None and (workdir / "params").is_dir():
-    item_dir, key = workdir / "params", None
-  else:
-    if step is None:
-      manager = ocp.CheckpointManager(str(workdir / "checkpoints"))
-      step = manager.latest_step()
-      manager.close()
-      if step is None:
-        raise ValueError(f"{workdir}: a training workdir with no params/ and no complete checkpoint")
-    item_dir, key = workdir / "checkpoints" / str(step) / "state", "params"
-    if not item_dir.is_dir():
-      raise ValueError(f"{workdir}/checkpoints: no complete checkpoint at step {step}")
-  tree = ocp.StandardCheckpointer().metadata(item_dir).item_metadata
-  target = tree[key] if key else tree
-  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-  with ocp.PyTreeCheckpointer() as reader:
-    if key:
-      restored = reader.restore(item_dir, args=ocp.args.PyTreeRestore(
-          item={key: target}, restore_args={key: args}, partial_restore=True))[key]
-    else:
-      restored = reader.restore(item_dir, args=ocp.args.PyTreeRestore(item=target, restore_args=args))
-  saved = {_names(p): v for p, v in jax.tree_util.tree_flatten_with_path(restored)[0]}
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
-  missing = [jax.tree_util.keystr(p) for p, _ in leaves if _names(p) not in saved]
-  if missing:
-    raise ValueError(f"{item_dir}: lacks parameters {missing[:3]} of the model being loaded")
-  return jax.tree_util.tree_unflatten(treedef, [
-      jax.device_put(saved[_names(p)].astype(x.dtype), x.sharding) for p, x in leaves])
-
-
-def load_model(spec: str | os.PathLike, *, dtype=None, mesh=None):
-  """(model, tokenizer, directory) for an HF directory, `packaged:NAME`, or a training workdir.
-
-  A training workdir gives its `hf/` export when the run finished, else
-  `read_params` (params/ or the latest checkpoint) on top of the model the
-  run started from (read from the workdir's config.json).
-  """
-  from flax import nnx
-
-  from deepalign_jax.data import load_tokenizer
-  from deepalign_jax.models import load_pretrained
-  from deepalign_jax.models.gguf import packaged_checkpoint
-
-  text = os.fspath(spec)
-  if not text:
-    raise ValueError("no model given: an HF directory, packaged:NAME or a training workdir")
-  if text.startswith("packaged:"):
-    path = packaged_checkpoint(text.split(":", 1)[1])
-  else:
-    path = Path(text)
-  if (path / "hf" / "config.json").exists():
-    path = path / "hf"
-  elif ((path / "checkpoints").is_dir() or (path / "params").is_dir()) and (path / "config.json").exists():
-    base = json.loads((path / "config.json").read_text()).get("model")
-    if not base:
-      raise ValueError(f"{path}/config.json: a training workdir's config needs 'model'")
-    base_dir = packaged_checkpoint(base.split(":", 1)[1]) if base.startswith("packaged:") else Path(base)
-    model, _ = load_pretrained(base_dir, dtype=dtype, mesh=mesh)
-    graphdef, params = nnx.split(model)
-    params = read_params(path, params)
-    return nnx.merge(graphdef, params), load_tokenizer(base_dir), base_dir
-  model, _ = load_pretrained(path, dtype=dtype, mesh=mesh)
-  return model, load_tokenizer(path), path

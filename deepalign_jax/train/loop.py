@@ -40,8 +40,7 @@ from deepalign_jax.data import (ChatRenderer, load_tokenizer, prepare_recovery, 
                                 tokenize_conversation)
 from deepalign_jax.data.pipeline import StepOrder, pad_rows, step_dataset, step_iterator
 from deepalign_jax.data.tfds_builders import load_records
-from deepalign_jax.models import dtype_from_name, load_pretrained, save_pretrained
-from deepalign_jax.models.gguf import packaged_checkpoint
+from deepalign_jax.models import dtype_from_name, save_pretrained, sources
 from deepalign_jax.train import reference
 from deepalign_jax.train.checkpoints import Checkpointer
 from deepalign_jax.train.state import (OptimizerConfig, init_train_state, learning_rate_schedule,
@@ -189,15 +188,14 @@ class _Data:
                     groups=[0] * n_safety + [1] * n_utility)
 
 
-def _resolve_model(spec: str) -> Path:
-  if not spec:
-    raise ValueError("config.model is empty: give an HF model directory")
-  if spec.startswith("packaged:"):
-    return packaged_checkpoint(spec.split(":", 1)[1])
-  return Path(spec)
-
-
 Hook = Callable[[int, nnx.Module], Mapping[str, float]]
+
+
+def _model_source(config) -> sources.ModelSource:
+  if not config.model:
+    raise ValueError("config.model is empty: give an HF model directory, packaged:NAME, a cached hub id or a "
+                     "training workdir")
+  return sources.resolve_source(config.model)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
@@ -216,13 +214,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   if train.batch_size % train.micro_batch_size:
     raise ValueError(f"config.train.batch_size={train.batch_size} is not a multiple of "
                      f"config.train.micro_batch_size={train.micro_batch_size}")
-  model_path = _resolve_model(config.model)
+  source = _model_source(config)
   mesh = sharding.make_mesh(**config.mesh.to_dict())
   dtype = dtype_from_name(config.dtype, "config.dtype")
-  param_dtype = dtype_from_name(config.param_dtype, "config.param_dtype") if config.param_dtype else None
-  model, model_config = load_pretrained(model_path, dtype=dtype, mesh=mesh, remat=config.remat,
-                                        param_dtype=param_dtype)
-  tokenizer = load_tokenizer(model_path)
+  param_dtype = dtype_from_name(config.param_dtype, "config.param_dtype") if config.param_dtype else dtype
+  model = sources.load(source, dtype=dtype, param_dtype=param_dtype, mesh=mesh, remat=config.remat)
+  model_config = model.config
+  tokenizer = load_tokenizer(source.tokenizer)
   renderer = ChatRenderer(tokenizer, config.chat_format, config.system_prompt, config.response_end)
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
   data = _Data(config, renderer, pad_id)
@@ -398,7 +396,7 @@ def training_hooks(config: ml_collections.ConfigDict) -> list[tuple[int, Hook]]:
     return []
   # Imported here: evaluation sits downstream of training (it attacks trained models).
   from deepalign_jax.evaluate import prefill_asr_hook
-  tokenizer = load_tokenizer(_resolve_model(config.model))
+  tokenizer = load_tokenizer(_model_source(config).tokenizer)
   return [(config.eval.every_steps, prefill_asr_hook(config.eval, tokenizer, config.chat_format,
                                                      config.system_prompt))]
 

@@ -133,7 +133,7 @@ def test_bad_configs_fail_with_a_clear_message(model_dirs, tmp_path):
   with pytest.raises(ValueError, match="'raw' .* no place for a system prompt"):
     kl_depth.run(config, tmp_path)
   config = _config(model_dirs, aligned=model_dirs["a"], base="")
-  with pytest.raises(ValueError, match="config.models.base: model path is empty"):
+  with pytest.raises(ValueError, match="config.models.base: no model given"):
     kl_depth.run(config, tmp_path)
   prompts_only = tmp_path / "prompts.jsonl"
   prompts_only.write_text('{"prompt": "Say hi."}\n')

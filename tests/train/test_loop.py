@@ -89,7 +89,7 @@ def test_resumed_run_equals_uninterrupted_run(tiny_model_dir, tmp_path):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
   # A workdir without hf/ is evaluated from its latest checkpoint: the same weights.
-  from deepalign_jax.train.checkpoints import load_model
+  from deepalign_jax.models.sources import load_model
   (resumed / "hf").rename(resumed / "exported")
   c, _, _ = load_model(resumed)
   for x, y in zip(jax.tree.leaves(b), jax.tree.leaves(c)):
@@ -232,7 +232,7 @@ def test_cli_runs_the_demo_config_shortened(tiny_model_dir, tmp_path):
   bad = subprocess.run([sys.executable, "-m", "deepalign_jax.train", "--config", "configs/demo.py",
                         "--workdir", str(tmp_path / "bad"), "--config.model=/nonexistent"],
                        capture_output=True, text=True, env=env, timeout=600)
-  assert bad.returncode == 1 and "error: /nonexistent: no config.json" in bad.stderr
+  assert bad.returncode == 1 and "error: /nonexistent: no such model directory" in bad.stderr
 
 
 @pytest.mark.parametrize("every", [1, 3])

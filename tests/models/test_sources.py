@@ -1,4 +1,5 @@
-"""Models to analyse from HF directories and from training workdirs (checkpoints as the train loop writes them)."""
+"""One model source: HF directories, cached hub ids and training workdirs (checkpoints as the train loop
+writes them), restored onto the abstract model, on one device or sharded."""
 
 import json
 
@@ -9,10 +10,18 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from deepalign_jax.analysis import load_model, resolve_source
+from deepalign_jax import sharding
 from deepalign_jax.models import load_pretrained
+from deepalign_jax.models.sources import load, load_model, resolve_source
+from tests.tiny_models import tiny_chat_model
 from deepalign_jax.train.checkpoints import Checkpointer
 from deepalign_jax.train.state import OptimizerConfig, init_train_state, make_optimizer
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("sources")
+  return {"a": tiny_chat_model(root / "a", seed=0)}
 
 
 def _params(model):
@@ -22,7 +31,7 @@ def _params(model):
 def test_hf_directory(model_dirs):
   source = resolve_source(str(model_dirs["a"]))
   assert (source.kind, source.path, source.tokenizer) == ("hf", model_dirs["a"], model_dirs["a"])
-  loaded = load_model(source, jnp.bfloat16)
+  loaded = load(source, dtype=jnp.bfloat16)
   assert loaded.embed[...].dtype == jnp.bfloat16
   with pytest.raises(ValueError, match="step=3 was given, but this is not a training workdir"):
     resolve_source(str(model_dirs["a"]), step=3)
@@ -46,9 +55,9 @@ def test_training_workdir_final_params_and_a_step_checkpoint(model_dirs, tmp_pat
   assert (latest.kind, latest.step, latest.base, latest.tokenizer) == ("training", 5, model_dirs["a"],
                                                                        model_dirs["a"])
   original = _params(model)
-  for got, want in zip(_params(load_model(latest)), original):
+  for got, want in zip(_params(load(latest)), original):
     np.testing.assert_array_equal(got, want + 1.0)
-  for got, want in zip(_params(load_model(resolve_source(str(tmp_path), step=2))), original):
+  for got, want in zip(_params(load(resolve_source(str(tmp_path), step=2))), original):
     np.testing.assert_array_equal(got, want)
   with pytest.raises(ValueError, match=r"no step 3 \(saved steps: \[2, 5\]\)"):
     resolve_source(str(tmp_path), step=3)
@@ -58,5 +67,33 @@ def test_training_workdir_final_params_and_a_step_checkpoint(model_dirs, tmp_pat
     final.save((tmp_path / "params").absolute(), jax.tree.map(lambda x: x * 2.0, state.params))
   source = resolve_source(str(tmp_path))
   assert source.step is None
-  for got, want in zip(_params(load_model(source)), original):
+  for got, want in zip(_params(load(source)), original):
     np.testing.assert_array_equal(got, want * 2.0)
+
+  # Sharded: every parameter restored straight into its shard, the same values.
+  mesh = sharding.make_mesh(data=1, fsdp=2, tensor=4)
+  sharded, tokenizer, resolved = load_model(str(tmp_path), mesh=mesh)
+  assert resolved == source and tokenizer.vocab_size > 0
+  embed = sharded.embed.get_value()
+  assert len(embed.sharding.device_set) == 8 and not embed.sharding.is_fully_replicated
+  for got, want in zip(_params(sharded), original):
+    np.testing.assert_array_equal(got, want * 2.0)
+  # The fingerprint follows the weights: the final export and a step checkpoint differ.
+  assert source.fingerprint() != resolve_source(str(tmp_path), step=5).fingerprint()
+  assert source.fingerprint() == resolve_source(str(tmp_path)).fingerprint()
+
+
+def test_a_hub_id_is_found_in_the_local_hf_cache_only(model_dirs, tmp_path, monkeypatch):
+  """org/name resolves to its snapshot in $HF_HOME/hub (as huggingface_hub lays it out); nothing is fetched."""
+  import shutil
+  snapshot = tmp_path / "hub" / "models--acme--tiny-chat" / "snapshots" / ("0" * 40)
+  shutil.copytree(model_dirs["a"], snapshot)
+  (tmp_path / "hub" / "models--acme--tiny-chat" / "refs").mkdir()
+  (tmp_path / "hub" / "models--acme--tiny-chat" / "refs" / "main").write_text("0" * 40)
+  monkeypatch.setenv("HF_HOME", str(tmp_path))
+  monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+  monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+  source = resolve_source("acme/tiny-chat")
+  assert source.kind == "hf" and source.path == snapshot
+  with pytest.raises(FileNotFoundError, match="acme/not-cached: no such model directory, and not a packaged"):
+    resolve_source("acme/not-cached")
