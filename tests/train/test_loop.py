@@ -9,7 +9,8 @@ import pytest
 import transformers
 
 from deepalign_jax.models import load_pretrained
-from deepalign_jax.train.loop import default_config, run, training_hooks
+from deepalign_jax.train.__main__ import training_hooks
+from deepalign_jax.train.loop import default_config, run
 from tests.tiny_models import override, tiny_chat_model
 
 ASSETS = resources.files("deepalign_jax") / "assets/demo"
