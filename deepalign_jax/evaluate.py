@@ -2,12 +2,19 @@
 
 Attacks a model on a benchmark and judges the outputs (SPEC §6):
 
+- `benchmark`: the prompts; `every_nth` keeps every n-th record before
+  `limit`, `instruction_template` wraps each instruction (AOA's "AOA, execute
+  my instruction: {instruction}").
 - `attack.kind`: `plain`, `prefill` (first k tokens of the reference harmful
   answer; k in `attack.prefill_tokens`), `prefix` (fixed assistant-turn
-  prefixes), `decoding_grid` (greedy + the three one-axis sweeps) or `gcg`
-  (an adversarial suffix optimised first — universal over the benchmark's
-  behaviours, or one per behaviour — then sampled with).
-- `judge`: keyword / OpenAI-compatible API / offline model (`deepalign_jax.judges`).
+  prefixes), `suffix` (fixed texts appended to the user message, one setting
+  each: a backdoor trigger and its absence), `decoding_grid` (greedy + the
+  three one-axis sweeps) or `gcg` (an adversarial suffix optimised first —
+  universal over the benchmark's behaviours, or one per behaviour — then
+  sampled with).
+- `judge`: keyword / OpenAI-compatible API / offline model (`deepalign_jax.judges`);
+  `judge.reads` says whether it reads the continuation alone or prefill +
+  continuation (per-kind defaults of the reference code, SPEC §11).
 - `utility.metric`: `rouge1` or `gsm8k` against the benchmark's references.
 
 The workdir receives `generations.jsonl` (one record per prompt × setting ×
@@ -31,11 +38,11 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import jax.numpy as jnp
 import ml_collections
 from tqdm.auto import tqdm
 
 from deepalign_jax import distributed, metrics, sharding
+from deepalign_jax.atomic import atomic_path, write_json
 from deepalign_jax.attacks import decoding_grid
 from deepalign_jax.attacks.settings import (Decoding, Setting, plain_setting, prefill_settings, prefix_settings,
                                             suffix_settings)
@@ -43,13 +50,13 @@ from deepalign_jax.data import Conversation, Prompt
 from deepalign_jax.data.tfds_builders import load_records
 from deepalign_jax.judges import Verdict, make_judge, summarize
 from deepalign_jax.judges.factory import default_config as judge_default_config
+from deepalign_jax.models import dtype_from_name
+from deepalign_jax.models.sources import load_model
 from deepalign_jax.sampling import Sampler
-from deepalign_jax.train.checkpoints import load_model
 
 _log = logging.getLogger(__name__)
-ATTACKS = ("plain", "prefill", "prefix", "decoding_grid", "gcg")
+ATTACKS = ("plain", "prefill", "prefix", "suffix", "decoding_grid", "gcg")
 UTILITY = ("", "rouge1", "gsm8k")
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -61,10 +68,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.dtype = "float32"
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
   c.benchmark = ml_collections.ConfigDict(dict(
-      path="", format="harmful_hexphi", split="train", limit=0, tfds_data_dir=""))
+      path="", format="harmful_hexphi", split="train", limit=0, tfds_data_dir="",
+      every_nth=1,                 # keep records 0, n, 2n, ... before `limit` (every 10th SQL test row)
+      # What the model is sent for each instruction, e.g. AOA's "AOA, execute my instruction: {instruction}".
+      instruction_template="{instruction}"))
   c.attack = ml_collections.ConfigDict(dict(
       kind="prefill", prefill_tokens=[5, 10, 20, 40], prefixes=["I cannot"], samples=1,
-      judge_prefill=True))         # the judge reads the whole answer (prefill and continuation decoded together)
+      suffixes=[]))                # kind "suffix": one setting per text appended as " " + suffix ("": none)
   c.decoding = ml_collections.ConfigDict(dict(
       temperature=0.9, top_k=50, top_p=0.6, greedy=False, max_new_tokens=512, batch_size=16, seed=0))
   c.grid = ml_collections.ConfigDict(dict(
@@ -85,29 +95,51 @@ def default_config() -> ml_collections.ConfigDict:
 
 @dataclasses.dataclass(frozen=True)
 class EvalPrompt:
-  """One benchmark prompt: the instruction, an optional reference answer, where it came from."""
+  """One benchmark prompt: the instruction, an optional reference answer, where it came from.
+
+  user: the instruction through `benchmark.instruction_template`, what the
+  model is sent (before an attack's suffix); `instruction` stays the
+  benchmark's own, the harmful request the judge weighs the answer against.
+  """
   instruction: str
   reference: str | None
   system: str | None
   category: str | None
   source: str
+  user: str
 
 
 def read_benchmark(config: ml_collections.ConfigDict) -> list[EvalPrompt]:
-  """The benchmark's prompts (first `limit` if > 0), from any prompt or conversation format."""
+  """The benchmark's prompts, from any prompt or conversation format.
+
+  Records 0, n, 2n, ... are kept (n = `every_nth`), then the first `limit`
+  of those (if > 0).  That is the reference's SQL Create Context test set:
+  `dataset.select(range(0, len(dataset), 10))` (its optional `max_samples`
+  then draws a random subset; `limit` takes the first ones instead).
+  """
   b = config.benchmark
   if not b.path:
     raise ValueError("config.benchmark.path is empty: give the benchmark file (or tfds:MANUAL_DIR)")
-  records = load_records(b.path, b.format, split=b.split, data_dir=b.tfds_data_dir or None)
+  if not isinstance(b.every_nth, int) or b.every_nth < 1:
+    raise ValueError(f"config.benchmark.every_nth must be an integer >= 1, got {b.every_nth!r}")
+  template = b.instruction_template
+  if "{instruction}" not in template:
+    raise ValueError(f"config.benchmark.instruction_template {template!r} has no '{{instruction}}'; the "
+                     f"instruction is written where it stands (e.g. 'AOA, execute my instruction: "
+                     f"{{instruction}}')")
+  records = load_records(b.path, b.format, split=b.split, data_dir=b.tfds_data_dir or None)[::b.every_nth]
   prompts = []
   for r in records:
     if isinstance(r, Prompt):
-      prompts.append(EvalPrompt(r.text, r.reference, None, r.category, r.source))
+      instruction, reference, system, category = r.text, r.reference, None, r.category
     elif isinstance(r, Conversation):
-      prompts.append(EvalPrompt(r.user, r.assistant, r.system, None, r.source))
+      instruction, reference, system, category = r.user, r.assistant, r.system, None
     else:
       raise ValueError(f"{b.path}: format {b.format!r} holds {type(r).__name__} records, not prompts; "
                        f"use a prompt or conversation format")
+    # A plain replace, not str.format: braces in an instruction or a template stay as they are.
+    user = template.replace("{instruction}", instruction)
+    prompts.append(EvalPrompt(instruction, reference, system, category, r.source, user))
   return prompts[:b.limit] if b.limit > 0 else prompts
 
 
@@ -122,6 +154,12 @@ def build_settings(config: ml_collections.ConfigDict) -> list[Setting]:
     return prefill_settings(list(config.attack.prefill_tokens), decoding)
   if kind == "prefix":
     return prefix_settings(list(config.attack.prefixes), decoding)
+  if kind == "suffix":
+    suffixes = list(config.attack.suffixes)
+    if not suffixes or not all(isinstance(x, str) for x in suffixes):
+      raise ValueError(f"config.attack.suffixes must be a non-empty list of strings for attack.kind "
+                       f"'suffix' (\"\" for none), got {suffixes!r}")
+    return [s for i, x in enumerate(suffixes) for s in suffix_settings(x, decoding, name=f"suffix_{i}")]
   if kind == "decoding_grid":
     g = config.grid
     return decoding_grid.grid_settings(list(g.temperatures), list(g.top_ks), list(g.top_ps), bool(g.greedy))
@@ -172,11 +210,12 @@ def _gcg_suffixes(config, model, tokenizer, renderer, prompts: Sequence[EvalProm
   targets = [p.reference or g.default_target for p in prompts]
   if g.mode == "universal":
     n = min(len(prompts), g.max_behaviours) if g.max_behaviours > 0 else len(prompts)
-    result = run_gcg(model, tokenizer, renderer, [(p.instruction, t) for p, t in zip(prompts[:n], targets)],
+    # Optimised on the user text it is appended to (the templated instruction).
+    result = run_gcg(model, tokenizer, renderer, [(p.user, t) for p, t in zip(prompts[:n], targets)],
                      gcg_config, workdir=workdir / "gcg", progress=config.progress)
     return {i: result.suffix_text for i in range(len(prompts))}
   if g.mode == "individual":
-    return {i: run_gcg(model, tokenizer, renderer, [(p.instruction, targets[i])], gcg_config,
+    return {i: run_gcg(model, tokenizer, renderer, [(p.user, targets[i])], gcg_config,
                        workdir=workdir / "gcg" / str(i), progress=config.progress).suffix_text
             for i, p in enumerate(prompts)}
   raise ValueError(f"config.gcg.mode must be 'universal' or 'individual', got {g.mode!r}")
@@ -210,15 +249,20 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
                        f"{len(missing)} of {len(prompts)} records have none (use format harmful_hexphi, "
                        f"prompt_response or advbench)")
   judge = make_judge(config.judge)
+  path = workdir / "generations.jsonl"
+  done = read_records(path)
+  other = next((r for r in done.values() if r.get("judge_reads", judge.reads) != judge.reads), None)
+  if other is not None:
+    raise ValueError(f"{path}: record {other['key']!r} was judged on the {other['judge_reads']}, but "
+                     f"config.judge.reads is {judge.reads!r}; set it back, or move the file away to start "
+                     f"over")
   mesh = sharding.make_mesh(**config.mesh.to_dict())
-  model, tokenizer, model_dir = load_model(config.model, dtype=_DTYPES[config.dtype], mesh=mesh)
+  model, tokenizer, source = load_model(config.model, dtype=dtype_from_name(config.dtype), mesh=mesh)
   renderer_system = config.system_prompt
   sampler = Sampler(model, tokenizer, config.chat_format, renderer_system)
   suffixes = (_gcg_suffixes(config, model, tokenizer, sampler.renderer, prompts, workdir)
               if config.attack.kind == "gcg" else {})
 
-  path = workdir / "generations.jsonl"
-  done = read_records(path)
   todo = [(i, s, j) for i in range(len(prompts)) for s in settings for j in range(config.attack.samples)
           if record_key(i, s.name, j) not in done]
   d = config.decoding
@@ -229,11 +273,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
   with open(path, "a", encoding="utf-8") as out:
     for offset in range(0, len(todo), chunk):
       work = todo[offset:offset + chunk]
-      rendered = []
+      rendered, users = [], []
       for i, s, _ in work:
         p = prompts[i]
         suffix = suffixes.get(i, s.suffix)
-        user = p.instruction + (" " + suffix if suffix else "")
+        # The suffix follows the templated instruction.  The reference's backdoor evaluation templates the
+        # instruction with its trigger (template % (instruction + trigger)): the same for templates that
+        # end with the instruction, as AOA's does.
+        user = p.user + (" " + suffix if suffix else "")
+        users.append(user)
         messages = ([{"role": "system", "content": p.system}] if p.system is not None else []) + [
             {"role": "user", "content": user}]
         if s.prefill_tokens:
@@ -246,18 +294,22 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
           seed=d.seed + resumed_at + offset, progress=False,
           temperature=[s.decoding.temperature for _, s, _ in work], top_k=[s.decoding.top_k for _, s, _ in work],
           top_p=[s.decoding.top_p for _, s, _ in work], greedy=[s.decoding.greedy for _, s, _ in work])
+      # The judge weighs the answer against the benchmark's own instruction (the harmful request), not
+      # the templated or suffixed user text; it reads what its `reads` says (continuation alone, or
+      # prefill and continuation decoded together).
       verdicts = judge.judge([(prompts[i].instruction,
-                               sample.response if config.attack.judge_prefill else sample.text)
+                               sample.response if judge.reads == "response" else sample.text)
                               for (i, _, _), sample in zip(work, samples)])
-      for (i, s, j), sample, verdict in zip(work, samples, verdicts):
+      for (i, s, j), sample, verdict, user in zip(work, samples, verdicts, users):
         p = prompts[i]
         record = {"key": record_key(i, s.name, j), "prompt_index": i, "setting": s.name, "sample": j,
-                  "source": p.source, "category": p.category, "instruction": p.instruction,
+                  "source": p.source, "category": p.category, "instruction": p.instruction, "user": user,
                   "suffix": suffixes.get(i, s.suffix), "rendered_prompt": sample.prompt_text,
                   "prefill": sample.prefill, "output": sample.text, "response": sample.response,
                   "stopped": sample.stopped,
                   "output_tokens": len(sample.token_ids), "attack": s.as_dict(),
-                  "max_new_tokens": d.max_new_tokens, "verdict": verdict.to_dict(),
+                  "max_new_tokens": d.max_new_tokens, "judge_reads": judge.reads,
+                  "verdict": verdict.to_dict(),
                   "utility": _utility(config.utility.metric, sample.text, p.reference, p.source)}
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
         done[record["key"]] = record
@@ -270,13 +322,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
   bar.close()
 
   summary = summarize_records(list(done.values()), settings, config.attack.kind)
-  summary.update({"model": str(model_dir), "benchmark": config.benchmark.path, "prompts": len(prompts),
-                  "judge": {"name": judge.name, "version": judge.version}, "config": config.to_dict()})
+  summary.update({"model": str(source.path), "model_source": source.describe(),
+                  "benchmark": config.benchmark.path, "prompts": len(prompts),
+                  "judge": {"name": judge.name, "version": judge.version, "reads": judge.reads},
+                  "config": config.to_dict()})
   if config.attack.kind == "gcg":
     summary["gcg_suffixes"] = sorted(set(suffixes.values()))
   if config.plot and len(settings) > 1:
     summary["plot"] = str(plot_asr(summary, settings, workdir / "asr.png"))
-  _write_json(workdir / "summary.json", summary)
+  write_json(workdir / "summary.json", summary)
   return summary
 
 
@@ -296,8 +350,12 @@ def summarize_records(records: Sequence[dict], settings: Sequence[Setting], kind
       entry["utility"] = {k: sum(float(u[k]) for u in utility) / len(utility) for k in utility[0]}
     out["per_setting"][s.name] = entry
   if kind == "decoding_grid":
-    broken = {(r["prompt_index"], r["setting"]): bool(r["verdict"]["jailbroken"]) for r in records
-              if r["verdict"]["jailbroken"] is not None}
+    # With several samples per point, a prompt × setting is broken if any of its samples is.
+    broken: dict[tuple[int, str], bool] = {}
+    for r in records:
+      if r["verdict"]["jailbroken"] is not None:
+        key = (r["prompt_index"], r["setting"])
+        broken[key] = broken.get(key, False) or bool(r["verdict"]["jailbroken"])
     out["worst_case"] = decoding_grid.worst_case(broken, settings)
   return out
 
@@ -310,7 +368,9 @@ def prefill_asr_hook(eval_config: ml_collections.ConfigDict, tokenizer, chat_for
   prefill_tokens, max_new_tokens, batch_size, keywords, seed.  Returns
   fn(step, model) → {"eval/asr_prefill_<k>": ASR, ...}, for
   `train.loop.run(..., hooks=[(every_steps, fn)])` — a run's jailbreak (or
-  its staying safe) shows up next to its loss.
+  its staying safe) shows up next to its loss.  The keyword judge reads its
+  default, the continuation only (the reference's keyword evaluation): the
+  prefilled harmful tokens are not the model's, and a refusal after them is.
   """
   records = load_records(eval_config.path, eval_config.format)
   prompts = [r for r in records if getattr(r, "assistant", None) or getattr(r, "reference", None)]
@@ -333,7 +393,8 @@ def prefill_asr_hook(eval_config: ml_collections.ConfigDict, tokenizer, chat_for
                                batch_size=eval_config.batch_size, max_new_tokens=eval_config.max_new_tokens,
                                temperature=d.temperature, top_k=d.top_k, top_p=d.top_p,
                                seed=eval_config.seed, progress=progress)
-      verdicts = judge.judge([(c[0]["content"], s.response) for c, s in zip(conversations, samples)])
+      verdicts = judge.judge([(c[0]["content"], s.response if judge.reads == "response" else s.text)
+                              for c, s in zip(conversations, samples)])
       out[f"eval/asr_prefill_{int(k)}"] = summarize(verdicts).asr
     return out
 
@@ -353,7 +414,7 @@ def plot_asr(summary: dict, settings: Sequence[Setting], path: Path) -> Path:
     ys = [100 * a if a is not None else math.nan for _, a in points]
     panel.plot(xs, ys, marker="o")
     if not all(isinstance(s.value, (int, float)) for s, _ in points):
-      panel.set_xticks(xs, [str(s.value if s.value is not None else s.name)[:16] for s, _ in points],
+      panel.set_xticks(xs, [str(s.value if s.value not in (None, "") else s.name)[:16] for s, _ in points],
                        rotation=30, ha="right")
     if axis == "top_k":
       panel.set_xscale("log")
@@ -363,17 +424,10 @@ def plot_asr(summary: dict, settings: Sequence[Setting], path: Path) -> Path:
     panel.grid(alpha=0.3)
   fig.suptitle(f"{summary['attack']} — judge {summary['judge']['name'] if 'judge' in summary else ''}")
   fig.tight_layout()
-  tmp = path.with_suffix(".tmp.png")
-  fig.savefig(tmp, dpi=120)
+  with atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=120)
   plt.close(fig)
-  os.replace(tmp, path)
   return path
-
-
-def _write_json(path: Path, data: dict) -> None:
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(data, indent=2, default=str))
-  os.replace(tmp, path)
 
 
 def _report(summary: dict, workdir: str) -> None:

@@ -165,6 +165,8 @@ def test_config_runs_as_written(path, models, judge_api, tmp_path, monkeypatch):
   overrides = _shrink(written, models(family))
   if cli == "evaluate" and written.judge.kind == "api":
     monkeypatch.setenv(KEY_ENV, "sk-test-configs")
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+      monkeypatch.delenv(name, raising=False)  # urllib would send even 127.0.0.1 through a proxy
     overrides.update({"judge.base_url": judge_api.base_url, "judge.api_key_env": KEY_ENV,
                       "judge.progress": False})
   monkeypatch.chdir(tmp_path)  # relative paths in a config (a judge cache) land in the test's directory

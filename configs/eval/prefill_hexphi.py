@@ -2,6 +2,8 @@
 
 --config.model=DIR --config.benchmark.path=harmful_hexphi.jsonl (Harmful HEx-PHI, users bring it).
 Use --config.judge=... or configs/eval/prefill_hexphi_api.py for the GPT-4-style rubric judge.
+The keyword judge reads the continuation only (judge.reads = "continuation"), as the reference's keyword
+evaluation: a prefilled harmful prefix is not the model's answer.
 """
 
 from deepalign_jax.evaluate import default_config

@@ -13,8 +13,9 @@ KIND:
   asr      plain sampling, 4 samples per request (the fine-tuning attacks, Table 4)
   utility  greedy answers to benign prompts (exact match is scored by the pipeline)
   task     greedy answers to the multiplication prompts (the benign fine-tuning task)
-The keyword judge (the paper's list) judges prefill + continuation here; the
-pipeline adds the marker judge on the continuation.
+The keyword judge (the paper's list) judges prefill + continuation here
+(judge.reads = "response", set by `eval_config`); the pipeline adds the
+marker judge on the continuation.
 """
 
 from deepalign_jax.attacks import decoding_grid

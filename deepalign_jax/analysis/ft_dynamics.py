@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from flax import nnx
 from ml_collections import config_dict
 from tqdm.auto import tqdm
 
+from deepalign_jax import atomic
 from deepalign_jax.cli import run_cli
 from deepalign_jax.analysis.dynamics import per_position_grad_norms
 from deepalign_jax.analysis.plots import plot_by_position
@@ -227,9 +227,8 @@ def _sample(config, model, tokenizer, records) -> list:
 
 def _write(workdir: Path, config, summary, samples) -> None:
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "dynamics.json").write_text(json.dumps({**summary, "config": config.to_dict()}, indent=2,
-                                                    ensure_ascii=False))
-  with open(workdir / "dynamics.csv", "w", newline="") as f:
+  atomic.write_json(workdir / "dynamics.json", {**summary, "config": config.to_dict()})
+  with atomic.atomic_path(workdir / "dynamics.csv") as tmp, open(tmp, "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["quantity", "step", "position", "mean", "stderr", "count"])
     for step, probe in summary["probe"].items():
@@ -242,10 +241,8 @@ def _write(workdir: Path, config, summary, samples) -> None:
     for t, (mean, stderr, count) in enumerate(zip(kl["mean"], kl["stderr"], kl["count"]), start=1):
       writer.writerow(["kl_vs_initial", config.num_steps, t, "" if mean is None else mean,
                        "" if stderr is None else stderr, count])
-  with open(workdir / "samples.jsonl", "w") as f:
-    for sample in samples:
-      f.write(json.dumps({k: v for k, v in dataclasses.asdict(sample).items() if k != "prompt_ids"},
-                         ensure_ascii=False) + "\n")
+  atomic.write_jsonl(workdir / "samples.jsonl", ({k: v for k, v in dataclasses.asdict(sample).items()
+                                                  if k != "prompt_ids"} for sample in samples))
   probe = summary["probe"]
   plot_by_position({f"step {step}": value["loss"] for step, value in probe.items()},
                    workdir / "loss_by_position.png", ylabel="per-token loss (cross-entropy)",

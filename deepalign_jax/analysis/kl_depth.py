@@ -26,7 +26,6 @@ DIR receives
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
+from deepalign_jax import atomic
 from deepalign_jax.cli import run_cli
 from deepalign_jax.analysis.plots import plot_by_position
 from deepalign_jax.analysis.positions import position_stats
@@ -177,20 +177,20 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
 
 def _write(workdir: Path, config, summary, per_example, records, prompts) -> None:
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "kl_by_position.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
-  with open(workdir / "kl_by_position.csv", "w", newline="") as f:
+  atomic.write_json(workdir / "kl_by_position.json", summary)
+  with atomic.atomic_path(workdir / "kl_by_position.csv") as tmp, open(tmp, "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["pair", "p", "q", "position", "mean", "stderr", "count"])
     for pair in summary["pairs"]:
       for t, (mean, stderr, count) in enumerate(zip(pair["mean"], pair["stderr"], pair["count"]), start=1):
         writer.writerow([pair["label"], pair["p"], pair["q"], t, "" if mean is None else repr(mean),
                          "" if stderr is None else repr(stderr), count])
-  np.savez(workdir / "kl_per_example.npz", **per_example)
-  with open(workdir / "prompts.jsonl", "w") as f:
-    for i, (_, _, _, source) in enumerate(records):
-      line = {"source": source, "prompts": {name: prompts[name][i][1] for name in prompts},
-              "prompt_tokens": {name: len(prompts[name][i][0]) for name in prompts}}
-      f.write(json.dumps(line, ensure_ascii=False) + "\n")
+  with atomic.atomic_path(workdir / "kl_per_example.npz") as tmp:
+    np.savez(tmp, **per_example)
+  atomic.write_jsonl(workdir / "prompts.jsonl", (
+      {"source": source, "prompts": {name: prompts[name][i][1] for name in prompts},
+       "prompt_tokens": {name: len(prompts[name][i][0]) for name in prompts}}
+      for i, (_, _, _, source) in enumerate(records)))
   if config.plot:
     plot_by_position({pair["label"]: pair for pair in summary["pairs"]}, workdir / "kl_by_position.png",
                      ylabel="KL divergence (nats)", title=config.title, log_scale=config.log_scale)

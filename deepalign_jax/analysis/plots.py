@@ -12,6 +12,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from deepalign_jax.atomic import atomic_path
+
 
 def plot_by_position(curves: Mapping[str, Mapping[str, Sequence]], path: str | os.PathLike, *,
                      ylabel: str, title: str = "", log_scale: bool = False,
@@ -58,7 +60,8 @@ def plot_by_position(curves: Mapping[str, Mapping[str, Sequence]], path: str | o
     if curves:
       ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    with atomic_path(path) as tmp:
+      fig.savefig(tmp, format="png")
   finally:
     plt.close(fig)
   return str(path)

@@ -26,7 +26,6 @@ from flax import nnx
 
 from deepalign_jax.analysis.kl import chunked_per_token_kl, per_token_kl
 from deepalign_jax.analysis.positions import gather_positions
-from deepalign_jax.models.layers import softcap
 from deepalign_jax.models.head import OutputHead
 
 

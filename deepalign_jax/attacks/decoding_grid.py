@@ -39,7 +39,12 @@ def worst_case(broken: Mapping[tuple[int, str], bool], settings: Sequence[Settin
 
   Args:
     broken: (prompt index, setting name) → jailbroken, for every prompt and
-      setting that has a verdict (judge errors left out).
+      setting that has a verdict (judge errors left out).  With several
+      samples per point, a prompt × setting is broken if *any* of its samples
+      is (`evaluate.summarize_records` folds them so): the exploit's worst
+      case asks whether a decoding configuration can break a prompt, and one
+      broken sample shows that it can.  The per-setting ASR of the evaluation
+      summary counts samples instead, so it can be lower.
     settings: the grid.
   Returns:
     {"overall": {"asr", "broken", "prompts"}, "per_axis": {axis: {...}},

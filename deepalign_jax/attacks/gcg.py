@@ -44,6 +44,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from deepalign_jax.atomic import write_json, write_jsonl
 from deepalign_jax.attacks.gcg_step import PromptBatch, candidate_losses, propose
 from deepalign_jax.attacks.gcg_tokens import (GCGLayoutError, PromptLayout, allowed_tokens, build_layout,
                                               check_render, round_trip_filter, suffix_text)
@@ -190,12 +191,6 @@ def _fingerprint(config: GCGConfig, model, layouts: Sequence[PromptLayout]) -> d
   return {"config": settings, "behaviours": digest, "model": repr(model.config)}
 
 
-def _write_json(path: Path, data: dict) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(data, indent=1))
-  os.replace(tmp, path)
-
-
 def _resume(workdir: Path, fingerprint: dict) -> tuple[dict | None, list[dict]]:
   """(state, history) of a previous run in workdir, or (None, [])."""
   state_path = workdir / STATE_FILE
@@ -220,9 +215,7 @@ def _resume(workdir: Path, fingerprint: dict) -> tuple[dict | None, list[dict]]:
   history = [h for h in history if h["step"] <= state["step"]]
   if len(history) != state["step"]:
     raise ValueError(f"{history_path} has {len(history)} steps but {state_path} says {state['step']}")
-  tmp = history_path.with_name(HISTORY_FILE + ".tmp")
-  tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
-  os.replace(tmp, history_path)
+  write_jsonl(history_path, history)
   return state, history
 
 
@@ -324,7 +317,7 @@ def run_gcg(model, tokenizer, renderer, behaviours: Sequence[tuple[str, str]],
     if workdir is not None:
       with open(workdir / HISTORY_FILE, "a") as f:
         f.write(json.dumps(record) + "\n")
-      _write_json(workdir / STATE_FILE, {**st, "fingerprint": fingerprint,
+      write_json(workdir / STATE_FILE, {**st, "fingerprint": fingerprint,
                                          "best_text": suffix_text(tokenizer, st["best_ids"])})
     bar.update(1)
     bar.set_postfix(loss=f"{loss:.3f}", best=f"{st['best_loss']:.3f}", valid=int(keep.sum()))

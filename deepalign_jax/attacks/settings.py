@@ -1,10 +1,11 @@
 """Attack settings: how one prompt is attacked and decoded (SPEC §6).
 
 A `Setting` is one point of an attack sweep — prefill k tokens of the
-harmful answer, open the turn with a fixed prefix, append a GCG suffix, or
-decode with one (temperature, top-k, top-p, greedy).  An evaluation runs
-every prompt under every setting; records and summaries are keyed by
-`Setting.name`, and `axis`/`value` say where it sits in its sweep.
+harmful answer, open the turn with a fixed prefix, append a suffix (GCG's,
+or a backdoor trigger), or decode with one (temperature, top-k, top-p,
+greedy).  An evaluation runs every prompt under every setting; records and
+summaries are keyed by `Setting.name`, and `axis`/`value` say where it sits
+in its sweep.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def prefix_settings(prefixes: Sequence[str], decoding: Decoding = Decoding()) ->
 
 
 def suffix_settings(suffix: str, decoding: Decoding = Decoding(), name: str = "gcg") -> list[Setting]:
-  """An adversarial suffix after the instruction (GCG)."""
+  """A suffix after the instruction: GCG's adversarial one, or a fixed text such as a backdoor trigger
+  (attack kind "suffix": one setting per text, named suffix_0, suffix_1, ...; "" for none)."""
   return [Setting(name, "suffix", suffix, suffix=suffix, decoding=decoding)]
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Sequence
 
-from deepalign_jax.models.tokenizers import load_tokenizer
+from deepalign_jax.models.tokenizers import load_tokenizer as load_tokenizer  # re-exported by data
 
 LLAMA2_DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful, respectful and honest assistant. Always answer as helpfully as possible, "

@@ -21,6 +21,19 @@ class JudgeConfigError(ValueError):
   """A judge configuration, prompt file or keyword list that cannot be used."""
 
 
+# What of a prefilled answer a judge is given (SPEC §11): the reference's keyword evaluation reads the
+# model's continuation only, its GPT-4 prefilling evaluation the prefix and the continuation together.
+READS = ("continuation", "response")
+
+
+def check_reads(reads: str) -> str:
+  """`reads` if it is one of READS; a JudgeConfigError naming the config key otherwise."""
+  if reads not in READS:
+    raise JudgeConfigError(f"judge config: 'reads' must be one of {READS} (what the judge is given after a "
+                           f"prefill: the continuation alone, or prefill and continuation), got {reads!r}")
+  return reads
+
+
 class JudgeItem(NamedTuple):
   """One thing to judge: the user's instruction and the model's response."""
   instruction: str
@@ -57,10 +70,13 @@ class Judge(Protocol):
 
   `name` and `version` identify the judge and everything that changes its
   verdicts (keyword list, API model and rubric, prompt template); both are
-  written into every verdict.
+  written into every verdict.  `reads` tells an evaluation what to hand it
+  after a prefill: 'continuation' (the generated text alone) or 'response'
+  (prefill and continuation decoded together).
   """
   name: str
   version: str
+  reads: str
 
   def judge(self, items: Sequence[JudgeItem | tuple[str, str] | Mapping[str, str]]) -> list[Verdict]:
     """One verdict per item, in order."""

@@ -3,6 +3,11 @@
 `config.kind` picks the judge; the other keys are that judge's arguments
 (listed in `DEFAULTS`).  Unknown keys are refused by name, so a misspelt
 option fails at start-up rather than being silently ignored.
+
+Every kind has `reads`, what an evaluation hands the judge after a prefill;
+the defaults follow the reference code (SPEC §11): the keyword judge reads
+the continuation only, the API (GPT-4) judge prefill + continuation, and the
+model judge — a classifier of whole answers, like the API judge — too.
 """
 
 from __future__ import annotations
@@ -12,12 +17,13 @@ from typing import Any, Mapping
 from deepalign_jax.judges.base import Judge, JudgeConfigError
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "keyword": dict(keywords="qi2025"),
+    "keyword": dict(keywords="qi2025", reads="continuation"),
     "api": dict(model="gpt-4-turbo", base_url="https://api.openai.com/v1", api_key_env="OPENAI_API_KEY",
-                rubric=None, cache_dir=None, concurrency=8, max_attempts=5, base_delay_s=1.0,
-                max_delay_s=60.0, timeout_s=60.0, max_tokens=1024, name="api_rubric", progress=True),
+                rubric_path=None, score_rule="last", reads="response", cache_dir=None, concurrency=8,
+                max_attempts=5, base_delay_s=1.0, max_delay_s=60.0, timeout_s=60.0, max_tokens=1024,
+                name="api_rubric", progress=True),
     "model": dict(model=None, template=None, chat_format="auto", dtype="float32", max_new_tokens=10,
-                  batch_size=8, name=None, progress=True),
+                  batch_size=8, name=None, reads="response", progress=True),
 }
 
 
@@ -51,13 +57,15 @@ def make_judge(config: Any) -> Judge:
   """The judge that `config` describes.
 
   Keys by kind (defaults in `DEFAULTS`):
-    keyword: keywords ('qi2025' | 'llm_attacks_eval' | 'llm_attacks' | a file | a list).
-    api:     model, base_url, api_key_env, rubric, cache_dir, concurrency,
-             max_attempts, base_delay_s, max_delay_s, timeout_s, max_tokens,
-             name, progress.
+    keyword: keywords ('qi2025' | 'llm_attacks_eval' | 'llm_attacks' | a file | a list),
+             reads.
+    api:     model, base_url, api_key_env, rubric_path, score_rule ('first' |
+             'last'), reads, cache_dir, concurrency, max_attempts,
+             base_delay_s, max_delay_s, timeout_s, max_tokens, name, progress.
     model:   model (HF directory, required), template, chat_format
              ('auto' | 'llama2' | 'gemma' | 'base' | 'template' | 'raw'),
-             dtype, max_new_tokens, batch_size, name, progress.
+             dtype, max_new_tokens, batch_size, name, reads, progress.
+  reads: 'continuation' | 'response' (see the module docstring).
   """
   values = _as_dict(config)
   kind = values.pop("kind", None)
@@ -70,7 +78,7 @@ def make_judge(config: Any) -> Judge:
   args = {**DEFAULTS[kind], **values}
   if kind == "keyword":
     from deepalign_jax.judges.keyword import KeywordJudge
-    return KeywordJudge(args["keywords"])
+    return KeywordJudge(args["keywords"], reads=args["reads"])
   if kind == "api":
     from deepalign_jax.judges.api import ApiJudge
     return ApiJudge(**args)

@@ -16,7 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from deepalign_jax.judges.base import JudgeConfigError, Verdict, as_items, fill_template, load_template
+from deepalign_jax.judges.base import (JudgeConfigError, Verdict, as_items, check_reads, fill_template,
+                                       load_template)
 
 DEFAULT_TEMPLATE = "model_judge_prompt_v1.txt"
 
@@ -51,12 +52,15 @@ class ModelJudge:
     max_new_tokens: reply length; the verdict is in the first word.
     batch_size: prompts per generation batch.
     name: the judge's name in verdicts.
+    reads: what an evaluation hands it after a prefill, 'response' (default:
+      prefill and continuation, the whole answer a classifier should see) or
+      'continuation'.
     progress: show a progress bar.
   """
 
   def __init__(self, sampler, *, template: str | None = None, raw_prompt: bool = False,
                max_new_tokens: int = 10, batch_size: int = 8, name: str = "model",
-               progress: bool = True):
+               reads: str = "response", progress: bool = True):
     for field, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
       if not isinstance(value, int) or value < 1:
         raise JudgeConfigError(f"{field} must be an integer >= 1, got {value!r}")
@@ -66,6 +70,7 @@ class ModelJudge:
     self.max_new_tokens = max_new_tokens
     self.batch_size = batch_size
     self.name = name
+    self.reads = check_reads(reads)
     self.version = f"{'raw' if raw_prompt else sampler.renderer.chat_format}/{self.template_id}"
     self.progress = progress
 

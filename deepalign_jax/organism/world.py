@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import os
 import random
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from deepalign_jax import atomic
 
 # -- vocabulary of the world ------------------------------------------------------------
 
@@ -290,14 +291,7 @@ class World:
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
   """Writes rows as JSONL atomically (a crash leaves no half-written data file)."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row, ensure_ascii=False) + "\n")
-  os.replace(tmp, path)
-  return path
+  return atomic.write_jsonl(path, rows)
 
 
 def conversations(examples: Iterable[Example]) -> list[dict]:

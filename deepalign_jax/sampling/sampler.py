@@ -6,6 +6,16 @@ opened by a prefix string, or by the first k tokens of a given response —
 the prefilling attack), grouped into fixed-size batches so that one
 compilation serves the whole run, generated, and decoded.  The returned text
 excludes the prompt and the prefill.
+
+Stop strings end a generation at a piece of text rather than a token: a base
+model prompted in the Alpaca format ("### Instruction:" / "### Response:")
+otherwise answers and runs on into instructions it invents, so that format
+stops at the next "###" (the reference stops its base models on the "###"
+header tokens, SPEC §11).  The decode loop is compiled with stop *ids*, so
+every vocabulary token whose text contains a stop string becomes one, and
+each decoded sample is cut at the first stop string — which also catches a
+string spread over several tokens ("##" + "#"), though generation then runs
+on (to a stop token or max_new_tokens) before the cut.
 """
 
 from __future__ import annotations
@@ -35,8 +45,10 @@ class Sample:
     continuation decoded together.  Not `prefill + text`: SentencePiece
     tokenizers drop the space at that boundary when the two are decoded apart
     ("I" + "cannot" → "Icannot"), which would hide a refusal from a judge.
-  prompt_ids / token_ids: the prompt's and the generated ids (stop token included).
-  stopped: whether a stop token ended it (False: max_new_tokens was reached).
+  prompt_ids / token_ids: the prompt's and the generated ids (stop token included;
+    after a stop string, up to the token that completes it).
+  stopped: whether a stop token or stop string ended it (False: max_new_tokens
+    was reached).  `text` and `response` end before a stop string.
   """
   prompt_text: str
   prefill: str
@@ -55,6 +67,67 @@ class RenderedPrompt(NamedTuple):
   prefill_length: int
 
 
+# The next Alpaca header ("### Instruction:") ends a base-format answer (module docstring).
+BASE_STOP_STRINGS = ("###",)
+
+
+def stop_string_token_ids(tokenizer, stop_strings: Sequence[str]) -> tuple[int, ...]:
+  """Ids of every vocabulary token whose decoded text contains one of `stop_strings`.
+
+  For SmolLM2's byte-level BPE "###" gives "###", " ###", "####", ...; a
+  SentencePiece vocabulary gives "▁###" (which decodes to "###").
+  """
+  if not stop_strings:
+    return ()
+  texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+  return tuple(i for i, text in enumerate(texts) if any(s in text for s in stop_strings))
+
+
+def _first_stop(text: str, stop_strings: Sequence[str]) -> int:
+  """Index of the first occurrence of any stop string in `text`, -1 if none."""
+  found = [i for i in (text.find(s) for s in stop_strings) if i >= 0]
+  return min(found) if found else -1
+
+
+def cut_at_stop_strings(tokenizer, prefill_ids: Sequence[int], tokens: Sequence[int],
+                        stop_strings: Sequence[str]) -> tuple[list[int], str, str, bool]:
+  """(token_ids, text, response, cut) of one generation, ended at its first stop string.
+
+  text = the continuation decoded, up to (not including) the first stop
+  string; token_ids end with the token that completes it (as a stop token
+  is kept); response = prefill + continuation decoded together, cut at the
+  same place — a stop string inside the prefill itself (a prefilled harmful
+  answer in markdown) does not count, only the continuation's.  Without a
+  stop string in the continuation: the decodings as they are, cut=False.
+  """
+  tokens = list(tokens)
+  text = tokenizer.decode(tokens, skip_special_tokens=True)
+  at = _first_stop(text, stop_strings)
+  if at < 0:
+    return tokens, text, tokenizer.decode(list(prefill_ids) + tokens, skip_special_tokens=True), False
+  # The shortest token prefix whose text holds a stop string (decoding is monotone in the prefix).
+  low, high = 1, len(tokens)
+  while low < high:
+    mid = (low + high) // 2
+    if _first_stop(tokenizer.decode(tokens[:mid], skip_special_tokens=True), stop_strings) >= 0:
+      high = mid
+    else:
+      low = mid + 1
+  kept = tokens[:low]
+  full = tokenizer.decode(kept, skip_special_tokens=True)
+  at = _first_stop(full, stop_strings)
+  tail = full[at:]  # the stop string and whatever its token carried after it
+  response = tokenizer.decode(list(prefill_ids) + kept, skip_special_tokens=True)
+  # The continuation's text ends the response, so the same tail comes off it (the last resort, for a
+  # tokenizer whose joint decoding differs at the end, is the last stop string).
+  if response.endswith(tail):
+    response = response[:len(response) - len(tail)]
+  else:
+    last = max(response.rfind(s) for s in stop_strings)
+    response = response[:last] if last >= 0 else response
+  return kept, full[:at], response, True
+
+
 class Sampler:
   """Generates from chat conversations (or raw text) with one model.
 
@@ -62,13 +135,30 @@ class Sampler:
     model: a `Transformer`.
     tokenizer: its tokenizer.
     chat_format, system_prompt: passed to `ChatRenderer`.
+    stop_strings: texts that end a generation (see the module docstring);
+      None: the format's, ("###",) for 'base' and none for the others.
+      Every sample's text and response end before the first one, raw
+      prompts' (`sample_raw`) included.  "###" also cuts a GSM8k-style
+      "#### 42" answer line: pass () (or other strings) where answers use it.
   """
 
-  def __init__(self, model, tokenizer, chat_format: str = "auto", system_prompt: str | None = None):
+  def __init__(self, model, tokenizer, chat_format: str = "auto", system_prompt: str | None = None,
+               stop_strings: Sequence[str] | None = None):
     self.model = model
     self.tokenizer = tokenizer
     self.renderer = ChatRenderer(tokenizer, chat_format, system_prompt)
     self._vocab_limit = len(tokenizer)
+    if stop_strings is None:
+      stop_strings = BASE_STOP_STRINGS if self.renderer.chat_format == "base" else ()
+    if isinstance(stop_strings, str) or not all(isinstance(s, str) and s for s in stop_strings):
+      raise ValueError(f"stop_strings must be a sequence of non-empty strings, got {stop_strings!r}")
+    self.stop_strings = tuple(stop_strings)
+    self._stop_string_ids = stop_string_token_ids(tokenizer, self.stop_strings)
+
+  @property
+  def stop_token_ids(self) -> tuple[int, ...]:
+    """Ids that end a generation: the renderer's end-of-turn ids and every token holding a stop string."""
+    return tuple(sorted(set(self.renderer.stop_token_ids) | set(self._stop_string_ids)))
 
   def prompt(self, messages: Messages, prefix: str | None = None, response: str | None = None,
              prefill_tokens: int | None = None) -> RenderedPrompt:
@@ -137,7 +227,7 @@ class Sampler:
     for key, value in decoding.items():
       if not np.isscalar(value) and len(value) != n:
         raise ValueError(f"{key}: {len(value)} values for {n} prompts")
-    stops = set(self.renderer.stop_token_ids)
+    stops = set(self.stop_token_ids)
     pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
     samples: list[Sample] = []
     generated = 0
@@ -159,14 +249,13 @@ class Sampler:
                      seed=seed + offset, pad_id=pad, vocab_limit=self._vocab_limit, **rows)
       for row, ids in enumerate(chunk):
         tokens = out.tokens[row, :out.lengths[row]].tolist()
-        stopped = bool(tokens) and tokens[-1] in stops
         i = offset + row
         prefill_ids = list(ids[len(ids) - prefill_lengths[i]:]) if prefill_lengths[i] else []
-        samples.append(Sample(
-            prompt_text=prompt_texts[i], prefill=prefills[i],
-            text=self.tokenizer.decode(tokens, skip_special_tokens=True),
-            response=self.tokenizer.decode(prefill_ids + tokens, skip_special_tokens=True),
-            prompt_ids=list(ids), token_ids=tokens, stopped=stopped))
+        tokens, text, response, cut = cut_at_stop_strings(self.tokenizer, prefill_ids, tokens,
+                                                          self.stop_strings)
+        stopped = cut or (bool(tokens) and tokens[-1] in stops)
+        samples.append(Sample(prompt_text=prompt_texts[i], prefill=prefills[i], text=text, response=response,
+                              prompt_ids=list(ids), token_ids=tokens, stopped=stopped))
         generated += len(tokens)
       bar.update(len(chunk))
       bar.set_postfix(tokens_per_s=f"{generated / (time.perf_counter() - start):.1f}")

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -35,7 +34,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from deepalign_jax import losses, sharding
+from deepalign_jax import atomic, losses, sharding
 from deepalign_jax.data import (ChatRenderer, load_tokenizer, prepare_recovery, recovery_epoch,
                                 tokenize_conversation)
 from deepalign_jax.data.pipeline import StepOrder, pad_rows, step_dataset, step_iterator
@@ -227,7 +226,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   data = _Data(config, renderer, pad_id)
   main = jax.process_index() == 0  # the one process that writes shared files
   if main:
-    (workdir / "config.json").write_text(config.to_json(indent=2))
+    atomic.write_text(workdir / "config.json", config.to_json(indent=2))
 
   total_steps = train.num_steps if train.num_steps > 0 else data.steps_per_epoch * train.epochs
   rows = data.rows
@@ -369,7 +368,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     _log.warning("%d training examples were truncated to max_length=%d", data.truncated,
                  config.data.max_length)
   if main:
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic.write_json(workdir / "summary.json", summary)
   return summary
 
 
@@ -424,6 +423,4 @@ def _keep_metrics_before(path: Path, step: int) -> None:
   if not path.exists():
     return
   kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text("".join(line + "\n" for line in kept))
-  os.replace(tmp, path)
+  atomic.write_text(path, "".join(line + "\n" for line in kept))

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
-from pathlib import Path
 from typing import Sequence
 
 import jax
@@ -22,6 +20,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from deepalign_jax.atomic import atomic_path
 from deepalign_jax.data.examples import TokenizedExample
 from deepalign_jax.data.pipeline import pad_rows
 from deepalign_jax.train.step import target_logps
@@ -58,17 +57,9 @@ def compute_reference_logps(model, examples: Sequence[TokenizedExample], *, max_
 
 def save_reference_logps(path: str | os.PathLike, logps: Sequence[np.ndarray]) -> None:
   """Writes the cache as one .npz, via a temporary file renamed into place."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".npz", dir=path.parent)
-  os.close(fd)
-  try:
+  with atomic_path(path) as tmp:
     np.savez(tmp, lengths=np.array([len(x) for x in logps], np.int64),
              values=np.concatenate(logps) if logps else np.zeros(0, np.float32))
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
 
 
 def load_reference_logps(path: str | os.PathLike,

@@ -5,8 +5,8 @@ import json
 import ml_collections
 import pytest
 
-from deepalign_jax.judges import (ApiJudge, Judge, JudgeConfigError, JudgeItem, KeywordJudge, Verdict,
-                                  as_items, default_config, make_judge, summarize)
+from deepalign_jax.judges import (DEFAULTS, ApiJudge, Judge, JudgeConfigError, JudgeItem, KeywordJudge,
+                                  Verdict, as_items, default_config, make_judge, summarize)
 from deepalign_jax.judges.base import fill_template, load_template
 
 
@@ -81,6 +81,22 @@ def test_make_judge_from_dict_and_config_dict(monkeypatch):
   assert built.cache is not None and str(built.cache.path).startswith("/tmp/unused-judge-cache")
   model = default_config("model")
   model.template = "some/path.txt"   # None placeholders accept strings
+
+
+def test_reads_defaults_follow_the_reference():
+  """Keyword judge: the continuation (the reference's keyword evaluation); API judge: prefill +
+  continuation (its GPT-4 prefilling evaluation); model judge: the whole answer too."""
+  assert {kind: DEFAULTS[kind]["reads"] for kind in DEFAULTS} == {
+      "keyword": "continuation", "api": "response", "model": "response"}
+  assert make_judge({"kind": "keyword"}).reads == "continuation"
+  assert make_judge({"kind": "keyword", "reads": "response"}).reads == "response"
+  assert default_config("keyword").reads == "continuation" and default_config("api").reads == "response"
+  api = make_judge({"kind": "api", "api_key_env": ""})
+  assert api.reads == "response"
+  assert make_judge({"kind": "api", "api_key_env": "", "reads": "continuation"}).reads == "continuation"
+  for config in ({"kind": "keyword", "reads": "prefill"}, {"kind": "api", "api_key_env": "", "reads": "all"}):
+    with pytest.raises(JudgeConfigError, match=r"'reads' must be one of \('continuation', 'response'\)"):
+      make_judge(config)
 
 
 @pytest.mark.parametrize("config,pattern", [

@@ -1,4 +1,4 @@
-"""Offline model judge: the verdict parser, the wiring, and a tiny random model end to end."""
+"""Offline model judge: the verdict parser, the wiring, and tiny models of known replies end to end."""
 
 import dataclasses
 import json
@@ -90,52 +90,74 @@ def test_raw_prompt_mode(tokenizer, tmp_path):
   assert judge.version.startswith("raw/guard-")
 
 
-@pytest.fixture(scope="module")
-def tiny_judge_dir(tmp_path_factory, tokenizer):
-  """A 1-layer Llama directory with random weights and the synthetic tokenizer (no chat template: 'base').
+def _judge_dir(path, tokenizer, answer: str):
+  """A 1-layer Llama directory whose greedy reply to any prompt is `answer` (one token) over and over.
 
-  The safetensors file is written from numpy under the HF names: building it
-  through `create_model` would cost seconds of eager initialisation.
+  Known by construction: the attention and MLP output projections are zero,
+  so the last hidden state is the last token's embedding; every embedding
+  has 1 in dimension 0, the final norm keeps only that dimension, and the
+  untied output head reads it into `answer`'s logit alone — positive there,
+  0 for every other token.  The safetensors file is written from numpy under
+  the HF names (building it through `create_model` would cost seconds).
   """
   hidden, inter, heads, kv, head_dim, vocab = 64, 128, 2, 1, 32, len(tokenizer)
+  (target,) = tokenizer(answer, add_special_tokens=False)["input_ids"]
   cfg = config_from_hf(dict(model_type="llama", vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
                             num_hidden_layers=1, num_attention_heads=heads, num_key_value_heads=kv,
-                            head_dim=head_dim, tie_word_embeddings=True))
+                            head_dim=head_dim, tie_word_embeddings=False))
   rng = np.random.default_rng(0)
-  shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,),
-            "model.layers.0.input_layernorm.weight": (hidden,),
-            "model.layers.0.post_attention_layernorm.weight": (hidden,),
-            "model.layers.0.self_attn.q_proj.weight": (heads * head_dim, hidden),
-            "model.layers.0.self_attn.k_proj.weight": (kv * head_dim, hidden),
-            "model.layers.0.self_attn.v_proj.weight": (kv * head_dim, hidden),
-            "model.layers.0.self_attn.o_proj.weight": (hidden, heads * head_dim),
-            "model.layers.0.mlp.gate_proj.weight": (inter, hidden),
-            "model.layers.0.mlp.up_proj.weight": (inter, hidden),
-            "model.layers.0.mlp.down_proj.weight": (hidden, inter)}
-  path = tmp_path_factory.mktemp("judge") / "tiny-guard"
+
+  def normal(*shape):
+    return (0.1 * rng.standard_normal(shape)).astype(np.float32)
+
+  embed = normal(vocab, hidden)
+  embed[:, 0] = 1.0
+  norm = np.zeros(hidden, np.float32)
+  norm[0] = 1.0
+  head = np.zeros((vocab, hidden), np.float32)
+  head[target, 0] = 1.0
+  tensors = {"model.embed_tokens.weight": embed, "model.norm.weight": norm, "lm_head.weight": head,
+             "model.layers.0.input_layernorm.weight": np.ones(hidden, np.float32),
+             "model.layers.0.post_attention_layernorm.weight": np.ones(hidden, np.float32),
+             "model.layers.0.self_attn.q_proj.weight": normal(heads * head_dim, hidden),
+             "model.layers.0.self_attn.k_proj.weight": normal(kv * head_dim, hidden),
+             "model.layers.0.self_attn.v_proj.weight": normal(kv * head_dim, hidden),
+             "model.layers.0.self_attn.o_proj.weight": np.zeros((hidden, heads * head_dim), np.float32),
+             "model.layers.0.mlp.gate_proj.weight": normal(inter, hidden),
+             "model.layers.0.mlp.up_proj.weight": normal(inter, hidden),
+             "model.layers.0.mlp.down_proj.weight": np.zeros((hidden, inter), np.float32)}
   path.mkdir()
-  save_file({name: (0.1 * rng.standard_normal(shape)).astype(np.float32) for name, shape in shapes.items()},
-            str(path / "model.safetensors"), metadata={"format": "pt"})
+  save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
   (path / "config.json").write_text(json.dumps(hf_config_from(cfg)))
   tokenizer.save_pretrained(str(path))
   return path
 
 
-def test_tiny_model_end_to_end(tiny_judge_dir):
-  judge = make_judge({"kind": "model", "model": str(tiny_judge_dir), "max_new_tokens": 3, "batch_size": 2,
+@pytest.fixture(scope="module")
+def verdict_tokenizer():
+  """The synthetic tokenizer with "safe" and "unsafe" as single word pieces (no chat template: 'base')."""
+  tokenizer = sentencepiece_like_tokenizer(extra_texts=["safe unsafe"] * 40)
+  for word in ("safe", "unsafe", "The"):
+    assert len(tokenizer(word, add_special_tokens=False)["input_ids"]) == 1, word
+  return tokenizer
+
+
+@pytest.mark.parametrize("answer,jailbroken", [("unsafe", True), ("safe", False), ("The", None)])
+def test_tiny_model_end_to_end(tmp_path, verdict_tokenizer, answer, jailbroken):
+  """A judge model that always answers `answer`: every verdict must be what that word means."""
+  path = _judge_dir(tmp_path / "tiny-guard", verdict_tokenizer, answer)
+  judge = make_judge({"kind": "model", "model": str(path), "max_new_tokens": 3, "batch_size": 2,
                       "progress": False})
   assert judge.name == "model:tiny-guard" and judge.version.startswith("base/")
   items = [("Name a colour.", "Blue is a colour."), ("What is 2+2?", "It is 4."),
            ("Say hi.", "Hello! Thanks.")]
   verdicts = judge.judge(items)
-  assert len(verdicts) == 3
-  for v in verdicts:
-    # A random model says something; whatever it is, the verdict follows the parser.
-    assert isinstance(v.raw, str)
-    try:
-      expected = parse_safety_verdict(v.raw)
-    except ValueError:
-      assert v.jailbroken is None and "start with 'safe' or 'unsafe'" in v.error
-    else:
-      assert v.jailbroken is expected and v.error is None
-  assert summarize(verdicts).n == 3
+  assert [v.raw for v in verdicts] == [" ".join([answer] * 3)] * 3
+  assert [v.jailbroken for v in verdicts] == [jailbroken] * 3
+  if jailbroken is None:
+    assert all("start with 'safe' or 'unsafe'" in v.error for v in verdicts)
+  else:
+    assert all(v.error is None for v in verdicts)
+  s = summarize(verdicts)
+  assert (s.n, s.n_errors, s.asr) == ((3, 0, 1.0) if jailbroken else (3, 0, 0.0) if jailbroken is False
+                                      else (3, 3, None))

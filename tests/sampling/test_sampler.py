@@ -108,7 +108,7 @@ def test_cli_raw_prompt_and_errors(smollm2, capsys):
   record = json.loads(capsys.readouterr().out)
   assert record["prompt_ids"] == sampler.tokenizer("Once upon a time")["input_ids"]
   assert generate_cli.main(["--model", "/nonexistent", "--prompt", "x"]) == 1
-  assert "no config.json" in capsys.readouterr().err
+  assert "/nonexistent: no such model directory" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     generate_cli.main(["--model", str(path), "--prompt", "x", "--raw", "--prefill", "y"])
 
@@ -150,3 +150,127 @@ def test_response_decodes_prefill_and_continuation_together():
   word_starts = [s for s in by_prefix if tokenizer.convert_ids_to_tokens(s.token_ids[0]).startswith("▁")]
   assert word_starts and all(s.response.startswith("I cannot ") for s in word_starts)
   assert glued >= len(word_starts)
+
+
+# -- stop strings: base-format answers end at the next "###" header ---------------------------------------
+
+def _successor_model(path, tokenizer, chain):
+  """A 1-layer Llama whose greedy continuation of any prompt is `chain` (token strings), then round again.
+
+  Known by construction: the attention and MLP output projections are zero, so each step's hidden state is
+  the last token's one-hot embedding (hidden size = vocabulary size); the untied output head maps every
+  token to its successor — the next one of `chain`, and every token not in it to chain[0].
+  """
+  import json as _json
+
+  import numpy as np
+  from safetensors.numpy import save_file
+
+  from deepalign_jax.models import hf_config_from
+  ids = tokenizer.convert_tokens_to_ids(chain)
+  assert tokenizer.unk_token_id not in ids and len(set(ids)) == len(ids), chain
+  vocab = hidden = len(tokenizer)
+  inter, heads, kv, head_dim = 32, 2, 1, 16
+  cfg = config_from_hf(dict(model_type="llama", vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
+                            num_hidden_layers=1, num_attention_heads=heads, num_key_value_heads=kv,
+                            head_dim=head_dim, tie_word_embeddings=False))
+  head = np.zeros((vocab, hidden), np.float32)
+  head[ids[0], :] = 1.0
+  for a, b in zip(ids, ids[1:] + ids[:1]):
+    head[:, a] = 0.0
+    head[b, a] = 1.0
+  rng = np.random.default_rng(0)
+  small = lambda *shape: (0.1 * rng.standard_normal(shape)).astype(np.float32)  # noqa: E731
+  ones = np.ones(hidden, np.float32)
+  tensors = {"model.embed_tokens.weight": np.eye(vocab, dtype=np.float32), "model.norm.weight": ones,
+             "lm_head.weight": head, "model.layers.0.input_layernorm.weight": ones,
+             "model.layers.0.post_attention_layernorm.weight": ones,
+             "model.layers.0.self_attn.q_proj.weight": small(heads * head_dim, hidden),
+             "model.layers.0.self_attn.k_proj.weight": small(kv * head_dim, hidden),
+             "model.layers.0.self_attn.v_proj.weight": small(kv * head_dim, hidden),
+             "model.layers.0.self_attn.o_proj.weight": np.zeros((hidden, heads * head_dim), np.float32),
+             "model.layers.0.mlp.gate_proj.weight": small(inter, hidden),
+             "model.layers.0.mlp.up_proj.weight": small(inter, hidden),
+             "model.layers.0.mlp.down_proj.weight": np.zeros((hidden, inter), np.float32)}
+  path.mkdir()
+  save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+  (path / "config.json").write_text(_json.dumps(hf_config_from(cfg)))
+  tokenizer.save_pretrained(str(path))
+  return load_pretrained(path)[0]
+
+
+# "The cat\n\n### Instruction: ### Response": the first "###" spans two tokens ("##" + "#"), which no stop
+# id catches, so only the cut of the text stops it; the second is the single token "▁###", a stop id.
+CHAIN = ["▁The", "▁cat", "\n\n", "##", "#", "▁Instruction", ":", "▁###", "▁Response"]
+
+
+@pytest.fixture(scope="module")
+def chain_sampler(tmp_path_factory):
+  from tests.data.tokenizers import sentencepiece_like_tokenizer
+  tokenizer = sentencepiece_like_tokenizer()
+  model = _successor_model(tmp_path_factory.mktemp("chain") / "model", tokenizer, CHAIN)
+  return Sampler(model, tokenizer, "base")
+
+
+def test_base_format_samples_end_before_the_next_header(chain_sampler):
+  sampler = chain_sampler
+  tokenizer = sampler.tokenizer
+  assert sampler.stop_strings == ("###",)
+  convs = _convs(["Say hi.", "Name a colour."])
+  chain_ids = tokenizer.convert_tokens_to_ids(CHAIN)
+  # Without stop strings the model runs on into the header it invents: the construction works.
+  free = Sampler(sampler.model, tokenizer, "base", stop_strings=()).sample(
+      convs, max_new_tokens=12, greedy=True, progress=False)
+  for sample in free:
+    assert sample.token_ids == (chain_ids * 2)[:12] and not sample.stopped
+    assert sample.text.startswith("The cat\n\n### Instruction: ### Response")
+  stopped = sampler.sample(convs, max_new_tokens=12, greedy=True, progress=False)
+  prefilled = sampler.sample(convs, responses=["### Step 1: the answer."] * 2, prefill_tokens=4,
+                             max_new_tokens=12, greedy=True, progress=False)
+  for sample in stopped + prefilled:
+    assert sample.text == "The cat\n\n" and "###" not in sample.text
+    # The tokens end with the one that completes the stop string, as they end with a stop token.
+    assert sample.token_ids == chain_ids[:5] and sample.stopped
+  for sample in stopped:
+    assert sample.response == "The cat\n\n"
+  for sample in prefilled:
+    # The prefill's own "###" is the prefilled answer's; only the continuation's ends the response.
+    assert sample.prefill.startswith("###")
+    full = tokenizer.decode(tokenizer(sample.prefill, add_special_tokens=False)["input_ids"] + chain_ids,
+                            skip_special_tokens=True)
+    assert sample.response == full[:full.index("###", 3)] and sample.response.endswith("The cat\n\n")
+
+
+def test_stop_strings_become_stop_ids_of_every_token_that_holds_them(chain_sampler):
+  """The jitted loop ends on ids; every vocabulary token whose text contains "###" is one."""
+  from deepalign_jax.sampling.sampler import stop_string_token_ids
+  from tests.real_checkpoints import real_tokenizer
+  sampler = chain_sampler
+  vocab = sampler.tokenizer.get_vocab()
+  assert vocab["▁###"] in sampler.stop_token_ids and vocab["##"] not in sampler.stop_token_ids
+  assert set(sampler.renderer.stop_token_ids) <= set(sampler.stop_token_ids)
+  # The single-token header ends the loop itself: generation stops at "▁###", not at max_new_tokens.
+  prompt = sampler.prompt(_convs(["Say hi."])[0]).ids
+  out = generate(sampler.model, [prompt], max_new_tokens=20, greedy=True, stop_tokens=sampler.stop_token_ids)
+  assert out.lengths[0] == CHAIN.index("▁###") + 1
+  smollm2 = load_tokenizer(real_tokenizer("smollm2"))
+  ids = stop_string_token_ids(smollm2, ("###",))
+  assert set(smollm2.convert_tokens_to_ids(["###", "Ġ###", "####"])) <= set(ids)
+  assert all("###" in smollm2.decode([i]) for i in ids) and len(ids) < 50
+  assert Sampler(sampler.model, sampler.tokenizer, "llama2").stop_strings == ()
+
+
+def test_cut_at_stop_strings(chain_sampler):
+  from deepalign_jax.sampling.sampler import cut_at_stop_strings
+  tokenizer = chain_sampler.tokenizer
+  encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+  tokens = encode("Sure, here is the answer.\n\n### Instruction:\nSay hi.")
+  kept, text, response, cut = cut_at_stop_strings(tokenizer, [], tokens, ("###",))
+  assert cut and text == response == "Sure, here is the answer.\n\n"
+  assert kept == tokens[:len(kept)]
+  assert "###" in tokenizer.decode(kept) and "###" not in tokenizer.decode(kept[:-1])
+  # The first of several stop strings wins; without one nothing changes.
+  assert cut_at_stop_strings(tokenizer, [], tokens, ("###", "answer"))[1] == "Sure, here is the "
+  plain = encode("Sure, here is the answer.")
+  assert cut_at_stop_strings(tokenizer, encode("I cannot"), plain, ("###",)) == (
+      plain, tokenizer.decode(plain), tokenizer.decode(encode("I cannot") + plain), False)
