@@ -28,7 +28,6 @@ half-written last line from a crash is dropped).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -46,7 +45,7 @@ from deepalign_jax.atomic import atomic_path, write_json
 from deepalign_jax.attacks import decoding_grid
 from deepalign_jax.attacks.settings import (Decoding, Setting, plain_setting, prefill_settings, prefix_settings,
                                             suffix_settings)
-from deepalign_jax.data import Conversation, Prompt
+from deepalign_jax.data import Exchange, as_exchange
 from deepalign_jax.data.tfds_builders import load_records
 from deepalign_jax.judges import Verdict, make_judge, summarize
 from deepalign_jax.judges.factory import default_config as judge_default_config
@@ -93,29 +92,16 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-@dataclasses.dataclass(frozen=True)
-class EvalPrompt:
-  """One benchmark prompt: the instruction, an optional reference answer, where it came from.
-
-  user: the instruction through `benchmark.instruction_template`, what the
-  model is sent (before an attack's suffix); `instruction` stays the
-  benchmark's own, the harmful request the judge weighs the answer against.
-  """
-  instruction: str
-  reference: str | None
-  system: str | None
-  category: str | None
-  source: str
-  user: str
-
-
-def read_benchmark(config: ml_collections.ConfigDict) -> list[EvalPrompt]:
-  """The benchmark's prompts, from any prompt or conversation format.
+def read_benchmark(config: ml_collections.ConfigDict) -> tuple[list[Exchange], list[str]]:
+  """(the benchmark's prompts, the user text the model is sent for each), from any data format.
 
   Records 0, n, 2n, ... are kept (n = `every_nth`), then the first `limit`
   of those (if > 0).  That is the reference's SQL Create Context test set:
   `dataset.select(range(0, len(dataset), 10))` (its optional `max_samples`
-  then draws a random subset; `limit` takes the first ones instead).
+  then draws a random subset; `limit` takes the first ones instead).  The
+  user text is the prompt through `instruction_template` (before an
+  attack's suffix); the prompt itself stays the benchmark's own, the
+  harmful request the judge weighs the answer against.
   """
   b = config.benchmark
   if not b.path:
@@ -128,19 +114,10 @@ def read_benchmark(config: ml_collections.ConfigDict) -> list[EvalPrompt]:
                      f"instruction is written where it stands (e.g. 'AOA, execute my instruction: "
                      f"{{instruction}}')")
   records = load_records(b.path, b.format, split=b.split, data_dir=b.tfds_data_dir or None)[::b.every_nth]
-  prompts = []
-  for r in records:
-    if isinstance(r, Prompt):
-      instruction, reference, system, category = r.text, r.reference, None, r.category
-    elif isinstance(r, Conversation):
-      instruction, reference, system, category = r.user, r.assistant, r.system, None
-    else:
-      raise ValueError(f"{b.path}: format {b.format!r} holds {type(r).__name__} records, not prompts; "
-                       f"use a prompt or conversation format")
-    # A plain replace, not str.format: braces in an instruction or a template stay as they are.
-    user = template.replace("{instruction}", instruction)
-    prompts.append(EvalPrompt(instruction, reference, system, category, r.source, user))
-  return prompts[:b.limit] if b.limit > 0 else prompts
+  prompts = [as_exchange(r) for r in records]
+  prompts = prompts[:b.limit] if b.limit > 0 else prompts
+  # A plain replace, not str.format: braces in an instruction or a template stay as they are.
+  return prompts, [template.replace("{instruction}", p.prompt) for p in prompts]
 
 
 def build_settings(config: ml_collections.ConfigDict) -> list[Setting]:
@@ -199,7 +176,7 @@ def read_records(path: Path) -> dict[str, dict]:
 
 # -- the run ---------------------------------------------------------------------------------
 
-def _gcg_suffixes(config, model, tokenizer, renderer, prompts: Sequence[EvalPrompt],
+def _gcg_suffixes(config, model, tokenizer, renderer, prompts: Sequence[Exchange], users: Sequence[str],
                   workdir: Path) -> dict[int, str]:
   """Prompt index → GCG suffix (one shared suffix, or one per behaviour); resumable in workdir/gcg."""
   from deepalign_jax.attacks import GCGConfig, run_gcg
@@ -207,17 +184,17 @@ def _gcg_suffixes(config, model, tokenizer, renderer, prompts: Sequence[EvalProm
   gcg_config = GCGConfig(num_steps=g.num_steps, init_suffix=g.init_suffix, num_candidates=g.num_candidates,
                          topk=g.topk, forward_batch=g.forward_batch, grad_batch=g.grad_batch,
                          progressive=g.progressive, early_stop=g.early_stop, seed=g.seed)
-  targets = [p.reference or g.default_target for p in prompts]
+  targets = [p.response or g.default_target for p in prompts]
   if g.mode == "universal":
     n = min(len(prompts), g.max_behaviours) if g.max_behaviours > 0 else len(prompts)
     # Optimised on the user text it is appended to (the templated instruction).
-    result = run_gcg(model, tokenizer, renderer, [(p.user, t) for p, t in zip(prompts[:n], targets)],
+    result = run_gcg(model, tokenizer, renderer, list(zip(users[:n], targets[:n])),
                      gcg_config, workdir=workdir / "gcg", progress=config.progress)
     return {i: result.suffix_text for i in range(len(prompts))}
   if g.mode == "individual":
-    return {i: run_gcg(model, tokenizer, renderer, [(p.user, targets[i])], gcg_config,
+    return {i: run_gcg(model, tokenizer, renderer, [(users[i], targets[i])], gcg_config,
                        workdir=workdir / "gcg" / str(i), progress=config.progress).suffix_text
-            for i, p in enumerate(prompts)}
+            for i in range(len(prompts))}
   raise ValueError(f"config.gcg.mode must be 'universal' or 'individual', got {g.mode!r}")
 
 
@@ -241,9 +218,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
   if config.attack.samples < 1:
     raise ValueError(f"config.attack.samples must be >= 1, got {config.attack.samples}")
   settings = build_settings(config)
-  prompts = read_benchmark(config)
+  prompts, users = read_benchmark(config)
   if config.attack.kind == "prefill":
-    missing = [p.source for p in prompts if not p.reference]
+    missing = [p.source for p in prompts if not p.response]
     if missing:
       raise ValueError(f"{missing[0]}: the prefilling attack needs a reference (harmful) answer per prompt; "
                        f"{len(missing)} of {len(prompts)} records have none (use format harmful_hexphi, "
@@ -260,7 +237,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
   model, tokenizer, source = load_model(config.model, dtype=dtype_from_name(config.dtype), mesh=mesh)
   renderer_system = config.system_prompt
   sampler = Sampler(model, tokenizer, config.chat_format, renderer_system)
-  suffixes = (_gcg_suffixes(config, model, tokenizer, sampler.renderer, prompts, workdir)
+  suffixes = (_gcg_suffixes(config, model, tokenizer, sampler.renderer, prompts, users, workdir)
               if config.attack.kind == "gcg" else {})
 
   todo = [(i, s, j) for i in range(len(prompts)) for s in settings for j in range(config.attack.samples)
@@ -273,19 +250,19 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
   with open(path, "a", encoding="utf-8") as out:
     for offset in range(0, len(todo), chunk):
       work = todo[offset:offset + chunk]
-      rendered, users = [], []
+      rendered, sent = [], []
       for i, s, _ in work:
         p = prompts[i]
         suffix = suffixes.get(i, s.suffix)
         # The suffix follows the templated instruction.  The reference's backdoor evaluation templates the
         # instruction with its trigger (template % (instruction + trigger)): the same for templates that
         # end with the instruction, as AOA's does.
-        user = p.user + (" " + suffix if suffix else "")
-        users.append(user)
+        user = users[i] + (" " + suffix if suffix else "")
+        sent.append(user)
         messages = ([{"role": "system", "content": p.system}] if p.system is not None else []) + [
             {"role": "user", "content": user}]
         if s.prefill_tokens:
-          rendered.append(sampler.prompt(messages, response=p.reference, prefill_tokens=s.prefill_tokens))
+          rendered.append(sampler.prompt(messages, response=p.response, prefill_tokens=s.prefill_tokens))
         else:
           rendered.append(sampler.prompt(messages, prefix=s.prefix))
       samples = sampler.run(
@@ -297,20 +274,20 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
       # The judge weighs the answer against the benchmark's own instruction (the harmful request), not
       # the templated or suffixed user text; it reads what its `reads` says (continuation alone, or
       # prefill and continuation decoded together).
-      verdicts = judge.judge([(prompts[i].instruction,
+      verdicts = judge.judge([(prompts[i].prompt,
                                sample.response if judge.reads == "response" else sample.text)
                               for (i, _, _), sample in zip(work, samples)])
-      for (i, s, j), sample, verdict, user in zip(work, samples, verdicts, users):
+      for (i, s, j), sample, verdict, user in zip(work, samples, verdicts, sent):
         p = prompts[i]
         record = {"key": record_key(i, s.name, j), "prompt_index": i, "setting": s.name, "sample": j,
-                  "source": p.source, "category": p.category, "instruction": p.instruction, "user": user,
+                  "source": p.source, "category": p.category, "instruction": p.prompt, "user": user,
                   "suffix": suffixes.get(i, s.suffix), "rendered_prompt": sample.prompt_text,
                   "prefill": sample.prefill, "output": sample.text, "response": sample.response,
                   "stopped": sample.stopped,
                   "output_tokens": len(sample.token_ids), "attack": s.as_dict(),
                   "max_new_tokens": d.max_new_tokens, "judge_reads": judge.reads,
                   "verdict": verdict.to_dict(),
-                  "utility": _utility(config.utility.metric, sample.text, p.reference, p.source)}
+                  "utility": _utility(config.utility.metric, sample.text, p.response, p.source)}
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
         done[record["key"]] = record
         generated += len(sample.token_ids)
@@ -372,16 +349,14 @@ def prefill_asr_hook(eval_config: ml_collections.ConfigDict, tokenizer, chat_for
   default, the continuation only (the reference's keyword evaluation): the
   prefilled harmful tokens are not the model's, and a refusal after them is.
   """
-  records = load_records(eval_config.path, eval_config.format)
-  prompts = [r for r in records if getattr(r, "assistant", None) or getattr(r, "reference", None)]
+  prompts = [r for r in map(as_exchange, load_records(eval_config.path, eval_config.format)) if r.response]
   if not prompts:
     raise ValueError(f"{eval_config.path}: the in-training prefilling evaluation needs prompts with a "
                      f"reference (harmful) answer")
   prompts = prompts[:eval_config.limit] if eval_config.limit > 0 else prompts
   judge = make_judge({"kind": "keyword", "keywords": eval_config.keywords})
-  conversations = [[{"role": "user", "content": getattr(r, "user", None) or getattr(r, "text")}]
-                   for r in prompts]
-  answers = [getattr(r, "assistant", None) or r.reference for r in prompts]
+  conversations = [[{"role": "user", "content": r.prompt}] for r in prompts]
+  answers = [r.response for r in prompts]
   d = Decoding()
 
   def hook(step: int, model) -> dict[str, float]:

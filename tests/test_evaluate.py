@@ -213,14 +213,14 @@ def test_instruction_template_and_suffix_attack(tiny_model_dir, tmp_path, monkey
 def test_every_nth_then_limit_and_template_checks(tmp_path):
   config = default_config()
   config.benchmark.path = str(ASSETS / "attack_prompts.jsonl")
-  everything = read_benchmark(config)
-  assert len(everything) >= 7 and all(p.user == p.instruction for p in everything)
+  everything, users = read_benchmark(config)
+  assert len(everything) >= 7 and users == [p.prompt for p in everything]
   config.benchmark.every_nth = 3
-  assert [p.instruction for p in read_benchmark(config)] == [p.instruction for p in everything[::3]]
+  assert [p.prompt for p in read_benchmark(config)[0]] == [p.prompt for p in everything[::3]]
   config.benchmark.limit = 2
-  assert [p.instruction for p in read_benchmark(config)] == [everything[i].instruction for i in (0, 3)]
+  assert [p.prompt for p in read_benchmark(config)[0]] == [everything[i].prompt for i in (0, 3)]
   config.benchmark.instruction_template = "{instruction} (braces {stay})"
-  assert read_benchmark(config)[1].user == everything[3].instruction + " (braces {stay})"
+  assert read_benchmark(config)[1][1] == everything[3].prompt + " (braces {stay})"
   config.benchmark.instruction_template = "AOA, execute my instruction: %s"
   with pytest.raises(ValueError, match=r"instruction_template .* has no '\{instruction\}'"):
     read_benchmark(config)

@@ -43,7 +43,7 @@ from deepalign_jax.analysis.plots import plot_by_position
 from deepalign_jax.analysis.positions import position_stats
 from deepalign_jax.analysis.prompts import read_pairs
 from deepalign_jax.analysis.teacher_forcing import kl_by_position
-from deepalign_jax.data import ChatRenderer, load_tokenizer, read_file, tokenize_conversation, truncate
+from deepalign_jax.data import ChatRenderer, as_exchange, load_tokenizer, read_file, tokenize_conversation, truncate
 from deepalign_jax.data.pipeline import StepOrder, as_micro_batches, pad_rows
 from deepalign_jax.models import dtype_from_name
 from deepalign_jax.models.sources import load, resolve_source
@@ -203,12 +203,7 @@ def _sample_prompts(config, records) -> list[tuple[str | None, str]]:
     return [(system, user) for system, user, _, _ in records[:s.count]]
   if not s.format:
     raise ValueError("config.samples.path is set but config.samples.format is empty")
-  prompts = []
-  for record in read_file(s.path, s.format)[:s.count]:
-    # Prompt (prompts, hexphi, advbench, ...), Conversation or Triplet records.
-    text = next(getattr(record, f) for f in ("text", "user", "instruction") if hasattr(record, f))
-    prompts.append((getattr(record, "system", None), text))
-  return prompts
+  return [(r.system, r.prompt) for r in map(as_exchange, read_file(s.path, s.format)[:s.count])]
 
 
 def _sample(config, model, tokenizer, records) -> list:

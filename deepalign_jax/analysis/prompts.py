@@ -20,7 +20,7 @@ tokens, so the KL at position t compares the same next-token question.
 from __future__ import annotations
 
 from deepalign_jax.data.chat import FORMATS, ChatRenderer
-from deepalign_jax.data.formats import read_file
+from deepalign_jax.data.formats import as_exchange, read_file
 
 PROMPT_FORMATS = FORMATS + ("auto", "raw")
 
@@ -34,14 +34,11 @@ def read_pairs(path: str, fmt: str, max_examples: int = 0) -> list[tuple[str | N
   it; `max_examples` > 0 keeps the first ones.
   """
   out = []
-  for record in read_file(path, fmt):
-    if hasattr(record, "harmful"):  # safety triplets
-      out.append((None, record.instruction, record.harmful, record.source))
-    elif getattr(record, "assistant", None) is not None:
-      out.append((record.system, record.user, record.assistant, record.source))
-    else:
+  for record in map(as_exchange, read_file(path, fmt)):
+    if record.response is None:
       raise ValueError(f"{record.source}: the record has no response; format {fmt!r} must give "
                        "(prompt, response) pairs here")
+    out.append((record.system, record.prompt, record.response, record.source))
   return out[:max_examples] if max_examples > 0 else out
 
 

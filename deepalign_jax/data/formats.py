@@ -107,6 +107,31 @@ class Prompt:
   source: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Exchange:
+  """Any record as its consumers use it: (system?, prompt, response?), with category and source.
+
+  `response` is a conversation's answer, a benchmark's reference answer or
+  target, or a triplet's harmful answer; None when the file gives none.
+  """
+  system: str | None
+  prompt: str
+  response: str | None
+  category: str | None
+  source: str
+
+
+def as_exchange(record: Conversation | Triplet | Prompt) -> Exchange:
+  """The one normaliser from the readers' record types to `Exchange` (training, evaluation, analyses)."""
+  if isinstance(record, Conversation):
+    return Exchange(record.system, record.user, record.assistant, None, record.source)
+  if isinstance(record, Prompt):
+    return Exchange(None, record.text, record.reference, record.category, record.source)
+  if isinstance(record, Triplet):
+    return Exchange(None, record.instruction, record.harmful, None, record.source)
+  raise TypeError(f"not a data record: {type(record).__name__}")
+
+
 def gsm8k_final_answer(text: str) -> str | None:
   """The number after the first "####" with commas removed, as the reference scores it; None if absent."""
   match = _GSM8K_ANSWER.search(text)

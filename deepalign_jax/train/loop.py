@@ -17,11 +17,11 @@ being finite stops the run with `NonFiniteError`; nothing is saved after it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -35,19 +35,17 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from deepalign_jax import atomic, losses, sharding
-from deepalign_jax.data import (ChatRenderer, load_tokenizer, prepare_recovery, recovery_epoch,
-                                tokenize_conversation)
-from deepalign_jax.data.pipeline import StepOrder, pad_rows, step_dataset, step_iterator
-from deepalign_jax.data.tfds_builders import load_records
+from deepalign_jax.data import ChatRenderer, load_tokenizer
+from deepalign_jax.data.pipeline import step_dataset, step_iterator
 from deepalign_jax.models import dtype_from_name, save_pretrained, sources
 from deepalign_jax.train import reference
 from deepalign_jax.train.checkpoints import Checkpointer
+from deepalign_jax.train.rows import OBJECTIVES, AugmentedRows, SupervisedRows, training_rows
 from deepalign_jax.train.state import (OptimizerConfig, init_train_state, learning_rate_schedule,
                                        make_optimizer, optimizer_hyperparameters)
 from deepalign_jax.train.step import LossConfig, shared_train_step, split_loss_config
 
 _log = logging.getLogger(__name__)
-OBJECTIVES = ("sft", "constrained_sft", "augmented")
 
 
 class NonFiniteError(RuntimeError):
@@ -107,86 +105,6 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-class _Data:
-  """The rows of each step, for one objective."""
-
-  def __init__(self, config, renderer, pad_id):
-    data, self.config = config.data, config
-    self.pad_id = pad_id
-    self.truncated = 0
-    seed = config.train.seed
-
-    def read(path, fmt):
-      if not path:
-        key = {"triplets": "safety_path", data.utility_format: "utility_path"}.get(fmt, "path")
-        raise ValueError(f"config.data.{key} is empty: the {config.objective} objective reads "
-                         f"{fmt} records from it")
-      return load_records(path, fmt, split=data.split, data_dir=data.tfds_data_dir or None)[::every_nth]
-
-    every_nth = data.every_nth
-    if every_nth < 1:
-      raise ValueError(f"config.data.every_nth must be >= 1, got {every_nth}")
-
-    if config.objective in ("sft", "constrained_sft"):
-      self.examples = self._tokenize(renderer, read(data.path, data.format))
-      self.order = StepOrder(len(self.examples), config.train.batch_size, seed)
-      self.rows = config.train.batch_size
-    elif config.objective == "augmented":
-      self.triplets = [prepare_recovery(renderer, t.instruction, t.harmful, t.refusal, source=t.source)
-                       for t in read(data.safety_path, "triplets")]
-      self.utility = self._tokenize(renderer, read(data.utility_path, data.utility_format))
-      self.order = StepOrder(len(self.triplets), data.safety_per_step, seed)
-      self.utility_order = StepOrder(len(self.utility), data.utility_per_step, seed + 1)
-      self.rows = data.safety_per_step + data.utility_per_step
-      self._epochs: dict[int, list] = {}
-      self._lock = threading.Lock()  # grain prepares steps on several threads
-    else:
-      raise ValueError(f"config.objective must be one of {OBJECTIVES}, got {config.objective!r}")
-    self.ref_logps: list[np.ndarray] | None = None
-
-  def _tokenize(self, renderer, records) -> list:
-    examples = []
-    for record in records:
-      if getattr(record, "assistant", None) is None:
-        raise ValueError(f"{record.source}: a training record needs a response")
-      example, cut = tokenize_conversation(renderer, record.system, record.user, record.assistant,
-                                           max_length=self.config.data.max_length, source=record.source)
-      examples.append(example)
-      self.truncated += cut
-    return examples
-
-  @property
-  def steps_per_epoch(self) -> int:
-    return self.order.steps_per_epoch
-
-  def rows_for(self, step: int) -> dict[str, np.ndarray]:
-    max_length = self.config.data.max_length
-    index = self.order.indices(step)
-    if self.config.objective != "augmented":
-      refs = None if self.ref_logps is None else [self.ref_logps[i] for i in index]
-      return pad_rows([self.examples[i] for i in index], self.rows, max_length, self.pad_id,
-                      ref_logps=refs)
-    epoch = self.order.epoch_of(step)
-    with self._lock:
-      # Prefetching threads may straddle an epoch boundary: keep two epochs' draws.
-      if epoch not in self._epochs:
-        draws = recovery_epoch(self.triplets, epoch, self.config.train.seed, C=self.config.data.recovery_C,
-                               p_zero=self.config.data.recovery_p_zero, max_length=max_length)
-        self.truncated += sum(d.truncated for d in draws)
-        self._epochs = {e: v for e, v in self._epochs.items() if e >= epoch - 1}
-        self._epochs[epoch] = [d.example for d in draws]
-      epoch_examples = self._epochs[epoch]
-    safety = [epoch_examples[i] for i in index]
-    utility = [self.utility[i] for i in self.utility_order.indices(step)]
-    # Fixed row ranges: safety rows (group 0) first, utility rows (group 1)
-    # after; a short batch of either leaves empty rows in its range.
-    n_safety, n_utility = self.config.data.safety_per_step, self.config.data.utility_per_step
-    examples = (safety + [None] * (n_safety - len(safety)) + utility
-                + [None] * (n_utility - len(utility)))
-    return pad_rows(examples, self.rows, max_length, self.pad_id,
-                    groups=[0] * n_safety + [1] * n_utility)
-
-
 Hook = Callable[[int, nnx.Module], Mapping[str, float]]
 
 
@@ -196,6 +114,132 @@ def model_source(config) -> sources.ModelSource:
     raise ValueError("config.model is empty: give an HF model directory, packaged:NAME, a cached hub id or a "
                      "training workdir")
   return sources.resolve_source(config.model)
+
+
+@dataclasses.dataclass
+class _Setup:
+  """What a run is made of before its first step."""
+  model: Any                   # the starting model; None once the train state holds the weights
+  model_config: Any
+  tokenizer: Any
+  mesh: jax.sharding.Mesh
+  data: SupervisedRows | AugmentedRows
+  total_steps: int
+  num_micro: int
+
+
+def _setup(config: ml_collections.ConfigDict, workdir: Path) -> _Setup:
+  """Checks the config, loads the starting model and the data, and records the resolved config."""
+  train = config.train
+  if config.objective not in OBJECTIVES:
+    raise ValueError(f"config.objective must be one of {OBJECTIVES}, got {config.objective!r}")
+  if train.batch_size % train.micro_batch_size:
+    raise ValueError(f"config.train.batch_size={train.batch_size} is not a multiple of "
+                     f"config.train.micro_batch_size={train.micro_batch_size}")
+  source = model_source(config)
+  mesh = sharding.make_mesh(**config.mesh.to_dict())
+  dtype = dtype_from_name(config.dtype, "config.dtype")
+  param_dtype = dtype_from_name(config.param_dtype, "config.param_dtype") if config.param_dtype else dtype
+  model = sources.load(source, dtype=dtype, param_dtype=param_dtype, mesh=mesh, remat=config.remat)
+  tokenizer = load_tokenizer(source.tokenizer)
+  renderer = ChatRenderer(tokenizer, config.chat_format, config.system_prompt, config.response_end)
+  data = training_rows(config, renderer, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+  if jax.process_index() == 0:  # the one process that writes shared files
+    atomic.write_text(workdir / "config.json", config.to_json(indent=2))
+
+  total_steps = train.num_steps if train.num_steps > 0 else data.order.steps_per_epoch * train.epochs
+  if data.rows % train.micro_batch_size:
+    raise ValueError(f"{data.rows} rows per step are not a multiple of "
+                     f"config.train.micro_batch_size={train.micro_batch_size}")
+  batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+  if train.micro_batch_size % batch_ways:
+    raise ValueError(f"config.train.micro_batch_size={train.micro_batch_size} must be a multiple of the "
+                     f"mesh's data × fsdp = {batch_ways} (rows are split across them)")
+  return _Setup(model, model.config, tokenizer, mesh, data, total_steps, data.rows // train.micro_batch_size)
+
+
+def _reference_logps(config: ml_collections.ConfigDict, workdir: Path, setup: _Setup) -> None:
+  """The constrained objective's π_ref log-probs: computed once with the initial weights, cached."""
+  cache = workdir / "reference_logps.npz"
+  data = setup.data
+  # Every process must take the same branch (computing is collective): process 0 decides.
+  if _agree(cache.exists()):
+    data.ref_logps = reference.load_reference_logps(cache, data.examples)
+    return
+  data.ref_logps = reference.compute_reference_logps(
+      setup.model, data.examples, max_length=config.data.max_length, batch_size=config.train.micro_batch_size,
+      vocab_chunk=config.loss.vocab_chunk or None, progress=config.progress and jax.process_index() == 0)
+  if jax.process_index() == 0:
+    reference.save_reference_logps(cache, data.ref_logps)
+
+
+def loss_config(config: ml_collections.ConfigDict) -> LossConfig:
+  """The train step's loss settings of a training config."""
+  loss = config.loss
+  return LossConfig(
+      objective="constrained" if config.objective == "constrained_sft" else "sft",
+      betas=losses.BetaSchedule(loss.beta, loss.first_token_factor, loss.early_factor, loss.early_length),
+      min_weight=loss.min_weight, alpha=loss.alpha, vocab_chunk=loss.vocab_chunk or None,
+      log_positions=loss.log_positions)
+
+
+class _MetricsLog:
+  """The host side of each step: finiteness, the metrics.jsonl line, TensorBoard, hooks, the progress bar."""
+
+  def __init__(self, config, workdir: Path, start: int, total_steps: int, schedule, data, hooks, graphdef,
+               checkpointer: Checkpointer, checkpoint_dir: str):
+    main = jax.process_index() == 0
+    self.file = open(workdir / "metrics.jsonl" if main else os.devnull, "a")
+    self.writer = _tensorboard(workdir, start) if config.tensorboard and main else None
+    self.bar = tqdm(total=total_steps, initial=start, desc="training", unit="step",
+                    disable=not (config.progress and main))
+    self.schedule, self.data, self.hooks, self.graphdef = schedule, data, hooks, graphdef
+    self.checkpointer, self.checkpoint_dir = checkpointer, checkpoint_dir
+    self.tokens_seen, self.clock = 0, time.perf_counter()
+
+  def finish(self, step: int, metrics, params=None) -> None:
+    """Step `step` (0-based) on the host; `params`: the weights after it, for the hooks due at this step."""
+    metrics = {k: _host(v) for k, v in metrics.items()}
+    if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
+      last = self.checkpointer.latest_step()
+      raise NonFiniteError(
+          f"step {step + 1}: loss={float(metrics['loss'])}, grad_norm={float(metrics['grad_norm'])} "
+          f"(not finite); stopped without saving — the last good checkpoint is "
+          f"{'step ' + str(last) if last is not None else 'none (no checkpoint was saved yet)'} "
+          f"in {self.checkpoint_dir}; lower optimizer.learning_rate or check the data")
+    record = {"step": step + 1, "epoch": self.data.order.epoch_of(step),
+              **{k: _plain(v) for k, v in metrics.items()}, "learning_rate": float(self.schedule(step))}
+    self.tokens_seen += int(record["tokens"])
+    record["tokens_per_s"] = self.tokens_seen / (time.perf_counter() - self.clock)
+    for every, hook in self.hooks:
+      if every > 0 and (step + 1) % every == 0:
+        record.update(hook(step + 1, nnx.merge(self.graphdef, params)))
+    self.file.write(json.dumps(record) + "\n")
+    self.file.flush()
+    if self.writer is not None:
+      _write_scalars(self.writer, record)
+    self.bar.update(1)
+    self.bar.set_postfix(loss=f"{record['loss']:.4f}", tokens_per_s=f"{record['tokens_per_s']:.0f}")
+
+  def close(self) -> None:
+    self.bar.close()
+    self.file.close()
+    if self.writer is not None:
+      self.writer.close()
+
+
+def _export(config, workdir: Path, setup: _Setup, graphdef, params) -> dict[str, str]:
+  """The finished run's params/ (params-only Orbax) and, if asked, hf/ (what transformers loads)."""
+  out = {}
+  params_dir = (workdir / "params").absolute()
+  if not params_dir.exists():
+    with ocp.StandardCheckpointer() as params_checkpointer:
+      params_checkpointer.save(params_dir, params)
+  out["params"] = str(params_dir)
+  if config.export_hf:
+    trained = nnx.merge(graphdef, params)
+    out["hf_export"] = str(save_pretrained(trained, setup.model_config, workdir / "hf", tokenizer=setup.tokenizer))
+  return out
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
@@ -209,60 +253,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   train = config.train
-  if config.objective not in OBJECTIVES:
-    raise ValueError(f"config.objective must be one of {OBJECTIVES}, got {config.objective!r}")
-  if train.batch_size % train.micro_batch_size:
-    raise ValueError(f"config.train.batch_size={train.batch_size} is not a multiple of "
-                     f"config.train.micro_batch_size={train.micro_batch_size}")
-  source = model_source(config)
-  mesh = sharding.make_mesh(**config.mesh.to_dict())
-  dtype = dtype_from_name(config.dtype, "config.dtype")
-  param_dtype = dtype_from_name(config.param_dtype, "config.param_dtype") if config.param_dtype else dtype
-  model = sources.load(source, dtype=dtype, param_dtype=param_dtype, mesh=mesh, remat=config.remat)
-  model_config = model.config
-  tokenizer = load_tokenizer(source.tokenizer)
-  renderer = ChatRenderer(tokenizer, config.chat_format, config.system_prompt, config.response_end)
-  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-  data = _Data(config, renderer, pad_id)
-  main = jax.process_index() == 0  # the one process that writes shared files
-  if main:
-    atomic.write_text(workdir / "config.json", config.to_json(indent=2))
-
-  total_steps = train.num_steps if train.num_steps > 0 else data.steps_per_epoch * train.epochs
-  rows = data.rows
-  if rows % train.micro_batch_size:
-    raise ValueError(f"{rows} rows per step are not a multiple of "
-                     f"config.train.micro_batch_size={train.micro_batch_size}")
-  num_micro = rows // train.micro_batch_size
-  batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
-  if train.micro_batch_size % batch_ways:
-    raise ValueError(f"config.train.micro_batch_size={train.micro_batch_size} must be a multiple of the "
-                     f"mesh's data × fsdp = {batch_ways} (rows are split across them)")
-
+  setup = _setup(config, workdir)
+  data, total_steps, num_micro = setup.data, setup.total_steps, setup.num_micro
   if config.objective == "constrained_sft":
-    cache = workdir / "reference_logps.npz"
-    # Every process must take the same branch (computing is collective): process 0 decides.
-    if _agree(cache.exists()):
-      data.ref_logps = reference.load_reference_logps(cache, data.examples)
-    else:
-      data.ref_logps = reference.compute_reference_logps(
-          model, data.examples, max_length=config.data.max_length,
-          batch_size=train.micro_batch_size, vocab_chunk=config.loss.vocab_chunk or None,
-          progress=config.progress and main)
-      if main:
-        reference.save_reference_logps(cache, data.ref_logps)
+    _reference_logps(config, workdir, setup)
 
-  loss_config = LossConfig(
-      objective="constrained" if config.objective == "constrained_sft" else "sft",
-      betas=losses.BetaSchedule(config.loss.beta, config.loss.first_token_factor, config.loss.early_factor,
-                                config.loss.early_length),
-      min_weight=config.loss.min_weight, alpha=config.loss.alpha,
-      vocab_chunk=config.loss.vocab_chunk or None, log_positions=config.loss.log_positions)
   optimizer_config = OptimizerConfig(**config.optimizer.to_dict(), total_steps=total_steps)
-  optimizer = make_optimizer(optimizer_config)
-  schedule = learning_rate_schedule(optimizer_config)
-  graphdef, state = init_train_state(model, optimizer)
-  del model  # the train state holds the only copy of the weights
+  graphdef, state = init_train_state(setup.model, make_optimizer(optimizer_config))
+  setup.model = None  # the train state holds the only copy of the weights
 
   batches = step_iterator(step_dataset(data.rows_for, total_steps, num_micro,
                                        process_index=jax.process_index(), process_count=jax.process_count()),
@@ -278,96 +276,57 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     position = batches.get_state().get("next_index", start)
     if position != start:
       raise ValueError(f"{checkpoint_dir}: data position {position} does not match step {start}")
-  metrics_file = workdir / "metrics.jsonl"
-  if main:
-    _keep_metrics_before(metrics_file, start)
+  if jax.process_index() == 0:
+    _keep_metrics_before(workdir / "metrics.jsonl", start)
 
   # Numbers as inputs, not constants: runs of one shape share the compiled step.
-  static_loss, loss_values = split_loss_config(loss_config)
+  static_loss, loss_values = split_loss_config(loss_config(config))
   hyperparameters = jax.device_put({"optimizer": optimizer_hyperparameters(optimizer_config),
-                                    "loss": loss_values}, NamedSharding(mesh, P()))
+                                    "loss": loss_values}, NamedSharding(setup.mesh, P()))
   step_fn = functools.partial(shared_train_step, graphdef, loss_config=static_loss)
-  row_sharding = NamedSharding(mesh, P(None, ("data", "fsdp")))
+  row_sharding = NamedSharding(setup.mesh, P(None, ("data", "fsdp")))
   end = total_steps if train.stop_after_steps <= 0 else min(total_steps, start + train.stop_after_steps)
-  writer = _tensorboard(workdir, start) if config.tensorboard and main else None
-  tokens_seen, clock = 0, time.perf_counter()
 
   def sync_after(step: int) -> bool:
     """Whether step `step` (1-based) needs its state on the host side: a hook, a checkpoint or the end."""
     return (step == end or checkpointer.due(step)
             or any(every > 0 and step % every == 0 for every, _ in hooks))
 
+  log = _MetricsLog(config, workdir, start, total_steps, learning_rate_schedule(optimizer_config), data, hooks,
+                    graphdef, checkpointer, checkpoint_dir)
   try:
-    with open(metrics_file if main else os.devnull, "a") as log, tqdm(
-        total=total_steps, initial=start, desc="training", unit="step",
-        disable=not (config.progress and main)) as bar:
-
-      def finish(step: int, metrics) -> None:
-        """The host side of step `step` (0-based): finiteness, the metrics line, hooks."""
-        nonlocal tokens_seen
-        metrics = {k: _host(v) for k, v in metrics.items()}
-        if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
-          last = checkpointer.latest_step()
-          raise NonFiniteError(
-              f"step {step + 1}: loss={float(metrics['loss'])}, grad_norm={float(metrics['grad_norm'])} "
-              f"(not finite); stopped without saving — the last good checkpoint is "
-              f"{'step ' + str(last) if last is not None else 'none (no checkpoint was saved yet)'} "
-              f"in {checkpoint_dir}; lower optimizer.learning_rate or check the data")
-        record = {"step": step + 1, "epoch": data.order.epoch_of(step),
-                  **{k: _plain(v) for k, v in metrics.items()}, "learning_rate": float(schedule(step))}
-        tokens_seen += int(record["tokens"])
-        record["tokens_per_s"] = tokens_seen / (time.perf_counter() - clock)
-        for every, hook in hooks:
-          if every > 0 and (step + 1) % every == 0:
-            record.update(hook(step + 1, nnx.merge(graphdef, state.params)))
-        log.write(json.dumps(record) + "\n")
-        log.flush()
-        if writer is not None:
-          _write_scalars(writer, record)
-        bar.update(1)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", tokens_per_s=f"{record['tokens_per_s']:.0f}")
-
-      # One step in flight: step s+1 is dispatched before step s's metrics are read, so the
-      # host's work overlaps the device's.  Steps whose state is needed (hooks, checkpoints, the
-      # last) are finished at once, so nothing is saved after a step that was not finite.
-      pending = None
-      for step in range(start, end):
-        host_batch = next(batches)
-        batch = {k: jax.make_array_from_process_local_data(
-                     row_sharding, v, (num_micro, train.micro_batch_size) + v.shape[2:])
-                 for k, v in host_batch.items()}
-        state, metrics = step_fn(state, batch, hyperparameters)
-        if pending is not None:
-          finish(*pending)
-          pending = None
-        if sync_after(step + 1):
-          finish(step, metrics)
-          checkpointer.maybe_save(step + 1, state, {"step": step + 1}, data=batches)
-        else:
-          pending = (step, metrics)
+    # One step in flight: step s+1 is dispatched before step s's metrics are read, so the host's work
+    # overlaps the device's.  Steps whose state is needed (hooks, checkpoints, the last) are finished at
+    # once, so nothing is saved after a step that was not finite.
+    pending = None
+    for step in range(start, end):
+      host_batch = next(batches)
+      batch = {k: jax.make_array_from_process_local_data(
+                   row_sharding, v, (num_micro, train.micro_batch_size) + v.shape[2:])
+               for k, v in host_batch.items()}
+      state, metrics = step_fn(state, batch, hyperparameters)
+      if pending is not None:
+        log.finish(*pending)  # no hook is due at a pending step: hooks make a step sync
+        pending = None
+      if sync_after(step + 1):
+        log.finish(step, metrics, state.params)
+        checkpointer.maybe_save(step + 1, state, {"step": step + 1}, data=batches)
+      else:
+        pending = (step, metrics)
     finished = end == total_steps
     checkpointer.maybe_save(end, state, {"step": end}, force=True, data=batches)
   finally:
     checkpointer.close()
-    if writer is not None:
-      writer.close()
+    log.close()
 
   summary = {"steps_done": end, "total_steps": total_steps, "finished": finished,
-             "examples": len(data.examples) if hasattr(data, "examples") else len(data.triplets),
-             "truncated_examples": int(data.truncated), "workdir": str(workdir)}
+             "examples": data.num_examples, "truncated_examples": int(data.truncated), "workdir": str(workdir)}
   if finished:
-    params_dir = (workdir / "params").absolute()
-    if not params_dir.exists():
-      with ocp.StandardCheckpointer() as params_checkpointer:
-        params_checkpointer.save(params_dir, state.params)
-    summary["params"] = str(params_dir)
-  if finished and config.export_hf:
-    trained = nnx.merge(graphdef, state.params)
-    summary["hf_export"] = str(save_pretrained(trained, model_config, workdir / "hf", tokenizer=tokenizer))
+    summary.update(_export(config, workdir, setup, graphdef, state.params))
   if data.truncated:
     _log.warning("%d training examples were truncated to max_length=%d", data.truncated,
                  config.data.max_length)
-  if main:
+  if jax.process_index() == 0:
     atomic.write_json(workdir / "summary.json", summary)
   return summary
 

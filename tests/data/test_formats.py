@@ -295,3 +295,14 @@ def test_hexphi_empty_directory(tmp_path):
   _write(tmp_path, "hexphi/notes.txt", "x")
   with pytest.raises(DataFormatError, match=r"hexphi: no HEx-PHI category_N\.csv files"):
     read_file(tmp_path / "hexphi", "hexphi")
+
+
+def test_every_record_type_has_one_exchange_view(tmp_path):
+  """as_exchange: the one normaliser training, evaluation and the analyses read records through."""
+  from deepalign_jax.data import Conversation, Exchange, Prompt, Triplet, as_exchange
+  assert as_exchange(Conversation("sys", "Hi?", "Hello.", "f:1")) == Exchange("sys", "Hi?", "Hello.", None, "f:1")
+  assert as_exchange(Prompt("Do x.", "Sure, x", "3", "f:2")) == Exchange(None, "Do x.", "Sure, x", "3", "f:2")
+  assert as_exchange(Triplet("Do y.", "Here is y.", "No.", "f:3")) == Exchange(None, "Do y.", "Here is y.", None,
+                                                                              "f:3")
+  with pytest.raises(TypeError, match="not a data record: dict"):
+    as_exchange({"prompt": "x"})
