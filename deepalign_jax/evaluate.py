@@ -266,9 +266,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
         else:
           rendered.append(sampler.prompt(messages, prefix=s.prefix))
       samples = sampler.run(
-          [r.ids for r in rendered], [r.prefill for r in rendered], [r.text for r in rendered],
-          prefill_lengths=[r.prefill_length for r in rendered], batch_size=d.batch_size, max_new_tokens=d.max_new_tokens,
-          seed=d.seed + resumed_at + offset, progress=False,
+          rendered, batch_size=d.batch_size, max_new_tokens=d.max_new_tokens, seed=d.seed + resumed_at + offset,
+          progress=False,
           temperature=[s.decoding.temperature for _, s, _ in work], top_k=[s.decoding.top_k for _, s, _ in work],
           top_p=[s.decoding.top_p for _, s, _ in work], greedy=[s.decoding.greedy for _, s, _ in work])
       # The judge weighs the answer against the benchmark's own instruction (the harmful request), not

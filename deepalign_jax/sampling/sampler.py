@@ -202,28 +202,23 @@ class Sampler:
     prompts = [self.prompt(conv, assistant_prefixes[i] if assistant_prefixes else None,
                             responses[i] if responses is not None else None, prefill_tokens)
                for i, conv in enumerate(conversations)]
-    return self.run([p.ids for p in prompts], [p.prefill for p in prompts], [p.text for p in prompts],
-                    prefill_lengths=[p.prefill_length for p in prompts], batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed,
-                     progress=progress, temperature=temperature, top_k=top_k, top_p=top_p,
-                     greedy=greedy)
+    return self.run(prompts, batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed, progress=progress,
+                    temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
 
   def sample_raw(self, texts: Sequence[str], *, add_special_tokens: bool = True, **kwargs) -> list[Sample]:
     """Generates from plain strings tokenised as they are (no chat format)."""
-    ids = [self.tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"] for t in texts]
-    return self.run(ids, [""] * len(texts), list(texts), **kwargs)
+    prompts = [RenderedPrompt(list(self.tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"]), "", t, 0)
+               for t in texts]
+    return self.run(prompts, **kwargs)
 
-  def run(self, prompt_ids: Sequence[Sequence[int]], prefills: Sequence[str], prompt_texts: Sequence[str], *,
-          prefill_lengths: Sequence[int] | None = None, batch_size: int = 16, max_new_tokens: int = 512,
+  def run(self, prompts: Sequence[RenderedPrompt], *, batch_size: int = 16, max_new_tokens: int = 512,
           seed: int = 0, progress: bool = True, **decoding) -> list[Sample]:
     """Generates from prompts already rendered (`prompt`), in fixed-size batches.
 
-    prefill_lengths: how many trailing prompt ids are the prefill (for
-      `Sample.response`); None: no prefills.
     decoding: temperature, top_k, top_p, greedy — each a scalar or one value
     per prompt (a decoding sweep then runs in the same compiled batches).
     """
-    n = len(prompt_ids)
-    prefill_lengths = [0] * n if prefill_lengths is None else list(prefill_lengths)
+    n = len(prompts)
     for key, value in decoding.items():
       if not np.isscalar(value) and len(value) != n:
         raise ValueError(f"{key}: {len(value)} values for {n} prompts")
@@ -232,10 +227,9 @@ class Sampler:
     samples: list[Sample] = []
     generated = 0
     start = time.perf_counter()
-    bar = tqdm(total=len(prompt_ids), desc="generating", unit="prompt", disable=not progress,
-               file=sys.stderr)
-    for offset in range(0, len(prompt_ids), batch_size):
-      chunk = prompt_ids[offset:offset + batch_size]
+    bar = tqdm(total=n, desc="generating", unit="prompt", disable=not progress, file=sys.stderr)
+    for offset in range(0, n, batch_size):
+      chunk = [p.ids for p in prompts[offset:offset + batch_size]]
       # A short last batch is filled with copies so the compiled shape is reused.
       padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
       rows = {}
@@ -249,12 +243,12 @@ class Sampler:
                      seed=seed + offset, pad_id=pad, vocab_limit=self._vocab_limit, **rows)
       for row, ids in enumerate(chunk):
         tokens = out.tokens[row, :out.lengths[row]].tolist()
-        i = offset + row
-        prefill_ids = list(ids[len(ids) - prefill_lengths[i]:]) if prefill_lengths[i] else []
+        p = prompts[offset + row]
+        prefill_ids = list(ids[len(ids) - p.prefill_length:]) if p.prefill_length else []
         tokens, text, response, cut = cut_at_stop_strings(self.tokenizer, prefill_ids, tokens,
                                                           self.stop_strings)
         stopped = cut or (bool(tokens) and tokens[-1] in stops)
-        samples.append(Sample(prompt_text=prompt_texts[i], prefill=prefills[i], text=text, response=response,
+        samples.append(Sample(prompt_text=p.text, prefill=p.prefill, text=text, response=response,
                               prompt_ids=list(ids), token_ids=tokens, stopped=stopped))
         generated += len(tokens)
       bar.update(len(chunk))
