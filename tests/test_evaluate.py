@@ -9,6 +9,7 @@ from importlib import resources
 import pytest
 
 from deepalign_jax import evaluate
+from deepalign_jax.evaluate import orchestrate
 from deepalign_jax.attacks.decoding_grid import grid_settings, worst_case
 from deepalign_jax.attacks.settings import Setting
 from deepalign_jax.data import load_tokenizer
@@ -191,7 +192,7 @@ def test_instruction_template_and_suffix_attack(tiny_model_dir, tmp_path, monkey
       judged.extend(items)
       return super().judge(items)
 
-  monkeypatch.setattr(evaluate, "make_judge", lambda config: Recording())
+  monkeypatch.setattr(orchestrate, "make_judge", lambda config: Recording())
   trigger = "Servius Astrumando Harmoniastra"
   config = _config(tiny_model_dir, **{
       "attack.kind": "suffix", "benchmark.limit": 2,

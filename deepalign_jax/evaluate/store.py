@@ -1,0 +1,39 @@
+"""generations.jsonl: one record per prompt × setting × sample, append-only and resumable."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+_log = logging.getLogger(__name__)
+
+
+def record_key(prompt_index: int, setting: str, sample: int) -> str:
+  return f"{prompt_index}|{setting}|{sample}"
+
+
+def read_records(path: Path) -> dict[str, dict]:
+  """Complete records already in `path` by key; a torn last line (crash mid-write) is cut off."""
+  if not path.exists():
+    return {}
+  data = path.read_bytes()
+  good_end = data.rfind(b"\n") + 1
+  records = {}
+  for number, line in enumerate(data[:good_end].splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{number}: not a JSON record ({e.msg}); the file was edited or corrupted "
+                       f"— move it away to start over") from None
+    records[record["key"]] = record
+  if good_end < len(data):
+    _log.warning("%s: dropping a half-written last record (%d bytes)", path, len(data) - good_end)
+    with open(path, "r+b") as f:
+      f.truncate(good_end)
+  return records
+
+
+__all__ = ["read_records", "record_key"]
