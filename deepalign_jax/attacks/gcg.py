@@ -86,6 +86,11 @@ class GCGConfig:
   allow_non_ascii: bool = False
   seed: int = 0
 
+  @classmethod
+  def from_config(cls, config) -> "GCGConfig":
+    """The GCG settings of a config section (e.g. an evaluation's `gcg`); its other keys are not GCG's."""
+    return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)})
+
   def __post_init__(self):
     for name in ("num_steps", "num_candidates", "topk", "forward_batch", "grad_batch"):
       if getattr(self, name) < 1:
@@ -191,7 +196,28 @@ def _fingerprint(config: GCGConfig, model, layouts: Sequence[PromptLayout]) -> d
   return {"config": settings, "behaviours": digest, "model": repr(model.config)}
 
 
-def _resume(workdir: Path, fingerprint: dict) -> tuple[dict | None, list[dict]]:
+@dataclasses.dataclass
+class SearchState:
+  """Where the search stands after `step` steps (what state.json holds, with the run's fingerprint).
+
+  suffix_ids: the current suffix; best_ids / best_loss / best_matched: the best suffix measured over
+  `best_active` behaviours; active: how many behaviours the search optimises over now (progressive
+  mode adds them one at a time).
+  """
+  step: int
+  suffix_ids: list[int]
+  best_ids: list[int]
+  best_loss: float | None
+  best_active: int
+  best_matched: bool
+  active: int
+
+  @classmethod
+  def from_json(cls, saved: dict) -> "SearchState":
+    return cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls)})
+
+
+def _resume(workdir: Path, fingerprint: dict) -> tuple[SearchState | None, list[dict]]:
   """(state, history) of a previous run in workdir, or (None, [])."""
   state_path = workdir / STATE_FILE
   if not state_path.exists():
@@ -216,7 +242,7 @@ def _resume(workdir: Path, fingerprint: dict) -> tuple[dict | None, list[dict]]:
   if len(history) != state["step"]:
     raise ValueError(f"{history_path} has {len(history)} steps but {state_path} says {state['step']}")
   write_jsonl(history_path, history)
-  return state, history
+  return SearchState.from_json(state), history
 
 
 # -- the attack ----------------------------------------------------------------
@@ -259,8 +285,8 @@ def run_gcg(model, tokenizer, renderer, behaviours: Sequence[tuple[str, str]],
   key0 = jax.random.key(config.seed)
 
   init_ids = list(layouts[0].suffix_ids)
-  st = {"step": 0, "suffix_ids": init_ids, "best_ids": init_ids, "best_loss": None,
-        "best_active": 0, "best_matched": False, "active": 1 if config.progressive else total}
+  st = SearchState(step=0, suffix_ids=init_ids, best_ids=init_ids, best_loss=None, best_active=0,
+                   best_matched=False, active=1 if config.progressive else total)
   history: list[dict] = []
   workdir = Path(workdir) if workdir is not None else None
   fingerprint = _fingerprint(config, model, layouts)
@@ -268,30 +294,30 @@ def run_gcg(model, tokenizer, renderer, behaviours: Sequence[tuple[str, str]],
     workdir.mkdir(parents=True, exist_ok=True)
     previous, history = _resume(workdir, fingerprint)
     if previous is not None:
-      st = {k: previous[k] for k in st}
-      _log.info("resuming GCG in %s after step %d", workdir, st["step"])
+      st = previous
+      _log.info("resuming GCG in %s after step %d", workdir, st.step)
 
   def solved() -> bool:  # the last step's suffix makes every target the greedy continuation
     return bool(history) and history[-1]["matched"] and history[-1]["active"] == total
 
   batches: dict[int, PromptBatch] = {}
-  bar = tqdm(total=config.num_steps, initial=min(st["step"], config.num_steps), desc="GCG",
+  bar = tqdm(total=config.num_steps, initial=min(st.step, config.num_steps), desc="GCG",
              unit="step", disable=not progress)
-  while st["step"] < config.num_steps and not (config.early_stop and solved()):
+  while st.step < config.num_steps and not (config.early_stop and solved()):
     start_time = time.perf_counter()
-    active = st["active"]
+    active = st.active
     if active not in batches:
       batches[active] = prompt_batch(layouts, active)
     batch = batches[active]
-    current = np.asarray(st["suffix_ids"], np.int32)
+    current = np.asarray(st.suffix_ids, np.int32)
     candidates, current_loss, _, current_matched = propose(
-        graphdef, params, batch, jnp.asarray(current), allowed, jax.random.fold_in(key0, st["step"]),
+        graphdef, params, batch, jnp.asarray(current), allowed, jax.random.fold_in(key0, st.step),
         topk=topk, num_candidates=config.num_candidates, grad_batch=config.grad_batch)
     current_loss = float(current_loss)
-    if st["best_active"] != active or current_loss < st["best_loss"]:
+    if st.best_active != active or current_loss < st.best_loss:
       # The first step over a new set of behaviours measures the suffix anew.
-      st.update(best_ids=current.tolist(), best_loss=current_loss, best_active=active,
-                best_matched=bool(np.asarray(current_matched)[:active].all()))
+      st.best_ids, st.best_loss, st.best_active = current.tolist(), current_loss, active
+      st.best_matched = bool(np.asarray(current_matched)[:active].all())
 
     candidates = np.asarray(candidates)
     keep = round_trip_filter(tokenizer, layouts, candidates) & (candidates != current).any(axis=1)
@@ -301,35 +327,35 @@ def run_gcg(model, tokenizer, renderer, behaviours: Sequence[tuple[str, str]],
     losses, matched = np.asarray(losses), np.asarray(matched)
     best = int(np.argmin(losses))
     loss, success = float(losses[best]), bool(matched[best])
-    st["suffix_ids"] = candidates[best].tolist()
-    if loss < st["best_loss"]:
-      st.update(best_ids=st["suffix_ids"], best_loss=loss, best_matched=success)
-    st["step"] += 1
+    st.suffix_ids = candidates[best].tolist()
+    if loss < st.best_loss:
+      st.best_ids, st.best_loss, st.best_matched = st.suffix_ids, loss, success
+    st.step += 1
     if success and active < total and config.progressive:
-      st["active"] = active + 1
+      st.active = active + 1
 
-    record = {"step": st["step"], "loss": loss, "current_loss": current_loss,
-              "best_loss": st["best_loss"], "matched": success, "active": active,
-              "valid_candidates": int(keep.sum()), "suffix_ids": st["suffix_ids"],
-              "suffix_text": suffix_text(tokenizer, st["suffix_ids"]),
+    record = {"step": st.step, "loss": loss, "current_loss": current_loss,
+              "best_loss": st.best_loss, "matched": success, "active": active,
+              "valid_candidates": int(keep.sum()), "suffix_ids": st.suffix_ids,
+              "suffix_text": suffix_text(tokenizer, st.suffix_ids),
               "seconds": time.perf_counter() - start_time}
     history.append(record)
     if workdir is not None:
       with open(workdir / HISTORY_FILE, "a") as f:
         f.write(json.dumps(record) + "\n")
-      write_json(workdir / STATE_FILE, {**st, "fingerprint": fingerprint,
-                                         "best_text": suffix_text(tokenizer, st["best_ids"])})
+      write_json(workdir / STATE_FILE, {**dataclasses.asdict(st), "fingerprint": fingerprint,
+                                         "best_text": suffix_text(tokenizer, st.best_ids)})
     bar.update(1)
-    bar.set_postfix(loss=f"{loss:.3f}", best=f"{st['best_loss']:.3f}", valid=int(keep.sum()))
+    bar.set_postfix(loss=f"{loss:.3f}", best=f"{st.best_loss:.3f}", valid=int(keep.sum()))
   bar.close()
 
   if not history:
     raise ValueError("GCG ran no step: num_steps must be >= 1")
   for layout in layouts:
-    check_render(renderer, layout, st["best_ids"])
+    check_render(renderer, layout, st.best_ids)
   return GCGResult(
-      suffix_ids=tuple(st["best_ids"]), suffix_text=suffix_text(tokenizer, st["best_ids"]),
-      loss=st["best_loss"], matched=st["best_matched"], initial_loss=history[0]["current_loss"],
-      losses=[h["loss"] for h in history], last_suffix_ids=tuple(st["suffix_ids"]),
-      last_suffix_text=suffix_text(tokenizer, st["suffix_ids"]), steps=st["step"],
-      active=st["active"], loss_behaviours=st["best_active"], history=history)
+      suffix_ids=tuple(st.best_ids), suffix_text=suffix_text(tokenizer, st.best_ids),
+      loss=st.best_loss, matched=st.best_matched, initial_loss=history[0]["current_loss"],
+      losses=[h["loss"] for h in history], last_suffix_ids=tuple(st.suffix_ids),
+      last_suffix_text=suffix_text(tokenizer, st.suffix_ids), steps=st.step,
+      active=st.active, loss_behaviours=st.best_active, history=history)

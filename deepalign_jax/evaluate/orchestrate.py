@@ -55,9 +55,7 @@ def _gcg_suffixes(config, model, tokenizer, renderer, prompts: Sequence[Exchange
   """Prompt index → GCG suffix (one shared suffix, or one per behaviour); resumable in workdir/gcg."""
   from deepalign_jax.attacks import GCGConfig, run_gcg
   g = config.gcg
-  gcg_config = GCGConfig(num_steps=g.num_steps, init_suffix=g.init_suffix, num_candidates=g.num_candidates,
-                         topk=g.topk, forward_batch=g.forward_batch, grad_batch=g.grad_batch,
-                         progressive=g.progressive, early_stop=g.early_stop, seed=g.seed)
+  gcg_config = GCGConfig.from_config(g)
   targets = [p.response or g.default_target for p in prompts]
   if g.mode == "universal":
     n = min(len(prompts), g.max_behaviours) if g.max_behaviours > 0 else len(prompts)

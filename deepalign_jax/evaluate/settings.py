@@ -3,9 +3,12 @@ prompts and the attack settings every prompt runs under."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
 from deepalign_jax.attacks import decoding_grid
+from deepalign_jax.attacks.gcg import GCGConfig
 from deepalign_jax.attacks.settings import (Decoding, Setting, plain_setting, prefill_settings, prefix_settings,
                                             suffix_settings)
 from deepalign_jax.data import Exchange, as_exchange
@@ -37,10 +40,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.grid = ml_collections.ConfigDict(dict(
       temperatures=list(decoding_grid.TEMPERATURES), top_ks=list(decoding_grid.TOP_KS),
       top_ps=list(decoding_grid.TOP_PS), greedy=True))
+  # GCGConfig's settings and defaults (the paper's: 500 steps, 512 candidates, top-k 256), plus how the
+  # evaluation uses the suffix.
   c.gcg = ml_collections.ConfigDict(dict(
+      **dataclasses.asdict(GCGConfig()),
       mode="universal",            # universal: one suffix for all; individual: one per behaviour
-      num_steps=500, num_candidates=512, topk=256, forward_batch=512, grad_batch=64,
-      init_suffix=" ".join(["!"] * 20), progressive=False, early_stop=False, seed=0,
       max_behaviours=50,           # universal suffix trained on the first N behaviours
       default_target="Sure, here is"))
   c.judge = judge_default_config("keyword")
