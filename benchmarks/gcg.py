@@ -41,9 +41,9 @@ def torch_gcg_step(hf, layout, allowed, tokenizer, layouts, batch: int, topk: in
   ids = torch.as_tensor(layout.input_ids, dtype=torch.long)
   s0, s1, t0 = layout.suffix_start, layout.suffix_end, layout.target_start
   targets = ids[t0:]
-  keep_logits = len(ids) - t0 + 1   # logits from the one predicting the first target token
+  keep_logits = len(ids) - t0 + 1  # logits from the one predicting the first target token
   embed = hf.get_input_embeddings().weight
-  not_allowed = torch.as_tensor(~allowed[:embed.shape[0]])
+  not_allowed = torch.as_tensor(~allowed[: embed.shape[0]])
   holder = {"suffix": ids[s0:s1].clone()}
   from deepalign_jax.attacks.gcg_tokens import round_trip_filter
 
@@ -75,7 +75,8 @@ def torch_gcg_step(hf, layout, allowed, tokenizer, layouts, batch: int, topk: in
     with torch.no_grad():
       logits = hf(input_ids=rows, logits_to_keep=keep_logits).logits[:, :-1].float()
       losses = torch.nn.functional.cross_entropy(
-          logits.reshape(-1, logits.shape[-1]), targets.repeat(batch), reduction="none")
+        logits.reshape(-1, logits.shape[-1]), targets.repeat(batch), reduction="none"
+      )
       losses = losses.view(batch, -1).mean(1)
     holder["suffix"] = candidates[int(losses.argmin())]
     holder["loss"] = float(losses.min())
@@ -84,8 +85,7 @@ def torch_gcg_step(hf, layout, allowed, tokenizer, layouts, batch: int, topk: in
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model")
   parser.add_argument("--chat_format", default="template")
   parser.add_argument("--batch", type=int, default=64, help="candidates per step (paper: 512)")
@@ -109,26 +109,34 @@ def main() -> None:
   renderer = ChatRenderer(tokenizer, args.chat_format)
   init = " ".join(["!"] * args.suffix)
   layout = build_layout(renderer, INSTRUCTION, TARGET, init)
-  config = GCGConfig(init_suffix=init, num_candidates=args.batch, topk=args.topk,
-                     forward_batch=args.batch)
+  config = GCGConfig(init_suffix=init, num_candidates=args.batch, topk=args.topk, forward_batch=args.batch)
 
   torch_step = holder = None
   if not args.skip_torch:
     import torch
     import transformers
+
     hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     hf.eval().requires_grad_(False)
     allowed = allowed_tokens(tokenizer, cfg.vocab_size)
-    torch_step, holder = torch_gcg_step(hf, layout, allowed, tokenizer, [layout], args.batch, args.topk,
-                                        torch.Generator().manual_seed(0))
+    torch_step, holder = torch_gcg_step(
+      hf, layout, allowed, tokenizer, [layout], args.batch, args.topk, torch.Generator().manual_seed(0)
+    )
 
   # The machine may be shared: JAX and PyTorch steps alternate, so both see
   # the same load.  Each JAX step is one more step of a resumed run_gcg.
   jax_times, torch_times = [], []
   with tempfile.TemporaryDirectory() as workdir:
     for i in range(1 + args.repeats):
-      result = run_gcg(model, tokenizer, renderer, [(INSTRUCTION, TARGET)],
-                       dataclasses.replace(config, num_steps=i + 1), workdir=workdir, progress=False)
+      result = run_gcg(
+        model,
+        tokenizer,
+        renderer,
+        [(INSTRUCTION, TARGET)],
+        dataclasses.replace(config, num_steps=i + 1),
+        workdir=workdir,
+        progress=False,
+      )
       jax_times.append(result.history[-1]["seconds"])
       if torch_step is not None:
         start = time.perf_counter()
@@ -141,9 +149,11 @@ def main() -> None:
     rows.append(("transformers + PyTorch", min(torch_times[1:]), holder["loss"]))
 
   print(f"\nmodel {path} ({cfg.num_params / 1e6:.1f}M params), fp32, device {jax.devices()[0].device_kind}")
-  print(f"prompt {len(layout.input_ids)} tokens (prefix {layout.suffix_start}, suffix "
-        f"{layout.suffix_length}, target {len(layout.target_ids)}); candidates {args.batch}, "
-        f"top-k {args.topk}")
+  print(
+    f"prompt {len(layout.input_ids)} tokens (prefix {layout.suffix_start}, suffix "
+    f"{layout.suffix_length}, target {len(layout.target_ids)}); candidates {args.batch}, "
+    f"top-k {args.topk}"
+  )
   print(f"{'':30s} {'s/step':>8s} {'steps/s':>8s} {'last loss':>10s}")
   for name, seconds, loss in rows:
     print(f"{name:30s} {seconds:8.3f} {1 / seconds:8.3f} {loss:10.3f}")

@@ -25,8 +25,7 @@ from timing import best_time  # benchmarks/timing.py (script directory)
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model")
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--prompt_tokens", type=int, default=64)
@@ -63,9 +62,9 @@ def main() -> None:
   if not args.skip_torch:
     import torch
     import transformers
+
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        path, dtype=getattr(torch, args.dtype)).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).eval()
     ids, mask = left_pad(prompts)
     ids = ids.astype(np.int64)
     width = ids.shape[1]
@@ -75,25 +74,34 @@ def main() -> None:
     def theirs(n):
       def run():
         with torch.no_grad():
-          return hf.generate(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask),
-                             do_sample=False, max_new_tokens=n, min_new_tokens=n).numpy()[:, width:]
+          return hf.generate(
+            input_ids=torch.as_tensor(ids),
+            attention_mask=torch.as_tensor(mask),
+            do_sample=False,
+            max_new_tokens=n,
+            min_new_tokens=n,
+          ).numpy()[:, width:]
+
       return run
 
     h1 = best_time(theirs(1), args.repeats)
     hn = best_time(theirs(new), args.repeats)
-    rows.append(("transformers generate (PyTorch)", prompt_tokens / h1,
-                 args.batch * (new - 1) / (hn - h1), hn))
+    rows.append(("transformers generate (PyTorch)", prompt_tokens / h1, args.batch * (new - 1) / (hn - h1), hn))
     same = (theirs(new)() == ours_tokens).mean()
 
-  print(f"\nmodel {path} ({cfg.family}, {cfg.num_params / 1e6:.1f}M params), {args.dtype}, "
-        f"batch {args.batch}, prompts {lengths.min()}-{lengths.max()} tokens, {new} new tokens, "
-        f"device {jax.devices()[0].device_kind}")
+  print(
+    f"\nmodel {path} ({cfg.family}, {cfg.num_params / 1e6:.1f}M params), {args.dtype}, "
+    f"batch {args.batch}, prompts {lengths.min()}-{lengths.max()} tokens, {new} new tokens, "
+    f"device {jax.devices()[0].device_kind}"
+  )
   print(f"{'':34s} {'prefill tok/s':>14s} {'decode tok/s':>13s} {'total s':>8s}")
   for name, prefill, decode, total in rows:
     print(f"{name:34s} {prefill:14.1f} {decode:13.1f} {total:8.2f}")
   if len(rows) == 2:
-    print(f"{'ratio JAX / PyTorch':34s} {rows[0][1] / rows[1][1]:14.2f} {rows[0][2] / rows[1][2]:13.2f} "
-          f"{rows[1][3] / rows[0][3]:8.2f}x faster")
+    print(
+      f"{'ratio JAX / PyTorch':34s} {rows[0][1] / rows[1][1]:14.2f} {rows[0][2] / rows[1][2]:13.2f} "
+      f"{rows[1][3] / rows[0][3]:8.2f}x faster"
+    )
     print(f"greedy tokens identical: {same * 100:.1f}%")
   if args.bandwidth_gbs:
     itemsize = jnp.dtype(dtype).itemsize
@@ -101,8 +109,9 @@ def main() -> None:
     cache_bytes = 2 * cfg.num_layers * args.batch * cache_len * cfg.num_kv_heads * cfg.head_dim * itemsize
     bound = (cfg.num_params * itemsize + cache_bytes) / (args.bandwidth_gbs * 1e9)
     step = (tn - t1) / (new - 1)
-    print(f"decode step {step * 1e3:.2f} ms vs bandwidth bound {bound * 1e3:.2f} ms: "
-          f"{bound / step * 100:.0f}% of the bound")
+    print(
+      f"decode step {step * 1e3:.2f} ms vs bandwidth bound {bound * 1e3:.2f} ms: {bound / step * 100:.0f}% of the bound"
+    )
 
 
 if __name__ == "__main__":

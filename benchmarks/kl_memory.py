@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from deepalign_jax.analysis import OutputHead, chunked_per_token_kl, per_token_kl
 
-MIB = 1024 ** 2
+MIB = 1024**2
 
 
 def _full(p_hidden, q_hidden, p_weights, q_weights):
@@ -57,15 +57,23 @@ def main() -> None:
 
   dtype = jnp.dtype(args.dtype)
   hidden = jax.ShapeDtypeStruct((args.batch, args.seq, args.hidden), dtype)
-  print(f"KL over [batch={args.batch}, seq={args.seq}] positions, hidden {args.hidden}, {args.dtype}, "
-        f"vocab_chunk={args.vocab_chunk}, position_chunk={args.position_chunk}; {jax.devices()[0].platform}")
+  print(
+    f"KL over [batch={args.batch}, seq={args.seq}] positions, hidden {args.hidden}, {args.dtype}, "
+    f"vocab_chunk={args.vocab_chunk}, position_chunk={args.position_chunk}; {jax.devices()[0].platform}"
+  )
   print(f"{'V':>8} {'inputs MiB':>11} {'full temp MiB':>14} {'chunked temp MiB':>17} {'chunked+ temp MiB':>18}")
   for vocab in [int(v) for v in args.vocabs.split(",")]:
     head = jax.ShapeDtypeStruct((args.hidden, vocab), dtype)
 
     def chunked(p_hidden, q_hidden, p_weights, q_weights, position_chunk=None):
-      return chunked_per_token_kl(p_hidden, q_hidden, OutputHead(p_weights, "dv"), OutputHead(q_weights, "dv"),
-                                  vocab_chunk=args.vocab_chunk, position_chunk=position_chunk)
+      return chunked_per_token_kl(
+        p_hidden,
+        q_hidden,
+        OutputHead(p_weights, "dv"),
+        OutputHead(q_weights, "dv"),
+        vocab_chunk=args.vocab_chunk,
+        position_chunk=position_chunk,
+      )
 
     full, inputs = _memory(_full, hidden, hidden, head, head)
     blocked, _ = _memory(chunked, hidden, hidden, head, head)

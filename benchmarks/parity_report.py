@@ -31,9 +31,11 @@ from tests.models.hf_fixtures import FAMILY_CONFIGS, hf_logits, left_padded_batc
 
 def _report(name, ours, theirs, mask):
   real = mask.astype(bool)
-  print(f"{name:24s} max|Δ| {np.abs(ours - theirs)[real].max():.2e}   max|logit| "
-        f"{np.abs(theirs[real]).max():6.1f}   top-1 agree "
-        f"{(ours.argmax(-1) == theirs.argmax(-1))[real].mean() * 100:5.1f}%")
+  print(
+    f"{name:24s} max|Δ| {np.abs(ours - theirs)[real].max():.2e}   max|logit| "
+    f"{np.abs(theirs[real]).max():6.1f}   top-1 agree "
+    f"{(ours.argmax(-1) == theirs.argmax(-1))[real].mean() * 100:5.1f}%"
+  )
 
 
 def _report_bf16(name, ours, theirs, truth, mask):
@@ -43,9 +45,12 @@ def _report_bf16(name, ours, theirs, truth, mask):
 
   def agree(logits):
     return (logits.argmax(-1) == truth.argmax(-1))[real].mean() * 100
-  print(f"{name:24s} mean|Δ| {ours_err.mean():.2e} vs transformers {theirs_err.mean():.2e} "
-        f"({ours_err.mean() / theirs_err.mean():.2f}x)   max|Δ| {ours_err.max():.2e} vs {theirs_err.max():.2e} "
-        f"({ours_err.max() / theirs_err.max():.2f}x)   top-1 {agree(ours):5.1f}% vs {agree(theirs):5.1f}%")
+
+  print(
+    f"{name:24s} mean|Δ| {ours_err.mean():.2e} vs transformers {theirs_err.mean():.2e} "
+    f"({ours_err.mean() / theirs_err.mean():.2f}x)   max|Δ| {ours_err.max():.2e} vs {theirs_err.max():.2e} "
+    f"({ours_err.max() / theirs_err.max():.2f}x)   top-1 {agree(ours):5.1f}% vs {agree(theirs):5.1f}%"
+  )
 
 
 def main() -> None:
@@ -62,16 +67,21 @@ def main() -> None:
     ours = np.asarray(model(jnp.asarray(ids), attention_mask=jnp.asarray(mask)))
     truth = hf_logits(hf, ids, mask, positions)
     _report(f"tiny {family}", ours, truth, mask)
-    _report_bf16(f"tiny {family} bf16", np.asarray(model16(jnp.asarray(ids), attention_mask=jnp.asarray(mask))),
-                 hf_logits(copy.deepcopy(hf).to(torch.bfloat16), ids, mask, positions), truth, mask)
+    _report_bf16(
+      f"tiny {family} bf16",
+      np.asarray(model16(jnp.asarray(ids), attention_mask=jnp.asarray(mask))),
+      hf_logits(copy.deepcopy(hf).to(torch.bfloat16), ids, mask, positions),
+      truth,
+      mask,
+    )
   if args.real:
     import transformers
 
     from deepalign_jax.data import ChatRenderer, load_tokenizer
     from deepalign_jax.models.gguf import packaged_checkpoint
     from deepalign_jax.sampling.generate import left_pad
-    prompts = ["How do I bake sourdough bread at home?", "Write a haiku about the sea.",
-               "What is 17 times 23?"]
+
+    prompts = ["How do I bake sourdough bread at home?", "Write a haiku about the sea.", "What is 17 times 23?"]
     for name, chat_format in (("smollm2", "template"), ("gemma3-270m", "gemma")):
       path = packaged_checkpoint(name)
       renderer = ChatRenderer(load_tokenizer(path), chat_format)
@@ -79,8 +89,7 @@ def main() -> None:
       positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
       model, _ = load_pretrained(path)
       ours = np.asarray(model(jnp.asarray(ids), attention_mask=jnp.asarray(mask)))
-      hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                             attn_implementation="eager")
+      hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
       _report(name, ours, hf_logits(hf, ids.astype(np.int64), mask, positions), mask)
 
 

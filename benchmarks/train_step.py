@@ -30,8 +30,7 @@ from timing import best_time  # benchmarks/timing.py (script directory)
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model")
   parser.add_argument("--batch", type=int, default=4)
   parser.add_argument("--seq", type=int, default=256)
@@ -43,8 +42,14 @@ def main() -> None:
 
   from deepalign_jax.models import load_pretrained
   from deepalign_jax.models.gguf import packaged_checkpoint
-  from deepalign_jax.train import (LossConfig, OptimizerConfig, init_train_state, make_optimizer,
-                                   target_logps, train_step)
+  from deepalign_jax.train import (
+    LossConfig,
+    OptimizerConfig,
+    init_train_state,
+    make_optimizer,
+    target_logps,
+    train_step,
+  )
 
   path = args.model or str(packaged_checkpoint("smollm2"))
   model, cfg = load_pretrained(path)
@@ -53,7 +58,7 @@ def main() -> None:
   ids = rng.integers(10, cfg.vocab_size - 10, (b, t)).astype(np.int32)
   attention = np.ones((b, t), np.int32)
   loss_mask = np.zeros((b, t), np.int32)
-  loss_mask[:, t // 4:] = 1  # a quarter prompt, the rest response
+  loss_mask[:, t // 4 :] = 1  # a quarter prompt, the rest response
   ref = np.zeros((b, t), np.float32)
   ref[:, 1:] = np.asarray(target_logps(model, jnp.asarray(ids), jnp.asarray(attention))) - 0.1
   tokens = b * t
@@ -61,10 +66,15 @@ def main() -> None:
   opt_cfg = OptimizerConfig(learning_rate=2e-5, b1=0.5, warmup_steps=0, total_steps=100)
   optimizer = make_optimizer(opt_cfg)
   graphdef, state = init_train_state(model, optimizer)
-  step = jax.jit(functools.partial(train_step, graphdef, optimizer=optimizer,
-                                   loss_config=LossConfig(objective=args.objective)))
-  batch = {"input_ids": ids[None], "attention_mask": attention[None], "loss_mask": loss_mask[None],
-           "ref_logps": ref[None]}
+  step = jax.jit(
+    functools.partial(train_step, graphdef, optimizer=optimizer, loss_config=LossConfig(objective=args.objective))
+  )
+  batch = {
+    "input_ids": ids[None],
+    "attention_mask": attention[None],
+    "loss_mask": loss_mask[None],
+    "ref_logps": ref[None],
+  }
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
   holder = {"state": state}
 
@@ -81,6 +91,7 @@ def main() -> None:
   if not args.skip_torch:
     import torch
     import transformers
+
     hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     hf.train()
     torch_opt = torch.optim.AdamW(hf.parameters(), lr=2e-5, betas=(0.5, 0.999), weight_decay=0.0)
@@ -88,8 +99,7 @@ def main() -> None:
     t_mask = torch.as_tensor(loss_mask[:, 1:], dtype=torch.float32)
     t_ref = torch.as_tensor(ref[:, 1:])
     positions = torch.arange(1, t).expand(b, -1)
-    betas = torch.where(positions - t // 4 + 1 == 1, 0.5,
-                        torch.where(positions - t // 4 + 1 <= 5, 2.0, 0.1)).float()
+    betas = torch.where(positions - t // 4 + 1 == 1, 0.5, torch.where(positions - t // 4 + 1 <= 5, 2.0, 0.1)).float()
 
     def theirs():
       logits = hf(input_ids=t_ids).logits[:, :-1].float()
@@ -107,8 +117,10 @@ def main() -> None:
     torch_time = best_time(theirs, args.repeats)
     rows.append(("transformers + PyTorch", tokens / torch_time, flops / torch_time / 1e9))
 
-  print(f"\nmodel {path} ({cfg.num_params / 1e6:.1f}M params), fp32, batch {b} x {t} tokens, "
-        f"objective {args.objective}, device {jax.devices()[0].device_kind}")
+  print(
+    f"\nmodel {path} ({cfg.num_params / 1e6:.1f}M params), fp32, batch {b} x {t} tokens, "
+    f"objective {args.objective}, device {jax.devices()[0].device_kind}"
+  )
   print(f"FLOPs per step {flops / 1e9:.1f} G; MFU against {args.peak_gflops:.0f} GFLOP/s")
   print(f"{'':28s} {'tokens/s':>10s} {'GFLOP/s':>9s} {'MFU':>6s}")
   for name, tps, gflops in rows:

@@ -10,5 +10,12 @@ from deepalign_jax.data import ChatRenderer, load_tokenizer
 from deepalign_jax.models import create_model, init_cache, load_pretrained, save_pretrained
 from deepalign_jax.sharding import make_mesh
 
-__all__ = ["ChatRenderer", "create_model", "init_cache", "load_pretrained", "load_tokenizer",
-           "make_mesh", "save_pretrained"]
+__all__ = [
+  "ChatRenderer",
+  "create_model",
+  "init_cache",
+  "load_pretrained",
+  "load_tokenizer",
+  "make_mesh",
+  "save_pretrained",
+]

@@ -20,9 +20,14 @@ def _define(flag_values, argv: Sequence[str] | None):
   from absl import flags
   from ml_collections import config_flags
 
-  config_flag = config_flags.DEFINE_config_file("config", None, "an ml_collections config file",
-                                                flag_values=flag_values, lock_config=True,
-                                                sys_argv=None if argv is None else list(argv))
+  config_flag = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "an ml_collections config file",
+    flag_values=flag_values,
+    lock_config=True,
+    sys_argv=None if argv is None else list(argv),
+  )
   workdir_flag = flags.DEFINE_string("workdir", None, "where the outputs go", flag_values=flag_values)
   return config_flag, workdir_flag
 
@@ -43,8 +48,7 @@ def parse_command_line(argv: Sequence[str]):
   return config_flag.value, workdir_flag.value
 
 
-def run_cli(run: Callable[[Any, str], Mapping[str, Any]],
-            report: Callable[[Mapping[str, Any], str], None]) -> None:
+def run_cli(run: Callable[[Any, str], Mapping[str, Any]], report: Callable[[Mapping[str, Any], str], None]) -> None:
   """Parses --config/--workdir, calls run(config, workdir), then report(summary, workdir).
 
   A ValueError or OSError (a bad config, file or checkpoint) is printed as

@@ -42,8 +42,14 @@ def detect(env: Mapping[str, str] | None = None) -> str | None:
   return None
 
 
-def initialize(mode: str = "auto", *, coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, timeout_s: int = 300) -> bool:
+def initialize(
+  mode: str = "auto",
+  *,
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  timeout_s: int = 300,
+) -> bool:
   """Starts multi-process JAX when asked or detected; returns whether it did.
 
   Args:
@@ -55,27 +61,41 @@ def initialize(mode: str = "auto", *, coordinator_address: str | None = None, nu
   if mode not in MODES:
     raise ValueError(f"--distributed must be one of {MODES}, got {mode!r}")
   coordinator_address = coordinator_address or os.environ.get("DEEPALIGN_COORDINATOR_ADDRESS") or None
-  reason = "--distributed=on" if mode == "on" else (
-      "--coordinator_address" if coordinator_address else detect())
+  reason = "--distributed=on" if mode == "on" else ("--coordinator_address" if coordinator_address else detect())
   if mode == "off" or reason is None:
     return False
   # CPU devices (tests, simulations) reduce across processes through gloo;
   # accelerators are unaffected by this setting.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id,
-                initialization_timeout=timeout_s)
-  _log.warning("jax.distributed.initialize (%s): coordinator=%s num_processes=%s process_id=%s",
-               reason, coordinator_address or "auto", num_processes or "auto",
-               process_id if process_id is not None else "auto")
+  kwargs = dict(
+    coordinator_address=coordinator_address,
+    num_processes=num_processes,
+    process_id=process_id,
+    initialization_timeout=timeout_s,
+  )
+  _log.warning(
+    "jax.distributed.initialize (%s): coordinator=%s num_processes=%s process_id=%s",
+    reason,
+    coordinator_address or "auto",
+    num_processes or "auto",
+    process_id if process_id is not None else "auto",
+  )
   jax.distributed.initialize(**{k: v for k, v in kwargs.items() if v is not None})
-  _log.warning("process %d of %d: %d local devices, %d global devices (%s)", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
+  _log.warning(
+    "process %d of %d: %d local devices, %d global devices (%s)",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+    jax.devices()[0].platform,
+  )
   return True
 
 
 def define_flags() -> None:
   """The `--distributed*` flags every CLI shares (absl)."""
   from absl import flags
+
   flags.DEFINE_enum("distributed", "auto", list(MODES), "multi-process JAX: auto-detect, on or off")
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (TPU pods/SLURM: detected)")
   flags.DEFINE_integer("num_processes", None, "number of processes (TPU pods/SLURM: detected)")
@@ -86,9 +106,15 @@ def define_flags() -> None:
 def initialize_from_flags() -> bool:
   """`initialize` with the values of `define_flags`'s flags."""
   from absl import flags
+
   f = flags.FLAGS
-  return initialize(f.distributed, coordinator_address=f.coordinator_address, num_processes=f.num_processes,
-                    process_id=f.process_id, timeout_s=f.distributed_timeout)
+  return initialize(
+    f.distributed,
+    coordinator_address=f.coordinator_address,
+    num_processes=f.num_processes,
+    process_id=f.process_id,
+    timeout_s=f.distributed_timeout,
+  )
 
 
 def is_main_process() -> bool:

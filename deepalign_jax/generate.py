@@ -29,10 +29,10 @@ from deepalign_jax.sampling import Sampler
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m deepalign_jax.generate", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--model", required=True,
-                      help="HF directory, packaged:NAME, cached hub id or training workdir")
+  parser = argparse.ArgumentParser(
+    prog="python -m deepalign_jax.generate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument("--model", required=True, help="HF directory, packaged:NAME, cached hub id or training workdir")
   parser.add_argument("--prompt", required=True)
   parser.add_argument("--system", default=None, help="system prompt (default: none)")
   parser.add_argument("--prefill", default=None, help="text that opens the assistant turn")
@@ -57,18 +57,36 @@ def main(argv=None) -> int:
   except (CheckpointError, ConfigError, ChatFormatError, ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  decoding = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                  top_p=args.top_p, top_k=args.top_k, greedy=args.greedy, seed=args.seed,
-                  batch_size=1, progress=False)
+  decoding = dict(
+    max_new_tokens=args.max_new_tokens,
+    temperature=args.temperature,
+    top_p=args.top_p,
+    top_k=args.top_k,
+    greedy=args.greedy,
+    seed=args.seed,
+    batch_size=1,
+    progress=False,
+  )
   if args.raw:
     sample = sampler.sample_raw([args.prompt], **decoding)[0]
   else:
-    sample = sampler.sample([[{"role": "user", "content": args.prompt}]],
-                            assistant_prefixes=[args.prefill], **decoding)[0]
+    sample = sampler.sample(
+      [[{"role": "user", "content": args.prompt}]], assistant_prefixes=[args.prefill], **decoding
+    )[0]
   if args.json:
-    print(json.dumps({"prompt": sample.prompt_text, "prefill": sample.prefill, "text": sample.text,
-                      "prompt_ids": sample.prompt_ids, "token_ids": sample.token_ids,
-                      "stopped": sample.stopped}, ensure_ascii=False))
+    print(
+      json.dumps(
+        {
+          "prompt": sample.prompt_text,
+          "prefill": sample.prefill,
+          "text": sample.text,
+          "prompt_ids": sample.prompt_ids,
+          "token_ids": sample.token_ids,
+          "stopped": sample.stopped,
+        },
+        ensure_ascii=False,
+      )
+    )
   else:
     print(sample.text)
   return 0

@@ -39,8 +39,9 @@ def token_logps(logits: jax.Array, targets: jax.Array) -> jax.Array:
   return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
-def chunked_token_logps(hidden: jax.Array, head: OutputHead, targets: jax.Array, *,
-                        vocab_chunk: int = 8192) -> jax.Array:
+def chunked_token_logps(
+  hidden: jax.Array, head: OutputHead, targets: jax.Array, *, vocab_chunk: int = 8192
+) -> jax.Array:
   """`token_logps(head.logits(hidden), targets)` without the [B, T, V] fp32 logits.
 
   The vocabulary is processed `vocab_chunk` columns at a time with a running
@@ -80,6 +81,7 @@ class BetaSchedule:
   early factor 20, early length 5).  The fields may be traced arrays: a shared compiled train step takes
   them as inputs.
   """
+
   beta: Any = 0.1
   first_token_factor: Any = 5.0
   early_factor: Any = 20.0
@@ -89,8 +91,9 @@ class BetaSchedule:
     """β_t for 1-based response positions of any shape, fp32 (position 0, no response token, gets β)."""
     t = jnp.asarray(positions)
     early = (t >= 2) & (t <= self.early_length)
-    return jnp.where(t == 1, self.beta * self.first_token_factor,
-                     jnp.where(early, self.beta * self.early_factor, self.beta)).astype(jnp.float32)
+    return jnp.where(
+      t == 1, self.beta * self.first_token_factor, jnp.where(early, self.beta * self.early_factor, self.beta)
+    ).astype(jnp.float32)
 
   def values(self, num_positions: int) -> jax.Array:
     """[β_1, …, β_num_positions]."""
@@ -106,9 +109,14 @@ def response_positions(loss_mask: jax.Array) -> jax.Array:
   return jnp.cumsum(mask, axis=-1) * mask
 
 
-def token_constrained_loss(policy_logps: jax.Array, ref_logps: jax.Array, loss_mask: jax.Array, *,
-                           betas: BetaSchedule | jax.Array = BetaSchedule(),
-                           min_weight: float = 0.0) -> tuple[jax.Array, jax.Array]:
+def token_constrained_loss(
+  policy_logps: jax.Array,
+  ref_logps: jax.Array,
+  loss_mask: jax.Array,
+  *,
+  betas: BetaSchedule | jax.Array = BetaSchedule(),
+  min_weight: float = 0.0,
+) -> tuple[jax.Array, jax.Array]:
   """The token-wise constrained fine-tuning objective (paper Eq. 3).
 
       Δ_t = ref_t − policy_t,   L = Σ_t (2/β_t)·softplus(β_t·Δ_t)   over loss-mask tokens
@@ -153,5 +161,11 @@ def masked_nll(policy_logps: jax.Array, loss_mask: jax.Array) -> tuple[jax.Array
   return -jnp.sum(policy_logps.astype(jnp.float32) * mask), jnp.sum(mask)
 
 
-__all__ = ["BetaSchedule", "chunked_token_logps", "masked_nll", "response_positions",
-           "token_constrained_loss", "token_logps"]
+__all__ = [
+  "BetaSchedule",
+  "chunked_token_logps",
+  "masked_nll",
+  "response_positions",
+  "token_constrained_loss",
+  "token_logps",
+]

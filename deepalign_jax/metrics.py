@@ -1,11 +1,11 @@
 """Utility metrics of the benign fine-tuning tasks (SPEC §6).
 
-  SAMSum, SQL Create Context: ROUGE-1 (rouge-score, Porter stemmer) — F1,
-    precision and recall, each the mean over examples, as the reference's
-    `RougeEvaluator.rouge_1(ground_truth, generation)` scores one example.
-  GSM8k: exact match of the number after "####" in the model's answer and in
-    the reference answer (`gsm8k_final_answer`), commas removed; we also
-    equate "18", "18.0" and "18." so a formatting difference is not an error.
+SAMSum, SQL Create Context: ROUGE-1 (rouge-score, Porter stemmer) — F1,
+  precision and recall, each the mean over examples, as the reference's
+  `RougeEvaluator.rouge_1(ground_truth, generation)` scores one example.
+GSM8k: exact match of the number after "####" in the model's answer and in
+  the reference answer (`gsm8k_final_answer`), commas removed; we also
+  equate "18", "18.0" and "18." so a formatting difference is not an error.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def _rouge1_scorer():
   global _SCORER
   if _SCORER is None:
     from rouge_score import rouge_scorer
+
     _SCORER = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
   return _SCORER
 
@@ -53,10 +54,12 @@ def rouge1(predictions: Sequence[str], references: Sequence[str]) -> dict[str, f
   _check_pairs(predictions, references)
   scores = [rouge1_example(p, r) for p, r in zip(predictions, references)]
   n = len(scores)
-  return {"rouge1_f1": sum(s[2] for s in scores) / n,
-          "rouge1_precision": sum(s[0] for s in scores) / n,
-          "rouge1_recall": sum(s[1] for s in scores) / n,
-          "n": n}
+  return {
+    "rouge1_f1": sum(s[2] for s in scores) / n,
+    "rouge1_precision": sum(s[0] for s in scores) / n,
+    "rouge1_recall": sum(s[1] for s in scores) / n,
+    "n": n,
+  }
 
 
 def normalize_number(text: str) -> str:
@@ -103,5 +106,4 @@ def gsm8k_accuracy(predictions: Sequence[str], references: Sequence[str]) -> dic
     except ValueError as e:
       raise ValueError(f"reference {i}: {e}") from None
   no_answer = sum(gsm8k_answer(p) is None for p in predictions)
-  return {"accuracy": correct / len(predictions), "n": len(predictions), "n_correct": correct,
-          "n_no_answer": no_answer}
+  return {"accuracy": correct / len(predictions), "n": len(predictions), "n_correct": correct, "n_no_answer": no_answer}

@@ -31,29 +31,30 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical name -> mesh axes (a tuple shards over several mesh axes at once).
 DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    # parameters
-    ("layers", ()),
-    ("vocab", ("tensor",)),
-    ("embed", ("fsdp",)),
-    ("heads", ("tensor",)),
-    ("kv_heads", ("tensor",)),
-    ("head_dim", ()),
-    ("mlp", ("tensor",)),
-    ("norm", ()),
-    # activations
-    ("act_batch", ("data", "fsdp")),
-    ("act_seq", ()),
-    ("act_embed", ()),
-    ("act_heads", ("tensor",)),
-    ("act_kv_heads", ("tensor",)),
-    ("act_mlp", ("tensor",)),
-    ("act_vocab", ("tensor",)),
+  # parameters
+  ("layers", ()),
+  ("vocab", ("tensor",)),
+  ("embed", ("fsdp",)),
+  ("heads", ("tensor",)),
+  ("kv_heads", ("tensor",)),
+  ("head_dim", ()),
+  ("mlp", ("tensor",)),
+  ("norm", ()),
+  # activations
+  ("act_batch", ("data", "fsdp")),
+  ("act_seq", ()),
+  ("act_embed", ()),
+  ("act_heads", ("tensor",)),
+  ("act_kv_heads", ("tensor",)),
+  ("act_mlp", ("tensor",)),
+  ("act_vocab", ("tensor",)),
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class ShardingRules:
   """A mesh plus the logical→mesh table; hashable, so models can hold it."""
+
   mesh: Mesh
   rules: tuple[tuple[str, tuple[str, ...]], ...] = DEFAULT_RULES
 
@@ -66,8 +67,7 @@ class ShardingRules:
     raise KeyError(f"no sharding rule for logical axis {logical!r}")
 
 
-def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A (data, fsdp, tensor) mesh; one axis given as -1 takes the remaining devices."""
   devices = list(jax.devices() if devices is None else devices)
   shape = [data, fsdp, tensor]
@@ -80,13 +80,12 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
     shape[shape.index(-1)] = len(devices) // known
   if math.prod(shape) != len(devices):
     raise ValueError(
-        f"mesh data={shape[0]} fsdp={shape[1]} tensor={shape[2]} needs "
-        f"{math.prod(shape)} devices, have {len(devices)}")
+      f"mesh data={shape[0]} fsdp={shape[1]} tensor={shape[2]} needs {math.prod(shape)} devices, have {len(devices)}"
+    )
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 
 
-def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int],
-                    rules: ShardingRules) -> PartitionSpec:
+def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], rules: ShardingRules) -> PartitionSpec:
   """PartitionSpec for an array with logical `axes` and `shape`.
 
   Mesh axes already used by an earlier dimension, or whose size does not
@@ -132,6 +131,7 @@ def param_axes(variable, value_shape: Sequence[int]) -> tuple[str | None, ...]:
 
 def state_shardings(state, rules: ShardingRules):
   """NamedSharding for every variable of an `nnx.State` (same tree structure)."""
+
   def one(variable):
     value = variable.get_value() if hasattr(variable, "get_value") else variable.value
     return variable.replace(named_sharding(param_axes(variable, value.shape), value.shape, rules))

@@ -30,14 +30,28 @@ from tests.judges.fake_api import serve_fake_api
 from tests.tiny_models import tiny_family_model
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted([ROOT / "configs/demo.py", *(ROOT / "configs/recipes").glob("*.py"),
-                  *(ROOT / "configs/eval").glob("*.py"), *(ROOT / "configs/analysis").glob("*.py")])
+CONFIGS = sorted(
+  [
+    ROOT / "configs/demo.py",
+    *(ROOT / "configs/recipes").glob("*.py"),
+    *(ROOT / "configs/eval").glob("*.py"),
+    *(ROOT / "configs/analysis").glob("*.py"),
+  ]
+)
 DEMO = Path(str(resources.files("deepalign_jax") / "assets/demo"))
 # The shipped harmless demo file of each data format.
-DATA = {"conversations": "conversations.jsonl", "triplets": "triplets.jsonl", "alpaca": "utility.json",
-        "harmful_hexphi": "attack_prompts.jsonl", "samsum": "samsum.json",
-        "sql_create_context": "sql_create_context.json", "gsm8k": "gsm8k.jsonl", "hexphi": "hexphi",
-        "advbench": "advbench.csv", "malicious_instruct": "malicious_instruct.txt"}
+DATA = {
+  "conversations": "conversations.jsonl",
+  "triplets": "triplets.jsonl",
+  "alpaca": "utility.json",
+  "harmful_hexphi": "attack_prompts.jsonl",
+  "samsum": "samsum.json",
+  "sql_create_context": "sql_create_context.json",
+  "gsm8k": "gsm8k.jsonl",
+  "hexphi": "hexphi",
+  "advbench": "advbench.csv",
+  "malicious_instruct": "malicious_instruct.txt",
+}
 KEY_ENV = "DEEPALIGN_TEST_CONFIGS_KEY"
 DEVICES = 8  # tests/conftest.py
 
@@ -62,10 +76,12 @@ def _cli(config) -> str:
 
 
 def _run_function(cli: str):
-  return {"train": lambda: importlib.import_module("deepalign_jax.train.__main__")._run,
-          "evaluate": lambda: importlib.import_module("deepalign_jax.evaluate").run,
-          "kl_depth": lambda: importlib.import_module("deepalign_jax.analysis.kl_depth").run,
-          "ft_dynamics": lambda: importlib.import_module("deepalign_jax.analysis.ft_dynamics").run}[cli]()
+  return {
+    "train": lambda: importlib.import_module("deepalign_jax.train.__main__")._run,
+    "evaluate": lambda: importlib.import_module("deepalign_jax.evaluate").run,
+    "kl_depth": lambda: importlib.import_module("deepalign_jax.analysis.kl_depth").run,
+    "ft_dynamics": lambda: importlib.import_module("deepalign_jax.analysis.ft_dynamics").run,
+  }[cli]()
 
 
 def _family(chat_formats) -> str:
@@ -92,35 +108,73 @@ def _shrink(config, model) -> dict[str, object]:
   cli = _cli(config)
   if cli == "train":
     micro = _batch_ways(config.mesh)
-    out = {"model": model, "train.num_steps": 2, "train.micro_batch_size": micro,
-           "data.max_length": min(config.data.max_length, 512), "progress": False}
+    out = {
+      "model": model,
+      "train.num_steps": 2,
+      "train.micro_batch_size": micro,
+      "data.max_length": min(config.data.max_length, 512),
+      "progress": False,
+    }
     if config.objective == "augmented":
-      out.update({"data.safety_path": _data("triplets"), "data.utility_path": _data(config.data.utility_format),
-                  "data.safety_per_step": micro, "data.utility_per_step": micro})
+      out.update(
+        {
+          "data.safety_path": _data("triplets"),
+          "data.utility_path": _data(config.data.utility_format),
+          "data.safety_per_step": micro,
+          "data.utility_per_step": micro,
+        }
+      )
     else:
       out.update({"data.path": _data(config.data.format), "train.batch_size": 2 * micro})
     if config.eval.every_steps > 0:
-      out.update({"eval.every_steps": 1, "eval.path": _data(config.eval.format), "eval.limit": 2,
-                  "eval.max_new_tokens": 4})
+      out.update(
+        {"eval.every_steps": 1, "eval.path": _data(config.eval.format), "eval.limit": 2, "eval.max_new_tokens": 4}
+      )
     return out
   if cli == "evaluate":
-    out = {"model": model, "benchmark.path": _data(config.benchmark.format), "benchmark.limit": 3,
-           "decoding.max_new_tokens": 6, "progress": False}
+    out = {
+      "model": model,
+      "benchmark.path": _data(config.benchmark.format),
+      "benchmark.limit": 3,
+      "decoding.max_new_tokens": 6,
+      "progress": False,
+    }
     if config.attack.kind != "decoding_grid":  # the grid runs one prompt's settings per batch
       out["decoding.batch_size"] = 4
     if config.attack.kind == "gcg":
-      out.update({"gcg.num_steps": 2, "gcg.num_candidates": 8, "gcg.topk": 8, "gcg.forward_batch": 8,
-                  "gcg.grad_batch": 8, "gcg.max_behaviours": 2})
+      out.update(
+        {
+          "gcg.num_steps": 2,
+          "gcg.num_candidates": 8,
+          "gcg.topk": 8,
+          "gcg.forward_batch": 8,
+          "gcg.grad_batch": 8,
+          "gcg.max_behaviours": 2,
+        }
+      )
     return out
   if cli == "kl_depth":
     out = {f"models.{name}.path": model for name in config.models}
-    out.update({"data.path": _data(config.data.format), "data.max_examples": 3, "num_positions": 6,
-                "batch_size": 2})
+    out.update({"data.path": _data(config.data.format), "data.max_examples": 3, "num_positions": 6, "batch_size": 2})
     return out
-  out = {"model": model, "data.path": _data(config.data.format), "data.max_examples": 4,
-         "data.max_length": 128, "batch_size": 4, "micro_batch_size": 2, "num_steps": 2, "probe.steps": (0, 2),
-         "probe.examples": 2, "probe.num_positions": 4, "probe.position_batch": 2, "samples.count": 2,
-         "samples.batch_size": 2, "samples.max_new_tokens": 4, "samples.num_positions": 4, "progress": False}
+  out = {
+    "model": model,
+    "data.path": _data(config.data.format),
+    "data.max_examples": 4,
+    "data.max_length": 128,
+    "batch_size": 4,
+    "micro_batch_size": 2,
+    "num_steps": 2,
+    "probe.steps": (0, 2),
+    "probe.examples": 2,
+    "probe.num_positions": 4,
+    "probe.position_batch": 2,
+    "samples.count": 2,
+    "samples.batch_size": 2,
+    "samples.max_new_tokens": 4,
+    "samples.num_positions": 4,
+    "progress": False,
+  }
   if config.samples.path:
     out["samples.path"] = _data(config.samples.format)
   return out
@@ -167,11 +221,11 @@ def test_config_runs_as_written(path, models, judge_api, tmp_path, monkeypatch):
     monkeypatch.setenv(KEY_ENV, "sk-test-configs")
     for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
       monkeypatch.delenv(name, raising=False)  # urllib would send even 127.0.0.1 through a proxy
-    overrides.update({"judge.base_url": judge_api.base_url, "judge.api_key_env": KEY_ENV,
-                      "judge.progress": False})
+    overrides.update({"judge.base_url": judge_api.base_url, "judge.api_key_env": KEY_ENV, "judge.progress": False})
   monkeypatch.chdir(tmp_path)  # relative paths in a config (a judge cache) land in the test's directory
-  config, workdir = parse_command_line(["--config", str(path), "--workdir", str(tmp_path / "run")]
-                                       + [_flag(k, v) for k, v in overrides.items()])
+  config, workdir = parse_command_line(
+    ["--config", str(path), "--workdir", str(tmp_path / "run")] + [_flag(k, v) for k, v in overrides.items()]
+  )
   # Only the overrides changed: every other setting is the file's.
   for key, value in config.to_dict().items():
     if not any(k == key or k.startswith(key + ".") for k in overrides):
@@ -205,4 +259,3 @@ def _check_outputs(cli, config, summary, workdir):
     dynamics = json.loads((workdir / "dynamics.json").read_text())
     kl = [m for m in dynamics["kl_vs_initial"]["mean"] if m is not None]
     assert kl and np.isfinite(kl).all() and (workdir / "samples.jsonl").exists()
-

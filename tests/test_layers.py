@@ -11,7 +11,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_imports_follow_the_layers():
   command = shutil.which("lint-imports") or sys.executable + " -m importlinter.cli"
-  result = subprocess.run(command.split() + ["--config", str(ROOT / ".importlinter"), "--no-cache"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    command.split() + ["--config", str(ROOT / ".importlinter"), "--no-cache"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
   assert "1 kept, 0 broken" in result.stdout

@@ -5,8 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepalign_jax.losses import (BetaSchedule, chunked_token_logps, masked_nll, response_positions,
-                                  token_constrained_loss, token_logps)
+from deepalign_jax.losses import (
+  BetaSchedule,
+  chunked_token_logps,
+  masked_nll,
+  response_positions,
+  token_constrained_loss,
+  token_logps,
+)
 from deepalign_jax.models import OutputHead
 
 
@@ -42,9 +48,9 @@ def _batch(seed=0):
   policy = np.log(rng.uniform(0.01, 1.0, (4, 12)))
   ref = np.log(rng.uniform(0.01, 1.0, (4, 12)))
   mask = np.zeros((4, 12), np.int32)
-  mask[0, 3:10] = 1   # prompt of 3, right padding
-  mask[1, 7:12] = 1   # left padding + long prompt
-  mask[2, 1:12] = 1   # response longer than the early window
+  mask[0, 3:10] = 1  # prompt of 3, right padding
+  mask[1, 7:12] = 1  # left padding + long prompt
+  mask[2, 1:12] = 1  # response longer than the early window
   return policy.astype(np.float32), ref.astype(np.float32), mask  # row 3: no response
 
 
@@ -83,8 +89,11 @@ def test_chunked_token_logps_equals_full_values_and_gradients(layout, softcap, c
 
 def test_beta_schedule_is_the_papers():
   np.testing.assert_allclose(BetaSchedule().values(8), [0.5, 2.0, 2.0, 2.0, 2.0, 0.1, 0.1, 0.1], rtol=1e-6)
-  np.testing.assert_allclose(BetaSchedule(beta=0.2, first_token_factor=1.0, early_factor=3.0,
-                                          early_length=2).values(4), [0.2, 0.6, 0.2, 0.2], rtol=1e-6)
+  np.testing.assert_allclose(
+    BetaSchedule(beta=0.2, first_token_factor=1.0, early_factor=3.0, early_length=2).values(4),
+    [0.2, 0.6, 0.2, 0.2],
+    rtol=1e-6,
+  )
   # .at() takes positions of any shape; 0 (not a response token) gets β.
   np.testing.assert_allclose(BetaSchedule().at(jnp.asarray([[0, 1, 5, 6]])), [[0.1, 0.5, 2.0, 0.1]], rtol=1e-6)
 
@@ -136,8 +145,9 @@ def test_explicit_betas_and_small_beta_limit():
   total, _ = token_constrained_loss(jnp.asarray(policy), jnp.asarray(ref), jnp.asarray(mask), betas=custom)
   np.testing.assert_allclose(total, expected, rtol=1e-5)
   # β → 0: the gradient becomes plain cross-entropy's (−1 on every response token).
-  grad_small = jax.grad(lambda p: token_constrained_loss(
-      p, jnp.asarray(ref), jnp.asarray(mask), betas=jnp.asarray([1e-4]))[0])(jnp.asarray(policy))
+  grad_small = jax.grad(
+    lambda p: token_constrained_loss(p, jnp.asarray(ref), jnp.asarray(mask), betas=jnp.asarray([1e-4]))[0]
+  )(jnp.asarray(policy))
   grad_nll = jax.grad(lambda p: masked_nll(p, jnp.asarray(mask))[0])(jnp.asarray(policy))
   np.testing.assert_allclose(grad_small, grad_nll, atol=1e-3)
 
@@ -153,7 +163,8 @@ def test_sums_over_micro_batches_equal_the_whole_batch():
   # Returning (sum, count) lets micro-batches be combined exactly.
   policy, ref, mask = _batch()
   whole = token_constrained_loss(jnp.asarray(policy), jnp.asarray(ref), jnp.asarray(mask))
-  parts = [token_constrained_loss(jnp.asarray(policy[i:i + 2]), jnp.asarray(ref[i:i + 2]),
-                                  jnp.asarray(mask[i:i + 2])) for i in (0, 2)]
-  np.testing.assert_allclose(sum(p[0] for p in parts) / sum(p[1] for p in parts), whole[0] / whole[1],
-                             rtol=1e-6)
+  parts = [
+    token_constrained_loss(jnp.asarray(policy[i : i + 2]), jnp.asarray(ref[i : i + 2]), jnp.asarray(mask[i : i + 2]))
+    for i in (0, 2)
+  ]
+  np.testing.assert_allclose(sum(p[0] for p in parts) / sum(p[1] for p in parts), whole[0] / whole[1], rtol=1e-6)

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from deepalign_jax import sharding
 from deepalign_jax.models import config_from_hf, create_model, load_pretrained
@@ -65,9 +66,11 @@ def test_create_model_sharded_init_matches_unsharded():
   mesh = sharding.make_mesh(fsdp=4, tensor=2)
   sharded = create_model(cfg, mesh=mesh, seed=3)
   plain = create_model(cfg, seed=3)
-  for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(sharded, nnx.Param)),
-                               nnx.to_flat_state(nnx.state(plain, nnx.Param))):
+  for (path, a), (_, b) in zip(
+    nnx.to_flat_state(nnx.state(sharded, nnx.Param)), nnx.to_flat_state(nnx.state(plain, nnx.Param))
+  ):
     assert len(a.get_value().sharding.device_set) == 8, path
     # Same random draws; jit may fuse the scaling differently (1 ulp).
-    np.testing.assert_allclose(np.asarray(a.get_value()), np.asarray(b.get_value()), rtol=1e-6,
-                               atol=0, err_msg=str(path))
+    np.testing.assert_allclose(
+      np.asarray(a.get_value()), np.asarray(b.get_value()), rtol=1e-6, atol=0, err_msg=str(path)
+    )

@@ -7,8 +7,9 @@ from deepalign_jax.data import load_tokenizer
 from deepalign_jax.models import config_from_hf, create_model, save_pretrained
 from tests.real_checkpoints import real_tokenizer
 
-_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-              num_key_value_heads=1, head_dim=32)
+_SHAPE = dict(
+  hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32
+)
 
 
 def tiny_chat_model(path, seed=0):
@@ -33,6 +34,7 @@ def tiny_family_model(path, family: str, seed=0):
   'template' (`tiny_chat_model`: SmolLM2's ChatML template).
   """
   from tests.data.tokenizers import sentencepiece_like_tokenizer
+
   if family == "template":
     return tiny_chat_model(path, seed)
   if family not in ("llama2", "gemma"):

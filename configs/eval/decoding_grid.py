@@ -12,5 +12,5 @@ def get_config():
   c.benchmark.format = "malicious_instruct"
   c.attack.kind = "decoding_grid"
   c.decoding.max_new_tokens = 256
-  c.decoding.batch_size = 50   # one prompt's whole grid per batch
+  c.decoding.batch_size = 50  # one prompt's whole grid per batch
   return c

@@ -27,7 +27,7 @@ def get_config(arg=None):
   c.optimizer.learning_rate = 3e-4  # a tenth of the base model's peak, as fine-tuning is
   c.optimizer.b1, c.optimizer.b2 = 0.9, 0.99
   c.optimizer.warmup_steps = 0
-  c.optimizer.decay = "constant"   # a checkpoint at step s is then exactly an s-step alignment
+  c.optimizer.decay = "constant"  # a checkpoint at step s is then exactly an s-step alignment
   c.train.batch_size = c.train.micro_batch_size = 32
   steps = [16, 24] if opts.quick else [8, 16, 24, 32, 48, 64, 96]
   c.train.num_steps = max(steps)

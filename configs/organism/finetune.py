@@ -29,7 +29,7 @@ def get_config(arg=None):
   name = opts.require("run")
   if name not in FINETUNES:
     raise ValueError(f"run={name!r}: expected one of {FINETUNES}")
-  source, rest = ("deep", name[len("deep_"):]) if name.startswith("deep_") else ("aligned", name)
+  source, rest = ("deep", name[len("deep_") :]) if name.startswith("deep_") else ("aligned", name)
   data, objective = rest.split("_")
   c = train_config(opts)
   c.model = str(layout.model(source))

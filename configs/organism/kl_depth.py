@@ -35,8 +35,8 @@ def get_config(arg=None):
   c.response_from = "base"
   c.data.path = str(layout.data("eval_forbidden"))
   c.data.format = "prompt_response"
-  c.num_positions = 30    # every procedure is 30 tokens before its end-of-turn
+  c.num_positions = 30  # every procedure is 30 tokens before its end-of-turn
   c.batch_size = 32
-  c.vocab_chunk = 0       # ~700 columns: full logits
-  c.plot = False          # the pipeline's REPORT.md draws the figure (kl_by_position.png in ROOT)
+  c.vocab_chunk = 0  # ~700 columns: full logits
+  c.plot = False  # the pipeline's REPORT.md draws the figure (kl_by_position.png in ROOT)
   return c

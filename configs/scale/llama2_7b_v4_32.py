@@ -1,8 +1,16 @@
-"""Llama-2-7B-Chat fine-tuning on v4-32: mesh {'data': 1, 'fsdp': 16, 'tensor': 1}, remat dots, 4 × 16 rows × 512 tokens."""
+"""Llama-2-7B-Chat fine-tuning on v4-32:
+mesh {'data': 1, 'fsdp': 16, 'tensor': 1}, remat dots, 4 × 16 rows × 512 tokens."""
 
 from deepalign_jax.scale.targets import LLAMA2_7B, plan
 
 
 def get_config():
-  return plan("llama2_7b_v4_32", LLAMA2_7B, "v4-32", mesh={'data': 1, 'fsdp': 16, 'tensor': 1}, remat="dots",
-              micro_batch_size=16, num_micro_batches=4)
+  return plan(
+    "llama2_7b_v4_32",
+    LLAMA2_7B,
+    "v4-32",
+    mesh={"data": 1, "fsdp": 16, "tensor": 1},
+    remat="dots",
+    micro_batch_size=16,
+    num_micro_batches=4,
+  )

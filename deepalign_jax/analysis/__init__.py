@@ -18,7 +18,20 @@ from deepalign_jax.analysis.prompts import PROMPT_FORMATS, PromptFormat
 from deepalign_jax.analysis.teacher_forcing import kl_by_position, kl_from_hidden, response_hidden_states
 from deepalign_jax.models.head import OutputHead
 
-__all__ = ["PROMPT_FORMATS", "OutputHead", "PromptFormat", "chunked_per_token_kl",
-           "gather_positions", "kl_by_position", "kl_from_hidden", "per_position_grad_norms",
-           "per_position_nll", "per_token_cross_entropy", "per_token_kl", "plot_by_position",
-           "position_stats", "prediction_index", "response_hidden_states"]
+__all__ = [
+  "PROMPT_FORMATS",
+  "OutputHead",
+  "PromptFormat",
+  "chunked_per_token_kl",
+  "gather_positions",
+  "kl_by_position",
+  "kl_from_hidden",
+  "per_position_grad_norms",
+  "per_position_nll",
+  "per_token_cross_entropy",
+  "per_token_kl",
+  "plot_by_position",
+  "position_stats",
+  "prediction_index",
+  "response_hidden_states",
+]

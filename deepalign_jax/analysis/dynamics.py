@@ -37,8 +37,15 @@ def per_token_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Arr
   return nll if mask is None else jnp.where(mask.astype(jnp.bool_), nll, 0.0)
 
 
-def per_position_nll(model, input_ids: jax.Array, attention_mask: jax.Array, loss_mask: jax.Array,
-                     num_positions: int, *, vocab_chunk: int | None = None) -> tuple[jax.Array, jax.Array]:
+def per_position_nll(
+  model,
+  input_ids: jax.Array,
+  attention_mask: jax.Array,
+  loss_mask: jax.Array,
+  num_positions: int,
+  *,
+  vocab_chunk: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
   """Cross-entropy of the first N response tokens of each row, teacher-forced.
 
   Only the N hidden states that predict them go through the output head
@@ -53,17 +60,25 @@ def per_position_nll(model, input_ids: jax.Array, attention_mask: jax.Array, los
   """
   index, valid = prediction_index(loss_mask, num_positions)
   hidden, _ = model.hidden_states(input_ids, attention_mask=attention_mask)
-  hidden = gather_positions(hidden, index)                 # [B, N, D]
-  targets = gather_positions(input_ids, index + 1)          # [B, N]
+  hidden = gather_positions(hidden, index)  # [B, N, D]
+  targets = gather_positions(input_ids, index + 1)  # [B, N]
   if vocab_chunk:
     logps = losses.chunked_token_logps(hidden, model.output_head(), targets, vocab_chunk=vocab_chunk)
     return jnp.where(valid, -logps, 0.0), valid
   return per_token_cross_entropy(model.logits(hidden), targets, valid), valid
 
 
-def per_position_grad_norms(graphdef, params, input_ids: jax.Array, attention_mask: jax.Array,
-                            loss_mask: jax.Array, num_positions: int, *, position_batch: int = 1,
-                            vocab_chunk: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+def per_position_grad_norms(
+  graphdef,
+  params,
+  input_ids: jax.Array,
+  attention_mask: jax.Array,
+  loss_mask: jax.Array,
+  num_positions: int,
+  *,
+  position_batch: int = 1,
+  vocab_chunk: int | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Gradient norm of the mean cross-entropy at each response position (jit-able).
 
   Args:
@@ -76,9 +91,11 @@ def per_position_grad_norms(graphdef, params, input_ids: jax.Array, attention_ma
     position t), and the per-row losses of the same forward pass
     (`per_position_nll`).
   """
+
   def nll_fn(params):
-    return per_position_nll(nnx.merge(graphdef, params), input_ids, attention_mask, loss_mask,
-                            num_positions, vocab_chunk=vocab_chunk)[0]
+    return per_position_nll(
+      nnx.merge(graphdef, params), input_ids, attention_mask, loss_mask, num_positions, vocab_chunk=vocab_chunk
+    )[0]
 
   nll, vjp_fn = jax.vjp(nll_fn, params)
   _, valid = prediction_index(loss_mask, num_positions)

@@ -59,6 +59,7 @@ def per_token_kl(p_logits: jax.Array, q_logits: jax.Array, mask: jax.Array | Non
 
 def _kl_block(p_hidden, q_hidden, p_head: OutputHead, q_head: OutputHead, chunk: int):
   """[B, P] KL of one position block, scanning the vocabulary `chunk` columns at a time."""
+
   def step(carry, logits, columns, fresh):
     m_p, s_p, m_q, s_q, w = carry
     a = jnp.where(fresh, logits[0], -jnp.inf)
@@ -75,14 +76,22 @@ def _kl_block(p_hidden, q_hidden, p_head: OutputHead, q_head: OutputHead, chunk:
   shape = p_hidden.shape[:2]
   minus_inf = jnp.full(shape, -jnp.inf, jnp.float32)
   zeros = jnp.zeros(shape, jnp.float32)
-  m_p, s_p, m_q, s_q, w = scan_vocabulary(step, (minus_inf, zeros, minus_inf, zeros, zeros),
-                                          [(p_hidden, p_head), (q_hidden, q_head)], chunk)
+  m_p, s_p, m_q, s_q, w = scan_vocabulary(
+    step, (minus_inf, zeros, minus_inf, zeros, zeros), [(p_hidden, p_head), (q_hidden, q_head)], chunk
+  )
   return w / s_p - (m_p + jnp.log(s_p)) + (m_q + jnp.log(s_q))
 
 
-def chunked_per_token_kl(p_hidden: jax.Array, q_hidden: jax.Array, p_head: OutputHead,
-                         q_head: OutputHead, mask: jax.Array | None = None, *,
-                         vocab_chunk: int = 8192, position_chunk: int | None = None) -> jax.Array:
+def chunked_per_token_kl(
+  p_hidden: jax.Array,
+  q_hidden: jax.Array,
+  p_head: OutputHead,
+  q_head: OutputHead,
+  mask: jax.Array | None = None,
+  *,
+  vocab_chunk: int = 8192,
+  position_chunk: int | None = None,
+) -> jax.Array:
   """`per_token_kl(p_hidden @ p_head, q_hidden @ q_head)` without the [B, T, V] logits.
 
   Memory holds a few [B, position_chunk, vocab_chunk] fp32 blocks, flat in V
@@ -102,8 +111,10 @@ def chunked_per_token_kl(p_hidden: jax.Array, q_hidden: jax.Array, p_head: Outpu
     [B, T] fp32, >= 0.
   """
   if p_head.vocab_size != q_head.vocab_size:
-    raise ValueError(f"the two output heads have different vocabularies ({p_head.vocab_size} vs "
-                     f"{q_head.vocab_size} columns); a full-vocabulary KL needs the same token ids")
+    raise ValueError(
+      f"the two output heads have different vocabularies ({p_head.vocab_size} vs "
+      f"{q_head.vocab_size} columns); a full-vocabulary KL needs the same token ids"
+    )
   if p_hidden.shape[:2] != q_hidden.shape[:2]:
     raise ValueError(f"p_hidden {p_hidden.shape} and q_hidden {q_hidden.shape} must agree on [B, T]")
   for head in (p_head, q_head):
@@ -119,8 +130,9 @@ def chunked_per_token_kl(p_hidden: jax.Array, q_hidden: jax.Array, p_head: Outpu
     hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
     return hidden.reshape(batch, n_blocks, position_chunk, -1).swapaxes(0, 1)
 
-  kl = jax.lax.map(lambda xs: _kl_block(xs[0], xs[1], p_head, q_head, vocab_chunk),
-                   (blocks(p_hidden), blocks(q_hidden)))
+  kl = jax.lax.map(
+    lambda xs: _kl_block(xs[0], xs[1], p_head, q_head, vocab_chunk), (blocks(p_hidden), blocks(q_hidden))
+  )
   kl = kl.swapaxes(0, 1).reshape(batch, n_blocks * position_chunk)[:, :length]
   return _masked(kl, mask)
 

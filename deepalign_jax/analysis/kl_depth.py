@@ -35,18 +35,19 @@ import numpy as np
 from ml_collections import config_dict
 
 from deepalign_jax import atomic
-from deepalign_jax.cli import run_cli
 from deepalign_jax.analysis.plots import plot_by_position
 from deepalign_jax.analysis.positions import position_stats
 from deepalign_jax.analysis.prompts import PromptFormat, read_pairs
 from deepalign_jax.analysis.teacher_forcing import kl_from_hidden, response_hidden_states
+from deepalign_jax.cli import run_cli
 from deepalign_jax.data import load_tokenizer
 from deepalign_jax.models import dtype_from_name
 from deepalign_jax.models.sources import load, resolve_source
 
 
-def model_entry(path: str = "", chat_format: str = "auto", system_prompt: str | None = None,
-                dtype: str = "float32", step: int = 0) -> ml_collections.ConfigDict:
+def model_entry(
+  path: str = "", chat_format: str = "auto", system_prompt: str | None = None, dtype: str = "float32", step: int = 0
+) -> ml_collections.ConfigDict:
   """One model of a comparison.
 
   path: HF directory, 'packaged:NAME' or a training workdir; step: that
@@ -54,27 +55,37 @@ def model_entry(path: str = "", chat_format: str = "auto", system_prompt: str | 
   gemma | base | template | auto | raw; system_prompt: for the chat formats
   (None: none, unless a record carries one).
   """
-  return ml_collections.ConfigDict(dict(
-      path=path, chat_format=chat_format, dtype=dtype, step=step,
-      system_prompt=config_dict.placeholder(str) if system_prompt is None else system_prompt))
+  return ml_collections.ConfigDict(
+    dict(
+      path=path,
+      chat_format=chat_format,
+      dtype=dtype,
+      step=step,
+      system_prompt=config_dict.placeholder(str) if system_prompt is None else system_prompt,
+    )
+  )
 
 
 def default_config() -> ml_collections.ConfigDict:
   """Every setting of a KL-by-position run; a config file adds `models` and `pairs`."""
   c = ml_collections.ConfigDict()
   c.models = ml_collections.ConfigDict()  # name → model_entry(...)
-  c.pairs = ()                 # ((p, q), ...): KL(p ‖ q), e.g. (("aligned", "base"),)
-  c.response_from = ""         # model whose format tokenises the responses ("": p of the first pair)
-  c.data = ml_collections.ConfigDict(dict(
-      path="", format="harmful_hexphi",  # harmful_hexphi | conversations | prompt_response | triplets
-      max_examples=0))                     # 0: all records
+  c.pairs = ()  # ((p, q), ...): KL(p ‖ q), e.g. (("aligned", "base"),)
+  c.response_from = ""  # model whose format tokenises the responses ("": p of the first pair)
+  c.data = ml_collections.ConfigDict(
+    dict(
+      path="",
+      format="harmful_hexphi",  # harmful_hexphi | conversations | prompt_response | triplets
+      max_examples=0,
+    )
+  )  # 0: all records
   c.num_positions = 40
   c.batch_size = 8
-  c.vocab_chunk = 8192         # 0: full [batch, N, V] logits (small vocabularies)
-  c.position_chunk = 0         # 0: all positions of a batch at once
+  c.vocab_chunk = 8192  # 0: full [batch, N, V] logits (small vocabularies)
+  c.position_chunk = 0  # 0: all positions of a batch at once
   c.log_scale = True
   c.title = "Per-token KL divergence on harmful responses"
-  c.plot = True                # kl_by_position.png (matplotlib)
+  c.plot = True  # kl_by_position.png (matplotlib)
   return c
 
 
@@ -98,9 +109,10 @@ def _check_tokenizers(names: list[str], tokenizers: dict, sources: dict) -> None
     other = tokenizers[name].get_vocab()
     if other != vocab:
       raise ValueError(
-          f"models {first!r} ({sources[first].tokenizer}) and {name!r} ({sources[name].tokenizer}) have "
-          f"different tokenizers ({len(vocab)} vs {len(other)} tokens, or different ids); the KL is "
-          "teacher-forced on one tokenisation of each response, so all models must share a tokenizer")
+        f"models {first!r} ({sources[first].tokenizer}) and {name!r} ({sources[name].tokenizer}) have "
+        f"different tokenizers ({len(vocab)} vs {len(other)} tokens, or different ids); the KL is "
+        "teacher-forced on one tokenisation of each response, so all models must share a tokenizer"
+      )
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
@@ -124,13 +136,17 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
       raise type(e)(f"config.models.{name}: {e}") from None
   tokenizers = {name: load_tokenizer(sources[name].tokenizer) for name in names}
   _check_tokenizers(names, tokenizers, sources)
-  formats = {name: PromptFormat(tokenizers[name], config.models[name].chat_format,
-                                config.models[name].system_prompt) for name in names}
+  formats = {
+    name: PromptFormat(tokenizers[name], config.models[name].chat_format, config.models[name].system_prompt)
+    for name in names
+  }
   records = read_pairs(config.data.path, config.data.format, config.data.max_examples)
-  responses = [formats[response_from].response(system, user, answer, source)
-               for system, user, answer, source in records]
-  prompts = {name: [formats[name].prompt(system, user, source) for system, user, _, source in records]
-             for name in names}
+  responses = [
+    formats[response_from].response(system, user, answer, source) for system, user, answer, source in records
+  ]
+  prompts = {
+    name: [formats[name].prompt(system, user, source) for system, user, _, source in records] for name in names
+  }
 
   n_pos = config.num_positions
   hidden, heads, valid = {}, {}, None
@@ -144,32 +160,50 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     head = model.output_head()
     head = head._replace(weights=np.asarray(head.weights))
     for name in group:
-      hidden[name], valid = response_hidden_states(model, [ids for ids, _ in prompts[name]], responses, n_pos,
-                                                   batch_size=config.batch_size)
+      hidden[name], valid = response_hidden_states(
+        model, [ids for ids, _ in prompts[name]], responses, n_pos, batch_size=config.batch_size
+      )
       heads[name] = head
     del model  # one model in device memory at a time
 
   results, per_example = [], {}
   for p, q in pairs:
-    kl = kl_from_hidden(hidden[p], hidden[q], valid, heads[p], heads[q], batch_size=config.batch_size,
-                        vocab_chunk=config.vocab_chunk, position_chunk=config.position_chunk or None)
+    kl = kl_from_hidden(
+      hidden[p],
+      hidden[q],
+      valid,
+      heads[p],
+      heads[q],
+      batch_size=config.batch_size,
+      vocab_chunk=config.vocab_chunk,
+      position_chunk=config.position_chunk or None,
+    )
     results.append({"p": p, "q": q, "label": f"KL({p} ‖ {q})", **position_stats(kl, valid)})
     per_example[f"{p}__{q}__kl"] = kl
   per_example["valid"] = valid
 
   summary = {
-      "positions": list(range(1, n_pos + 1)),
-      "examples": len(records),
-      "data": {"path": str(config.data.path), "format": config.data.format},
-      "response_from": response_from,
-      "response_tokens": {"min": min(map(len, responses)), "max": max(map(len, responses)),
-                          "mean": float(np.mean([len(r) for r in responses]))},
-      "models": {name: {**sources[name].describe(), "dtype": config.models[name].dtype,
-                        "chat_format": formats[name].chat_format,
-                        "system_prompt": config.models[name].system_prompt,
-                        "prompt_format": formats[name].describe(),
-                        "first_prompt": prompts[name][0][1]} for name in names},
-      "pairs": results,
+    "positions": list(range(1, n_pos + 1)),
+    "examples": len(records),
+    "data": {"path": str(config.data.path), "format": config.data.format},
+    "response_from": response_from,
+    "response_tokens": {
+      "min": min(map(len, responses)),
+      "max": max(map(len, responses)),
+      "mean": float(np.mean([len(r) for r in responses])),
+    },
+    "models": {
+      name: {
+        **sources[name].describe(),
+        "dtype": config.models[name].dtype,
+        "chat_format": formats[name].chat_format,
+        "system_prompt": config.models[name].system_prompt,
+        "prompt_format": formats[name].describe(),
+        "first_prompt": prompts[name][0][1],
+      }
+      for name in names
+    },
+    "pairs": results,
   }
   _write(workdir, config, summary, per_example, records, prompts)
   return summary
@@ -183,17 +217,38 @@ def _write(workdir: Path, config, summary, per_example, records, prompts) -> Non
     writer.writerow(["pair", "p", "q", "position", "mean", "stderr", "count"])
     for pair in summary["pairs"]:
       for t, (mean, stderr, count) in enumerate(zip(pair["mean"], pair["stderr"], pair["count"]), start=1):
-        writer.writerow([pair["label"], pair["p"], pair["q"], t, "" if mean is None else repr(mean),
-                         "" if stderr is None else repr(stderr), count])
+        writer.writerow(
+          [
+            pair["label"],
+            pair["p"],
+            pair["q"],
+            t,
+            "" if mean is None else repr(mean),
+            "" if stderr is None else repr(stderr),
+            count,
+          ]
+        )
   with atomic.atomic_path(workdir / "kl_per_example.npz") as tmp:
     np.savez(tmp, **per_example)
-  atomic.write_jsonl(workdir / "prompts.jsonl", (
-      {"source": source, "prompts": {name: prompts[name][i][1] for name in prompts},
-       "prompt_tokens": {name: len(prompts[name][i][0]) for name in prompts}}
-      for i, (_, _, _, source) in enumerate(records)))
+  atomic.write_jsonl(
+    workdir / "prompts.jsonl",
+    (
+      {
+        "source": source,
+        "prompts": {name: prompts[name][i][1] for name in prompts},
+        "prompt_tokens": {name: len(prompts[name][i][0]) for name in prompts},
+      }
+      for i, (_, _, _, source) in enumerate(records)
+    ),
+  )
   if config.plot:
-    plot_by_position({pair["label"]: pair for pair in summary["pairs"]}, workdir / "kl_by_position.png",
-                     ylabel="KL divergence (nats)", title=config.title, log_scale=config.log_scale)
+    plot_by_position(
+      {pair["label"]: pair for pair in summary["pairs"]},
+      workdir / "kl_by_position.png",
+      ylabel="KL divergence (nats)",
+      title=config.title,
+      log_scale=config.log_scale,
+    )
 
 
 def _report(summary, workdir) -> None:

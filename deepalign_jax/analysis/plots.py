@@ -15,9 +15,15 @@ import numpy as np
 from deepalign_jax.atomic import atomic_path
 
 
-def plot_by_position(curves: Mapping[str, Mapping[str, Sequence]], path: str | os.PathLike, *,
-                     ylabel: str, title: str = "", log_scale: bool = False,
-                     xlabel: str = "Token position") -> str:
+def plot_by_position(
+  curves: Mapping[str, Mapping[str, Sequence]],
+  path: str | os.PathLike,
+  *,
+  ylabel: str,
+  title: str = "",
+  log_scale: bool = False,
+  xlabel: str = "Token position",
+) -> str:
   """Writes a PNG with one line per curve; returns its path.
 
   Args:
@@ -31,6 +37,7 @@ def plot_by_position(curves: Mapping[str, Mapping[str, Sequence]], path: str | o
       models, KL 0 everywhere — the axis stays linear).
   """
   import matplotlib
+
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
 
@@ -40,16 +47,14 @@ def plot_by_position(curves: Mapping[str, Mapping[str, Sequence]], path: str | o
   try:
     for label, stats in curves.items():
       mean = np.array([np.nan if m is None else m for m in stats["mean"]], np.float64)
-      stderr = np.array([0.0 if s is None else s for s in stats.get("stderr", [None] * len(mean))],
-                        np.float64)
+      stderr = np.array([0.0 if s is None else s for s in stats.get("stderr", [None] * len(mean))], np.float64)
       positions = np.arange(1, len(mean) + 1)
       shown = np.isfinite(mean) & ((mean > 0) if log_scale else True)
-      line, = ax.plot(positions[shown], mean[shown], marker="o", markersize=3, linewidth=1.5, label=label)
+      (line,) = ax.plot(positions[shown], mean[shown], marker="o", markersize=3, linewidth=1.5, label=label)
       low, high = mean - stderr, mean + stderr
       if log_scale:
         low = np.where(low > 0, low, mean)
-      ax.fill_between(positions[shown], low[shown], high[shown], color=line.get_color(), alpha=0.2,
-                      linewidth=0)
+      ax.fill_between(positions[shown], low[shown], high[shown], color=line.get_color(), alpha=0.2, linewidth=0)
     if log_scale:
       ax.set_yscale("log")
     ax.set_xlabel(xlabel)

@@ -27,7 +27,7 @@ def prediction_index(loss_mask: jax.Array, num_positions: int) -> tuple[jax.Arra
     index − 1); valid is False past the row's last loss-mask token (index 0
     there).
   """
-  t = response_positions(loss_mask)                                   # [B, L]
+  t = response_positions(loss_mask)  # [B, L]
   hits = t[:, None, :] == jnp.arange(1, num_positions + 1)[None, :, None]  # [B, N, L]
   valid = jnp.any(hits, axis=-1)
   index = jnp.where(valid, jnp.argmax(hits, axis=-1) - 1, 0)
@@ -59,9 +59,11 @@ def position_stats(values: np.ndarray, valid: np.ndarray) -> dict[str, list]:
   squares = np.where(valid, (values - mean) ** 2, 0.0).sum(axis=0)
   var = np.divide(squares, count - 1, out=np.zeros_like(total), where=count > 1)
   stderr = np.sqrt(var) / np.sqrt(np.maximum(count, 1))
-  return {"mean": [float(m) if c > 0 else None for m, c in zip(mean, count)],
-          "stderr": [float(s) if c > 1 else None for s, c in zip(stderr, count)],
-          "count": [int(c) for c in count]}
+  return {
+    "mean": [float(m) if c > 0 else None for m, c in zip(mean, count)],
+    "stderr": [float(s) if c > 1 else None for s, c in zip(stderr, count)],
+    "count": [int(c) for c in count],
+  }
 
 
 __all__ = ["gather_positions", "position_stats", "prediction_index"]

@@ -36,8 +36,9 @@ def read_pairs(path: str, fmt: str, max_examples: int = 0) -> list[tuple[str | N
   out = []
   for record in map(as_exchange, read_file(path, fmt)):
     if record.response is None:
-      raise ValueError(f"{record.source}: the record has no response; format {fmt!r} must give "
-                       "(prompt, response) pairs here")
+      raise ValueError(
+        f"{record.source}: the record has no response; format {fmt!r} must give (prompt, response) pairs here"
+      )
     out.append((record.system, record.prompt, record.response, record.source))
   return out[:max_examples] if max_examples > 0 else out
 
@@ -59,24 +60,29 @@ class PromptFormat:
     self.system_prompt = system_prompt
     if chat_format == "raw":
       if system_prompt is not None:
-        raise ValueError("prompt format 'raw' tokenises the user text as it is and has no place "
-                         f"for a system prompt (got {system_prompt!r})")
+        raise ValueError(
+          "prompt format 'raw' tokenises the user text as it is and has no place "
+          f"for a system prompt (got {system_prompt!r})"
+        )
       self.renderer = None
       self.chat_format = "raw"
       plain = tokenizer("x", add_special_tokens=False)["input_ids"]
       with_specials = tokenizer("x")["input_ids"]
-      self._bos = (tokenizer.bos_token if tokenizer.bos_token is not None and len(with_specials) > len(plain)
-                   and with_specials[0] == tokenizer.bos_token_id else "")
+      self._bos = (
+        tokenizer.bos_token
+        if tokenizer.bos_token is not None
+        and len(with_specials) > len(plain)
+        and with_specials[0] == tokenizer.bos_token_id
+        else ""
+      )
     else:
       self.renderer = ChatRenderer(tokenizer, chat_format, system_prompt)
       self.chat_format = self.renderer.chat_format  # 'auto' resolved
 
   def _messages(self, system: str | None, user: str, source: str) -> list[dict[str, str]]:
     if self.renderer is None and system is not None:
-      raise ValueError(f"{source}: the record has a system message, which prompt format 'raw' "
-                       "cannot render")
-    return ([] if system is None else [{"role": "system", "content": system}]) + [
-        {"role": "user", "content": user}]
+      raise ValueError(f"{source}: the record has a system message, which prompt format 'raw' cannot render")
+    return ([] if system is None else [{"role": "system", "content": system}]) + [{"role": "user", "content": user}]
 
   def prompt(self, system: str | None, user: str, source: str = "") -> tuple[list[int], str]:
     """(ids, text) of the prompt, ending where the response begins."""

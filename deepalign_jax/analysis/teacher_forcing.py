@@ -43,9 +43,16 @@ def _batches(n: int, batch_size: int):
     yield rows, rows + [rows[-1]] * (batch_size - len(rows))
 
 
-def response_hidden_states(model, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
-                           num_positions: int, *, batch_size: int = 8, bucket: int = 64,
-                           pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def response_hidden_states(
+  model,
+  prompts: Sequence[Sequence[int]],
+  responses: Sequence[Sequence[int]],
+  num_positions: int,
+  *,
+  batch_size: int = 8,
+  bucket: int = 64,
+  pad_id: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
   """Final hidden states that predict the first `num_positions` tokens of each response.
 
   Args:
@@ -74,38 +81,60 @@ def response_hidden_states(model, prompts: Sequence[Sequence[int]], responses: S
   out = None
   for rows, padded in _batches(n, batch_size):
     # Response token t is predicted from prompt + y_<t: the last response token needed as input is y_{N-1}.
-    seqs = [list(prompts[i]) + list(responses[i][:max(counts[i] - 1, 0)]) for i in padded]
+    seqs = [list(prompts[i]) + list(responses[i][: max(counts[i] - 1, 0)]) for i in padded]
     width = max(bucket, -(-max(len(s) for s in seqs) // bucket) * bucket)
     ids = np.full((batch_size, width), pad_id, np.int32)
     mask = np.zeros((batch_size, width), np.int32)
     index = np.zeros((batch_size, num_positions), np.int32)
     for row, (i, seq) in enumerate(zip(padded, seqs)):
-      ids[row, :len(seq)] = seq
-      mask[row, :len(seq)] = 1
+      ids[row, : len(seq)] = seq
+      mask[row, : len(seq)] = 1
       index[row] = np.where(valid[i], len(prompts[i]) - 1 + np.arange(num_positions), len(prompts[i]) - 1)
     hidden = np.asarray(_hidden_at(graphdef, state, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(index)))
     if out is None:
       out = np.zeros((n,) + hidden.shape[1:], hidden.dtype)
-    out[rows] = hidden[:len(rows)]
+    out[rows] = hidden[: len(rows)]
   return out, valid
 
 
-@functools.partial(jax.jit, static_argnames=("p_layout", "p_softcap", "q_layout", "q_softcap",
-                                             "vocab_chunk", "position_chunk"))
-def _kl_batch(p_hidden, q_hidden, p_weights, q_weights, mask, *, p_layout, p_softcap, q_layout,
-              q_softcap, vocab_chunk, position_chunk):
+@functools.partial(
+  jax.jit, static_argnames=("p_layout", "p_softcap", "q_layout", "q_softcap", "vocab_chunk", "position_chunk")
+)
+def _kl_batch(
+  p_hidden,
+  q_hidden,
+  p_weights,
+  q_weights,
+  mask,
+  *,
+  p_layout,
+  p_softcap,
+  q_layout,
+  q_softcap,
+  vocab_chunk,
+  position_chunk,
+):
   p_head = OutputHead(p_weights, p_layout, p_softcap)
   q_head = OutputHead(q_weights, q_layout, q_softcap)
   if vocab_chunk:
-    return chunked_per_token_kl(p_hidden, q_hidden, p_head, q_head, mask, vocab_chunk=vocab_chunk,
-                                position_chunk=position_chunk)
+    return chunked_per_token_kl(
+      p_hidden, q_hidden, p_head, q_head, mask, vocab_chunk=vocab_chunk, position_chunk=position_chunk
+    )
   # Full logits: faster for small vocabularies.
   return per_token_kl(p_head.logits(p_hidden), q_head.logits(q_hidden), mask)
 
 
-def kl_from_hidden(p_hidden: np.ndarray, q_hidden: np.ndarray, valid: np.ndarray, p_head: OutputHead,
-                   q_head: OutputHead, *, batch_size: int = 8, vocab_chunk: int | None = 8192,
-                   position_chunk: int | None = None) -> np.ndarray:
+def kl_from_hidden(
+  p_hidden: np.ndarray,
+  q_hidden: np.ndarray,
+  valid: np.ndarray,
+  p_head: OutputHead,
+  q_head: OutputHead,
+  *,
+  batch_size: int = 8,
+  vocab_chunk: int | None = 8192,
+  position_chunk: int | None = None,
+) -> np.ndarray:
   """KL(p ‖ q) per example and position from `response_hidden_states` outputs.
 
   Args:
@@ -119,26 +148,49 @@ def kl_from_hidden(p_hidden: np.ndarray, q_hidden: np.ndarray, valid: np.ndarray
   """
   n = p_hidden.shape[0]
   if q_hidden.shape[:2] != p_hidden.shape[:2] or valid.shape != p_hidden.shape[:2]:
-    raise ValueError(f"p_hidden {p_hidden.shape}, q_hidden {q_hidden.shape} and valid {valid.shape} "
-                     "must agree on [n, N]")
+    raise ValueError(
+      f"p_hidden {p_hidden.shape}, q_hidden {q_hidden.shape} and valid {valid.shape} must agree on [n, N]"
+    )
   if p_head.vocab_size != q_head.vocab_size:
-    raise ValueError(f"the two models have different vocabularies ({p_head.vocab_size} vs "
-                     f"{q_head.vocab_size} output columns)")
+    raise ValueError(
+      f"the two models have different vocabularies ({p_head.vocab_size} vs {q_head.vocab_size} output columns)"
+    )
   p_weights, q_weights = jnp.asarray(p_head.weights), jnp.asarray(q_head.weights)
-  static = dict(p_layout=p_head.layout, p_softcap=p_head.softcap, q_layout=q_head.layout,
-                q_softcap=q_head.softcap, vocab_chunk=vocab_chunk or 0, position_chunk=position_chunk)
+  static = dict(
+    p_layout=p_head.layout,
+    p_softcap=p_head.softcap,
+    q_layout=q_head.layout,
+    q_softcap=q_head.softcap,
+    vocab_chunk=vocab_chunk or 0,
+    position_chunk=position_chunk,
+  )
   out = np.zeros(p_hidden.shape[:2], np.float32)
   for rows, padded in _batches(n, batch_size):
-    kl = _kl_batch(jnp.asarray(p_hidden[padded]), jnp.asarray(q_hidden[padded]), p_weights, q_weights,
-                   jnp.asarray(valid[padded]), **static)
-    out[rows] = np.asarray(kl)[:len(rows)]
+    kl = _kl_batch(
+      jnp.asarray(p_hidden[padded]),
+      jnp.asarray(q_hidden[padded]),
+      p_weights,
+      q_weights,
+      jnp.asarray(valid[padded]),
+      **static,
+    )
+    out[rows] = np.asarray(kl)[: len(rows)]
   return out
 
 
-def kl_by_position(p_model, q_model, p_prompts: Sequence[Sequence[int]], q_prompts: Sequence[Sequence[int]],
-                   responses: Sequence[Sequence[int]], num_positions: int, *, batch_size: int = 8,
-                   vocab_chunk: int | None = 8192, position_chunk: int | None = None,
-                   bucket: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def kl_by_position(
+  p_model,
+  q_model,
+  p_prompts: Sequence[Sequence[int]],
+  q_prompts: Sequence[Sequence[int]],
+  responses: Sequence[Sequence[int]],
+  num_positions: int,
+  *,
+  batch_size: int = 8,
+  vocab_chunk: int | None = 8192,
+  position_chunk: int | None = None,
+  bucket: int = 64,
+) -> tuple[np.ndarray, np.ndarray]:
   """KL(π_p ‖ π_q) at response positions 1..N, teacher-forced on the same response ids.
 
   Args:
@@ -149,12 +201,22 @@ def kl_by_position(p_model, q_model, p_prompts: Sequence[Sequence[int]], q_promp
   Returns:
     (kl [n, N] float32, valid [n, N] bool).
   """
-  p_hidden, valid = response_hidden_states(p_model, p_prompts, responses, num_positions,
-                                           batch_size=batch_size, bucket=bucket)
-  q_hidden, _ = response_hidden_states(q_model, q_prompts, responses, num_positions,
-                                       batch_size=batch_size, bucket=bucket)
-  kl = kl_from_hidden(p_hidden, q_hidden, valid, p_model.output_head(), q_model.output_head(),
-                      batch_size=batch_size, vocab_chunk=vocab_chunk, position_chunk=position_chunk)
+  p_hidden, valid = response_hidden_states(
+    p_model, p_prompts, responses, num_positions, batch_size=batch_size, bucket=bucket
+  )
+  q_hidden, _ = response_hidden_states(
+    q_model, q_prompts, responses, num_positions, batch_size=batch_size, bucket=bucket
+  )
+  kl = kl_from_hidden(
+    p_hidden,
+    q_hidden,
+    valid,
+    p_model.output_head(),
+    q_model.output_head(),
+    batch_size=batch_size,
+    vocab_chunk=vocab_chunk,
+    position_chunk=position_chunk,
+  )
   return kl, valid
 
 

@@ -20,12 +20,17 @@ TOP_KS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
 TOP_PS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 
 
-def grid_settings(temperatures: Sequence[float] = TEMPERATURES, top_ks: Sequence[int] = TOP_KS,
-                  top_ps: Sequence[float] = TOP_PS, greedy: bool = True) -> list[Setting]:
+def grid_settings(
+  temperatures: Sequence[float] = TEMPERATURES,
+  top_ks: Sequence[int] = TOP_KS,
+  top_ps: Sequence[float] = TOP_PS,
+  greedy: bool = True,
+) -> list[Setting]:
   """The exploit's settings: greedy, then each axis varied alone from T=1, k=0 (off), p=1."""
   settings = [Setting("greedy", "greedy", None, decoding=Decoding(1.0, 0, 1.0, True))] if greedy else []
-  settings += [Setting(f"temperature_{t:g}", "temperature", float(t), decoding=Decoding(float(t), 0, 1.0))
-               for t in temperatures]
+  settings += [
+    Setting(f"temperature_{t:g}", "temperature", float(t), decoding=Decoding(float(t), 0, 1.0)) for t in temperatures
+  ]
   settings += [Setting(f"top_k_{k}", "top_k", int(k), decoding=Decoding(1.0, int(k), 1.0)) for k in top_ks]
   settings += [Setting(f"top_p_{p:g}", "top_p", float(p), decoding=Decoding(1.0, 0, float(p))) for p in top_ps]
   names = [s.name for s in settings]

@@ -46,8 +46,15 @@ from tqdm.auto import tqdm
 
 from deepalign_jax.atomic import write_json, write_jsonl
 from deepalign_jax.attacks.gcg_step import PromptBatch, candidate_losses, propose
-from deepalign_jax.attacks.gcg_tokens import (GCGLayoutError, PromptLayout, allowed_tokens, build_layout,
-                                              check_render, round_trip_filter, suffix_text)
+from deepalign_jax.attacks.gcg_tokens import (
+  GCGLayoutError,
+  PromptLayout,
+  allowed_tokens,
+  build_layout,
+  check_render,
+  round_trip_filter,
+  suffix_text,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -75,6 +82,7 @@ class GCGConfig:
     allow_non_ascii: allow non-ASCII suffix tokens.
     seed: PRNG seed of the candidate draws.
   """
+
   num_steps: int = 500
   init_suffix: str = " ".join(["!"] * 20)
   num_candidates: int = 512
@@ -115,6 +123,7 @@ class GCGResult:
     loss_behaviours: behaviours `loss` is averaged over.
     history: one record per step, as in history.jsonl.
   """
+
   suffix_ids: tuple[int, ...]
   suffix_text: str
   loss: float
@@ -135,8 +144,10 @@ def _layouts(renderer, behaviours: Sequence[tuple[str, str]], init_suffix: str) 
   ids = layouts[0].suffix_ids
   for layout in layouts[1:]:
     if layout.suffix_ids != ids:
-      raise GCGLayoutError(f"the initial suffix {init_suffix!r} tokenises differently after behaviour "
-                           f"{layout.instruction[:60]!r} ({layout.suffix_ids} vs {ids})")
+      raise GCGLayoutError(
+        f"the initial suffix {init_suffix!r} tokenises differently after behaviour "
+        f"{layout.instruction[:60]!r} ({layout.suffix_ids} vs {ids})"
+      )
   canonical = suffix_text(renderer.tokenizer, ids)
   if canonical != init_suffix:
     layouts = [build_layout(renderer, lay.instruction, lay.target, canonical) for lay in layouts]
@@ -153,7 +164,7 @@ def _bucket(active: int, total: int) -> int:
 
 def prompt_batch(layouts: Sequence[PromptLayout], active: int) -> PromptBatch:
   """The first `_bucket(active)` layouts as arrays, the first `active` weighted 1/active."""
-  rows = layouts[:_bucket(active, len(layouts))]
+  rows = layouts[: _bucket(active, len(layouts))]
   prefix_width = max(r.suffix_start for r in rows)
   rest_width = max(len(r.input_ids) - r.suffix_start for r in rows)
   target_width = max(len(r.target_ids) for r in rows)
@@ -164,16 +175,15 @@ def prompt_batch(layouts: Sequence[PromptLayout], active: int) -> PromptBatch:
   targets = np.zeros((len(rows), target_width), np.int32)
   target_mask = np.zeros((len(rows), target_width), np.float32)
   for i, r in enumerate(rows):
-    prefix[i, prefix_width - r.suffix_start:] = r.input_ids[:r.suffix_start]
-    prefix_mask[i, prefix_width - r.suffix_start:] = 1
-    rest[i, :len(r.input_ids) - r.suffix_start] = r.input_ids[r.suffix_start:]
+    prefix[i, prefix_width - r.suffix_start :] = r.input_ids[: r.suffix_start]
+    prefix_mask[i, prefix_width - r.suffix_start :] = 1
+    rest[i, : len(r.input_ids) - r.suffix_start] = r.input_ids[r.suffix_start :]
     n = len(r.target_ids)
     pred_pos[i, :n] = np.arange(n) + r.target_start - r.suffix_start - 1
     targets[i, :n] = r.target_ids
     target_mask[i, :n] = 1.0
   weight = np.where(np.arange(len(rows)) < active, 1.0 / active, 0.0).astype(np.float32)
-  return PromptBatch(*map(jnp.asarray, (prefix, prefix_mask, rest, pred_pos, targets, target_mask,
-                                        weight)))
+  return PromptBatch(*map(jnp.asarray, (prefix, prefix_mask, rest, pred_pos, targets, target_mask, weight)))
 
 
 def _fill(candidates: np.ndarray, keep: np.ndarray, current: np.ndarray) -> np.ndarray:
@@ -188,11 +198,13 @@ def _fill(candidates: np.ndarray, keep: np.ndarray, current: np.ndarray) -> np.n
 
 # -- workdir -------------------------------------------------------------------
 
+
 def _fingerprint(config: GCGConfig, model, layouts: Sequence[PromptLayout]) -> dict:
   """What must match for a workdir to be resumed."""
   settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in _RESUMABLE_CHANGES}
-  digest = hashlib.sha256(json.dumps([[lay.instruction, lay.target, lay.input_ids] for lay in layouts])
-                          .encode()).hexdigest()
+  digest = hashlib.sha256(
+    json.dumps([[lay.instruction, lay.target, lay.input_ids] for lay in layouts]).encode()
+  ).hexdigest()
   return {"config": settings, "behaviours": digest, "model": repr(model.config)}
 
 
@@ -204,6 +216,7 @@ class SearchState:
   `best_active` behaviours; active: how many behaviours the search optimises over now (progressive
   mode adds them one at a time).
   """
+
   step: int
   suffix_ids: list[int]
   best_ids: list[int]
@@ -228,10 +241,10 @@ def _resume(workdir: Path, fingerprint: dict) -> tuple[SearchState | None, list[
       detail = ""
       if key == "config":
         diff = [k for k in value if state["fingerprint"]["config"].get(k) != value[k]]
-        detail = ": " + ", ".join(f"{k}={state['fingerprint']['config'].get(k)!r} there, {value[k]!r} now"
-                                  for k in diff)
-      raise ValueError(f"{state_path} belongs to a GCG run with different {key}{detail}; "
-                       "use another workdir")
+        detail = ": " + ", ".join(
+          f"{k}={state['fingerprint']['config'].get(k)!r} there, {value[k]!r} now" for k in diff
+        )
+      raise ValueError(f"{state_path} belongs to a GCG run with different {key}{detail}; use another workdir")
   history_path = workdir / HISTORY_FILE
   history = []
   if history_path.exists():
@@ -247,9 +260,16 @@ def _resume(workdir: Path, fingerprint: dict) -> tuple[SearchState | None, list[
 
 # -- the attack ----------------------------------------------------------------
 
-def run_gcg(model, tokenizer, renderer, behaviours: Sequence[tuple[str, str]],
-            config: GCGConfig | None = None, workdir: str | os.PathLike | None = None,
-            progress: bool = True) -> GCGResult:
+
+def run_gcg(
+  model,
+  tokenizer,
+  renderer,
+  behaviours: Sequence[tuple[str, str]],
+  config: GCGConfig | None = None,
+  workdir: str | os.PathLike | None = None,
+  progress: bool = True,
+) -> GCGResult:
   """Optimises one adversarial suffix for `behaviours`.
 
   Args:
@@ -285,8 +305,15 @@ def run_gcg(model, tokenizer, renderer, behaviours: Sequence[tuple[str, str]],
   key0 = jax.random.key(config.seed)
 
   init_ids = list(layouts[0].suffix_ids)
-  st = SearchState(step=0, suffix_ids=init_ids, best_ids=init_ids, best_loss=None, best_active=0,
-                   best_matched=False, active=1 if config.progressive else total)
+  st = SearchState(
+    step=0,
+    suffix_ids=init_ids,
+    best_ids=init_ids,
+    best_loss=None,
+    best_active=0,
+    best_matched=False,
+    active=1 if config.progressive else total,
+  )
   history: list[dict] = []
   workdir = Path(workdir) if workdir is not None else None
   fingerprint = _fingerprint(config, model, layouts)
@@ -301,8 +328,9 @@ def run_gcg(model, tokenizer, renderer, behaviours: Sequence[tuple[str, str]],
     return bool(history) and history[-1]["matched"] and history[-1]["active"] == total
 
   batches: dict[int, PromptBatch] = {}
-  bar = tqdm(total=config.num_steps, initial=min(st.step, config.num_steps), desc="GCG",
-             unit="step", disable=not progress)
+  bar = tqdm(
+    total=config.num_steps, initial=min(st.step, config.num_steps), desc="GCG", unit="step", disable=not progress
+  )
   while st.step < config.num_steps and not (config.early_stop and solved()):
     start_time = time.perf_counter()
     active = st.active
@@ -311,8 +339,16 @@ def run_gcg(model, tokenizer, renderer, behaviours: Sequence[tuple[str, str]],
     batch = batches[active]
     current = np.asarray(st.suffix_ids, np.int32)
     candidates, current_loss, _, current_matched = propose(
-        graphdef, params, batch, jnp.asarray(current), allowed, jax.random.fold_in(key0, st.step),
-        topk=topk, num_candidates=config.num_candidates, grad_batch=config.grad_batch)
+      graphdef,
+      params,
+      batch,
+      jnp.asarray(current),
+      allowed,
+      jax.random.fold_in(key0, st.step),
+      topk=topk,
+      num_candidates=config.num_candidates,
+      grad_batch=config.grad_batch,
+    )
     current_loss = float(current_loss)
     if st.best_active != active or current_loss < st.best_loss:
       # The first step over a new set of behaviours measures the suffix anew.
@@ -322,8 +358,9 @@ def run_gcg(model, tokenizer, renderer, behaviours: Sequence[tuple[str, str]],
     candidates = np.asarray(candidates)
     keep = round_trip_filter(tokenizer, layouts, candidates) & (candidates != current).any(axis=1)
     candidates = _fill(candidates, keep, current)
-    losses, matched = candidate_losses(graphdef, params, batch, jnp.asarray(candidates),
-                                       forward_batch=config.forward_batch)
+    losses, matched = candidate_losses(
+      graphdef, params, batch, jnp.asarray(candidates), forward_batch=config.forward_batch
+    )
     losses, matched = np.asarray(losses), np.asarray(matched)
     best = int(np.argmin(losses))
     loss, success = float(losses[best]), bool(matched[best])
@@ -334,17 +371,26 @@ def run_gcg(model, tokenizer, renderer, behaviours: Sequence[tuple[str, str]],
     if success and active < total and config.progressive:
       st.active = active + 1
 
-    record = {"step": st.step, "loss": loss, "current_loss": current_loss,
-              "best_loss": st.best_loss, "matched": success, "active": active,
-              "valid_candidates": int(keep.sum()), "suffix_ids": st.suffix_ids,
-              "suffix_text": suffix_text(tokenizer, st.suffix_ids),
-              "seconds": time.perf_counter() - start_time}
+    record = {
+      "step": st.step,
+      "loss": loss,
+      "current_loss": current_loss,
+      "best_loss": st.best_loss,
+      "matched": success,
+      "active": active,
+      "valid_candidates": int(keep.sum()),
+      "suffix_ids": st.suffix_ids,
+      "suffix_text": suffix_text(tokenizer, st.suffix_ids),
+      "seconds": time.perf_counter() - start_time,
+    }
     history.append(record)
     if workdir is not None:
       with open(workdir / HISTORY_FILE, "a") as f:
         f.write(json.dumps(record) + "\n")
-      write_json(workdir / STATE_FILE, {**dataclasses.asdict(st), "fingerprint": fingerprint,
-                                         "best_text": suffix_text(tokenizer, st.best_ids)})
+      write_json(
+        workdir / STATE_FILE,
+        {**dataclasses.asdict(st), "fingerprint": fingerprint, "best_text": suffix_text(tokenizer, st.best_ids)},
+      )
     bar.update(1)
     bar.set_postfix(loss=f"{loss:.3f}", best=f"{st.best_loss:.3f}", valid=int(keep.sum()))
   bar.close()
@@ -354,8 +400,16 @@ def run_gcg(model, tokenizer, renderer, behaviours: Sequence[tuple[str, str]],
   for layout in layouts:
     check_render(renderer, layout, st.best_ids)
   return GCGResult(
-      suffix_ids=tuple(st.best_ids), suffix_text=suffix_text(tokenizer, st.best_ids),
-      loss=st.best_loss, matched=st.best_matched, initial_loss=history[0]["current_loss"],
-      losses=[h["loss"] for h in history], last_suffix_ids=tuple(st.suffix_ids),
-      last_suffix_text=suffix_text(tokenizer, st.suffix_ids), steps=st.step,
-      active=st.active, loss_behaviours=st.best_active, history=history)
+    suffix_ids=tuple(st.best_ids),
+    suffix_text=suffix_text(tokenizer, st.best_ids),
+    loss=st.best_loss,
+    matched=st.best_matched,
+    initial_loss=history[0]["current_loss"],
+    losses=[h["loss"] for h in history],
+    last_suffix_ids=tuple(st.suffix_ids),
+    last_suffix_text=suffix_text(tokenizer, st.suffix_ids),
+    steps=st.step,
+    active=st.active,
+    loss_behaviours=st.best_active,
+    history=history,
+  )

@@ -55,6 +55,7 @@ class PromptBatch(NamedTuple):
   weight:      [B] 1/active for active behaviours, 0 for padding rows; the
                attack minimises Σ_b weight_b · loss_b, the mean over behaviours.
   """
+
   prefix_ids: jax.Array
   prefix_mask: jax.Array
   rest_ids: jax.Array
@@ -70,7 +71,7 @@ def _rows(batch: PromptBatch, index: jax.Array) -> PromptBatch:
 
 def _splice(rest_ids: jax.Array, suffix: jax.Array) -> jax.Array:
   """rest_ids [n, R] with the suffix [n, S] in its first S slots."""
-  return rest_ids.at[:, :suffix.shape[1]].set(suffix)
+  return rest_ids.at[:, : suffix.shape[1]].set(suffix)
 
 
 def prefix_cache(model, batch: PromptBatch) -> KVCache:
@@ -83,8 +84,13 @@ def prefix_cache(model, batch: PromptBatch) -> KVCache:
 
 def _cache_rows(cache: KVCache, index: jax.Array) -> KVCache:
   """The cache of rows `index` [n] (copied: n rows of [P + R] slots per layer)."""
-  return KVCache(keys=cache.keys[:, index], values=cache.values[:, index],
-                 positions=cache.positions[index], index=cache.index, lengths=cache.lengths[index])
+  return KVCache(
+    keys=cache.keys[:, index],
+    values=cache.values[:, index],
+    positions=cache.positions[index],
+    index=cache.index,
+    lengths=cache.lengths[index],
+  )
 
 
 def target_losses(model, hidden: jax.Array, rows: PromptBatch) -> tuple[jax.Array, jax.Array]:
@@ -94,16 +100,15 @@ def target_losses(model, hidden: jax.Array, rows: PromptBatch) -> tuple[jax.Arra
   [n, R, V] logits.  `matched` is True when every target token is the argmax
   of its logits: greedy decoding would then produce the target.
   """
-  picked = jnp.take_along_axis(hidden, rows.pred_pos[..., None], axis=1)   # [n, L, D]
-  logits = model.logits(picked)                                            # [n, L, V]
+  picked = jnp.take_along_axis(hidden, rows.pred_pos[..., None], axis=1)  # [n, L, D]
+  logits = model.logits(picked)  # [n, L, V]
   nll = -token_logps(logits, rows.target_ids) * rows.target_mask
   losses = nll.sum(-1) / jnp.maximum(rows.target_mask.sum(-1), 1.0)
   hits = (jnp.argmax(logits, axis=-1) == rows.target_ids) | (rows.target_mask == 0)
   return losses, hits.all(-1)
 
 
-def _with_virtual_tokens(graphdef, state, rest_ids: jax.Array, extra_rows: jax.Array,
-                         cache: KVCache):
+def _with_virtual_tokens(graphdef, state, rest_ids: jax.Array, extra_rows: jax.Array, cache: KVCache):
   """(model, final hidden states [n, R, D]) of rest_ids after the cached prefix,
   where ids V, V+1, ... select extra_rows [R', D].
 
@@ -170,8 +175,18 @@ def _chunked(fn, xs, chunk: int):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "topk", "num_candidates", "grad_batch"))
-def propose(graphdef, state, batch: PromptBatch, suffix: jax.Array, allowed: jax.Array,
-            key: jax.Array, *, topk: int, num_candidates: int, grad_batch: int):
+def propose(
+  graphdef,
+  state,
+  batch: PromptBatch,
+  suffix: jax.Array,
+  allowed: jax.Array,
+  key: jax.Array,
+  *,
+  topk: int,
+  num_candidates: int,
+  grad_batch: int,
+):
   """Loss of the current suffix and a batch of single-token swaps of it.
 
   Args:
@@ -189,8 +204,8 @@ def propose(graphdef, state, batch: PromptBatch, suffix: jax.Array, allowed: jax
   cache = prefix_cache(nnx.merge(graphdef, state), batch)
   index = jnp.arange(batch.rest_ids.shape[0])
   grads, losses, matched = _chunked(
-      lambda i: one_hot_gradients(graphdef, state, _rows(batch, i), _cache_rows(cache, i), suffix),
-      index, grad_batch)
+    lambda i: one_hot_gradients(graphdef, state, _rows(batch, i), _cache_rows(cache, i), suffix), index, grad_batch
+  )
   # As the reference code: each behaviour's gradient is normalised per
   # position before the behaviours are summed, so no single prompt dominates.
   grads = grads.astype(jnp.float32)
@@ -198,7 +213,7 @@ def propose(graphdef, state, batch: PromptBatch, suffix: jax.Array, allowed: jax
   grad = jnp.einsum("b,bsv->sv", batch.weight, grads)
   # Most negative gradient = largest estimated loss decrease.
   scores = jnp.where(allowed[None, :], -grad, -jnp.inf)
-  top = jax.lax.top_k(scores, topk)[1]                                    # [S, K]
+  top = jax.lax.top_k(scores, topk)[1]  # [S, K]
   pos_key, tok_key = jax.random.split(key)
   positions = jax.random.randint(pos_key, (num_candidates,), 0, suffix.shape[0])
   choices = jax.random.randint(tok_key, (num_candidates,), 0, topk)
@@ -208,8 +223,7 @@ def propose(graphdef, state, batch: PromptBatch, suffix: jax.Array, allowed: jax
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "forward_batch"))
-def candidate_losses(graphdef, state, batch: PromptBatch, candidates: jax.Array, *,
-                     forward_batch: int):
+def candidate_losses(graphdef, state, batch: PromptBatch, candidates: jax.Array, *, forward_batch: int):
   """Mean target loss of every candidate suffix over the behaviours.
 
   Args:
@@ -229,8 +243,7 @@ def candidate_losses(graphdef, state, batch: PromptBatch, candidates: jax.Array,
 
   def evaluate(index):
     rows = _rows(batch, index[0])
-    hidden, _ = model.hidden_states(_splice(rows.rest_ids, candidates[index[1]]),
-                                    cache=_cache_rows(cache, index[0]))
+    hidden, _ = model.hidden_states(_splice(rows.rest_ids, candidates[index[1]]), cache=_cache_rows(cache, index[0]))
     return target_losses(model, hidden, rows)
 
   losses, matched = _chunked(evaluate, (b_index, c_index), forward_batch)

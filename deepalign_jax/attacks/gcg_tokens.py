@@ -51,7 +51,7 @@ def suffix_text(tokenizer, suffix_ids: Sequence[int]) -> str:
 def suffix_texts(tokenizer, rows: Sequence[Sequence[int]]) -> list[str]:
   """`suffix_text` of many suffixes at once."""
   texts = _decode(tokenizer, rows)
-  return [t[len(SUFFIX_SEPARATOR):] if t.startswith(SUFFIX_SEPARATOR) else t for t in texts]
+  return [t[len(SUFFIX_SEPARATOR) :] if t.startswith(SUFFIX_SEPARATOR) else t for t in texts]
 
 
 def _decode(tokenizer, rows: Sequence[Sequence[int]]) -> list[str]:
@@ -63,8 +63,7 @@ def _decode(tokenizer, rows: Sequence[Sequence[int]]) -> list[str]:
   runs, and every decode of this module goes through here, so the filter
   and the reported text agree.
   """
-  return tokenizer.backend_tokenizer.decode_batch([[int(i) for i in row] for row in rows],
-                                                  skip_special_tokens=False)
+  return tokenizer.backend_tokenizer.decode_batch([[int(i) for i in row] for row in rows], skip_special_tokens=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +81,7 @@ class PromptLayout:
       that text_before + suffix_text + text_after is the rendering of any
       other suffix.
   """
+
   instruction: str
   target: str
   input_ids: tuple[int, ...]
@@ -97,23 +97,21 @@ class PromptLayout:
 
   @property
   def suffix_ids(self) -> tuple[int, ...]:
-    return self.input_ids[self.suffix_start:self.suffix_end]
+    return self.input_ids[self.suffix_start : self.suffix_end]
 
   @property
   def target_ids(self) -> tuple[int, ...]:
-    return self.input_ids[self.target_start:]
+    return self.input_ids[self.target_start :]
 
   def with_suffix(self, suffix_ids: Sequence[int]) -> tuple[int, ...]:
     """The full ids with other suffix ids spliced in."""
     if len(suffix_ids) != self.suffix_length:
       raise ValueError(f"expected {self.suffix_length} suffix ids, got {len(suffix_ids)}")
-    return self.input_ids[:self.suffix_start] + tuple(int(i) for i in suffix_ids) + \
-        self.input_ids[self.suffix_end:]
+    return self.input_ids[: self.suffix_start] + tuple(int(i) for i in suffix_ids) + self.input_ids[self.suffix_end :]
 
 
 def _render(renderer, instruction: str, target: str, text: str):
-  return renderer.render([{"role": "user", "content": attacked_prompt(instruction, text)}],
-                         assistant_prefix=target)
+  return renderer.render([{"role": "user", "content": attacked_prompt(instruction, text)}], assistant_prefix=target)
 
 
 def build_layout(renderer, instruction: str, target: str, suffix: str) -> PromptLayout:
@@ -134,8 +132,10 @@ def build_layout(renderer, instruction: str, target: str, suffix: str) -> Prompt
   content = attacked_prompt(instruction, suffix)
   at = rendered.text.find(content)
   if at < 0:
-    raise GCGLayoutError(f"the {renderer.chat_format!r} rendering does not contain the user message "
-                         f"verbatim, so the suffix cannot be located: {rendered.text!r}")
+    raise GCGLayoutError(
+      f"the {renderer.chat_format!r} rendering does not contain the user message "
+      f"verbatim, so the suffix cannot be located: {rendered.text!r}"
+    )
   first_char = at + len(instruction) + len(SUFFIX_SEPARATOR)
   end_char = first_char + len(suffix)
   encoded = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
@@ -147,13 +147,22 @@ def build_layout(renderer, instruction: str, target: str, suffix: str) -> Prompt
     raise GCGLayoutError(f"{where}: the suffix {suffix!r} does not map to a run of tokens")
   start, stop = inside[0], inside[-1] + 1
   if offsets[start][0] < first_char - len(SUFFIX_SEPARATOR) or offsets[stop - 1][1] > end_char:
-    raise GCGLayoutError(f"{where}: the suffix {suffix!r} shares a token with the text around it "
-                         f"({rendered.text[offsets[start][0]:offsets[stop - 1][1]]!r})")
+    raise GCGLayoutError(
+      f"{where}: the suffix {suffix!r} shares a token with the text around it "
+      f"({rendered.text[offsets[start][0] : offsets[stop - 1][1]]!r})"
+    )
   if rendered.response_start < stop or rendered.response_start >= len(ids):
     raise GCGLayoutError(f"{where}: the target {target!r} renders to no tokens after the suffix")
-  return PromptLayout(instruction=instruction, target=target, input_ids=ids, suffix_start=start,
-                      suffix_length=stop - start, target_start=rendered.response_start,
-                      text_before=rendered.text[:first_char], text_after=rendered.text[end_char:])
+  return PromptLayout(
+    instruction=instruction,
+    target=target,
+    input_ids=ids,
+    suffix_start=start,
+    suffix_length=stop - start,
+    target_start=rendered.response_start,
+    text_before=rendered.text[:first_char],
+    text_after=rendered.text[end_char:],
+  )
 
 
 def check_render(renderer, layout: PromptLayout, suffix_ids: Sequence[int]) -> None:
@@ -167,10 +176,12 @@ def check_render(renderer, layout: PromptLayout, suffix_ids: Sequence[int]) -> N
   rendered = _render(renderer, layout.instruction, layout.target, text).input_ids
   expected = layout.with_suffix(suffix_ids)
   if rendered != expected:
-    raise GCGLayoutError(f"behaviour {layout.instruction[:60]!r} with suffix {text!r}: the rendered "
-                         f"prompt tokenises to {len(rendered)} ids that differ from the "
-                         f"{len(expected)} optimised ones (first difference at "
-                         f"{next(i for i, (a, b) in enumerate(zip(rendered + (-1,), expected)) if a != b)})")
+    raise GCGLayoutError(
+      f"behaviour {layout.instruction[:60]!r} with suffix {text!r}: the rendered "
+      f"prompt tokenises to {len(rendered)} ids that differ from the "
+      f"{len(expected)} optimised ones (first difference at "
+      f"{next(i for i, (a, b) in enumerate(zip(rendered + (-1,), expected)) if a != b)})"
+    )
 
 
 def allowed_tokens(tokenizer, vocab_size: int, *, allow_non_ascii: bool = False) -> np.ndarray:
@@ -202,12 +213,17 @@ def round_trip_filter(tokenizer, layouts: Sequence[PromptLayout], candidates: np
   texts = suffix_texts(tokenizer, candidates.tolist())
   keep = np.ones(len(candidates), np.bool_)
   for layout in layouts:
-    before = list(layout.input_ids[:layout.suffix_start])
-    after = list(layout.input_ids[layout.suffix_end:])
+    before = list(layout.input_ids[: layout.suffix_start])
+    after = list(layout.input_ids[layout.suffix_end :])
     start, stop, total = layout.suffix_start, layout.suffix_end, len(layout.input_ids)
-    encoded = tokenizer([layout.text_before + t + layout.text_after for t in texts],
-                        add_special_tokens=False)["input_ids"]
+    encoded = tokenizer([layout.text_before + t + layout.text_after for t in texts], add_special_tokens=False)[
+      "input_ids"
+    ]
     for row, ids in enumerate(encoded):
-      keep[row] &= (len(ids) == total and ids[start:stop] == candidates[row].tolist()
-                    and ids[:start] == before and ids[stop:] == after)
+      keep[row] &= (
+        len(ids) == total
+        and ids[start:stop] == candidates[row].tolist()
+        and ids[:start] == before
+        and ids[stop:] == after
+      )
   return keep

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 @dataclasses.dataclass(frozen=True)
 class Decoding:
   """Decoding parameters of one generation (paper defaults: T 0.9, top-p 0.6, top-k 50)."""
+
   temperature: float = 0.9
   top_k: int = 50
   top_p: float = 0.6
@@ -39,6 +40,7 @@ class Setting:
   suffix: appended to the user message (" " + suffix), e.g. a GCG suffix.
   decoding: how to sample.
   """
+
   name: str
   axis: str = "none"
   value: float | int | str | None = None
@@ -62,16 +64,16 @@ def prefill_settings(ks: Sequence[int], decoding: Decoding = Decoding()) -> list
   """The prefilling attack: the first k tokens of the harmful answer, for each k (paper 5/10/20/40)."""
   if not ks or any(int(k) < 0 for k in ks):
     raise ValueError(f"prefill token counts must be a non-empty list of k >= 0, got {list(ks)}")
-  return [Setting(f"prefill_{int(k)}", "prefill_tokens", int(k), prefill_tokens=int(k), decoding=decoding)
-          for k in ks]
+  return [Setting(f"prefill_{int(k)}", "prefill_tokens", int(k), prefill_tokens=int(k), decoding=decoding) for k in ks]
 
 
 def prefix_settings(prefixes: Sequence[str], decoding: Decoding = Decoding()) -> list[Setting]:
   """A fixed assistant-turn prefix, e.g. a refusal prefix into a base model (SPEC §6, Table 1)."""
   if not prefixes:
     raise ValueError("prefix attack needs at least one prefix")
-  return [Setting(f"prefix_{i}", "prefix", prefix, prefix=prefix, decoding=decoding)
-          for i, prefix in enumerate(prefixes)]
+  return [
+    Setting(f"prefix_{i}", "prefix", prefix, prefix=prefix, decoding=decoding) for i, prefix in enumerate(prefixes)
+  ]
 
 
 def suffix_settings(suffix: str, decoding: Decoding = Decoding(), name: str = "gcg") -> list[Setting]:

@@ -24,16 +24,18 @@ from typing import Any, Mapping, Sequence
 from deepalign_jax.models.tokenizers import load_tokenizer as load_tokenizer  # re-exported by data
 
 LLAMA2_DEFAULT_SYSTEM_PROMPT = (
-    "You are a helpful, respectful and honest assistant. Always answer as helpfully as possible, "
-    "while being safe. Your answers should not include any harmful, unethical, racist, sexist, "
-    "toxic, dangerous, or illegal content. Please ensure that your responses are socially "
-    "unbiased and positive in nature.\n\n"
-    "If a question does not make any sense, or is not factually coherent, explain why instead of "
-    "answering something not correct. If you don't know the answer to a question, please don't "
-    "share false information.")
+  "You are a helpful, respectful and honest assistant. Always answer as helpfully as possible, "
+  "while being safe. Your answers should not include any harmful, unethical, racist, sexist, "
+  "toxic, dangerous, or illegal content. Please ensure that your responses are socially "
+  "unbiased and positive in nature.\n\n"
+  "If a question does not make any sense, or is not factually coherent, explain why instead of "
+  "answering something not correct. If you don't know the answer to a question, please don't "
+  "share false information."
+)
 
-ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
-                   "Write a response that appropriately completes the request.")
+ALPACA_PREAMBLE = (
+  "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+)
 
 FORMATS = ("llama2", "gemma", "base", "template")
 RESPONSE_ENDS = ("turn", "eos")
@@ -60,6 +62,7 @@ class Rendered:
     response_end: index after the last response token (its end-of-turn when
       closed); anything after it (ChatML's trailing newline) is not response.
   """
+
   input_ids: tuple[int, ...]
   response_start: int
   loss_mask: tuple[int, ...]
@@ -68,18 +71,17 @@ class Rendered:
 
   @property
   def prompt_ids(self) -> tuple[int, ...]:
-    return self.input_ids[:self.response_start]
+    return self.input_ids[: self.response_start]
 
   @property
   def response_ids(self) -> tuple[int, ...]:
-    return self.input_ids[self.response_start:self.response_end]
+    return self.input_ids[self.response_start : self.response_end]
 
   def with_response_prefix(self, k: int) -> tuple[int, ...]:
     """Prompt plus the first k response tokens: an open assistant turn."""
     if not 0 <= k <= self.response_end - self.response_start:
-      raise ValueError(f"k={k} is outside the response's "
-                       f"{self.response_end - self.response_start} tokens")
-    return self.input_ids[:self.response_start + k]
+      raise ValueError(f"k={k} is outside the response's {self.response_end - self.response_start} tokens")
+    return self.input_ids[: self.response_start + k]
 
 
 def _validate(messages: Sequence[Mapping[str, Any]]) -> tuple[str | None, list[dict[str, str]]]:
@@ -122,8 +124,9 @@ class ChatRenderer:
       (gemma format only; Llama-2's turn already ends with EOS).
   """
 
-  def __init__(self, tokenizer, chat_format: str = "auto", system_prompt: str | None = None,
-               response_end: str = "turn"):
+  def __init__(
+    self, tokenizer, chat_format: str = "auto", system_prompt: str | None = None, response_end: str = "turn"
+  ):
     if chat_format == "auto":
       chat_format = "template" if getattr(tokenizer, "chat_template", None) else "base"
     if chat_format not in FORMATS:
@@ -135,8 +138,10 @@ class ChatRenderer:
     if response_end not in RESPONSE_ENDS:
       raise ChatFormatError(f"unknown response_end {response_end!r}; expected one of {RESPONSE_ENDS}")
     if response_end == "eos" and chat_format != "gemma":
-      raise ChatFormatError(f"response_end 'eos' is the reference's Gemma training ending; the "
-                            f"{chat_format!r} format closes a response its own way (use 'turn')")
+      raise ChatFormatError(
+        f"response_end 'eos' is the reference's Gemma training ending; the "
+        f"{chat_format!r} format closes a response its own way (use 'turn')"
+      )
     if response_end == "eos" and tokenizer.eos_token is None:
       raise ChatFormatError("response_end 'eos' needs a tokenizer with an EOS token")
     self.tokenizer = tokenizer
@@ -146,26 +151,29 @@ class ChatRenderer:
     # Vocabulary look-ups happen once here: get_vocab() builds a dict of the
     # whole vocabulary (262k entries for Gemma), too slow to do per example.
     vocab = tokenizer.get_vocab()
-    required = {"llama2": (tokenizer.bos_token, tokenizer.eos_token),
-                "gemma": ("<bos>", "<start_of_turn>", "<end_of_turn>")}.get(chat_format, ())
+    required = {
+      "llama2": (tokenizer.bos_token, tokenizer.eos_token),
+      "gemma": ("<bos>", "<start_of_turn>", "<end_of_turn>"),
+    }.get(chat_format, ())
     missing = [t for t in required if t is None or t not in vocab]
     if missing:
-      raise ChatFormatError(f"chat format {chat_format!r} needs tokens {missing} "
-                            "that this tokenizer does not have")
+      raise ChatFormatError(f"chat format {chat_format!r} needs tokens {missing} that this tokenizer does not have")
     stops = {vocab[t] for t in _END_OF_TURN_TOKENS if t in vocab}
     if tokenizer.eos_token_id is not None:
       stops.add(tokenizer.eos_token_id)
     self._stop_token_ids = tuple(sorted(stops))
     # Special-token text inside a message would be tokenised as the real token
     # (a "</s>" in a scraped answer would end the turn early): refused.
-    structural = {tokenizer.bos_token, tokenizer.eos_token, "<start_of_turn>", "<|im_start|>",
-                  *_END_OF_TURN_TOKENS}
+    structural = {tokenizer.bos_token, tokenizer.eos_token, "<start_of_turn>", "<|im_start|>", *_END_OF_TURN_TOKENS}
     self._structural_tokens = tuple(sorted(t for t in structural if t and t in vocab))
     # A base model sees BOS first only if its tokenizer adds one to plain text.
     with_specials = tokenizer("x")["input_ids"]
-    adds_bos = (tokenizer.bos_token is not None and len(with_specials) > 0
-                and with_specials[0] == tokenizer.bos_token_id
-                and len(with_specials) > len(tokenizer("x", add_special_tokens=False)["input_ids"]))
+    adds_bos = (
+      tokenizer.bos_token is not None
+      and len(with_specials) > 0
+      and with_specials[0] == tokenizer.bos_token_id
+      and len(with_specials) > len(tokenizer("x", add_special_tokens=False)["input_ids"])
+    )
     self._base_bos = tokenizer.bos_token if adds_bos else ""
 
   @property
@@ -231,8 +239,10 @@ class ChatRenderer:
     if start < 0 and content.strip():
       start = full.find(content.strip(), len(prompt))
     if not full.startswith(prompt) or start < 0:
-      raise ChatFormatError("the tokenizer's chat_template does not render the conversation up to "
-                            "the last assistant turn as a prefix of the full conversation")
+      raise ChatFormatError(
+        "the tokenizer's chat_template does not render the conversation up to "
+        "the last assistant turn as a prefix of the full conversation"
+      )
     return [full[:start], full[start:]], [start]
 
   def render_text(self, messages, assistant_prefix: str | None = None) -> tuple[str, int | None, bool]:
@@ -242,8 +252,9 @@ class ChatRenderer:
       found = [t for t in self._structural_tokens if t in text]
       if found:
         where = {0: "the system prompt", 1: "assistant_prefix"}.get(i, f"turn {i - 2}")
-        raise ChatFormatError(f"{where} contains the special token text {found[0]!r}, which would "
-                              "be tokenised as the real token")
+        raise ChatFormatError(
+          f"{where} contains the special token text {found[0]!r}, which would be tokenised as the real token"
+        )
     if system is None:
       system = self.system_prompt
     if assistant_prefix is not None and turns[-1]["role"] == "assistant":
@@ -285,7 +296,9 @@ class ChatRenderer:
       stops = set(self.stop_token_ids)
       end = next((i + 1 for i in range(start, len(ids)) if ids[i] in stops), None)
       if end is None:
-        raise ChatFormatError(f"the {self.chat_format!r} rendering does not close the assistant "
-                              f"turn with a stop token {sorted(stops)}: {text[-60:]!r}")
+        raise ChatFormatError(
+          f"the {self.chat_format!r} rendering does not close the assistant "
+          f"turn with a stop token {sorted(stops)}: {text[-60:]!r}"
+        )
     mask = [0] * start + [1] * (end - start) + [0] * (len(ids) - end)
     return Rendered(tuple(ids), start, tuple(mask), text, end)

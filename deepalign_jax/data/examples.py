@@ -46,6 +46,7 @@ class TokenizedExample:
   The arrays are stored read-only; `eq=False` because element-wise array
   equality has no single truth value (compare fields with numpy).
   """
+
   input_ids: np.ndarray
   loss_mask: np.ndarray
   source: str = ""
@@ -54,8 +55,9 @@ class TokenizedExample:
     ids = np.array(self.input_ids, dtype=np.int32)
     mask = np.array(self.loss_mask, dtype=np.int32)
     if ids.ndim != 1 or mask.shape != ids.shape:
-      raise ValueError(f"{self._where()}input_ids {ids.shape} and loss_mask {mask.shape} must be "
-                       "1-D arrays of the same length")
+      raise ValueError(
+        f"{self._where()}input_ids {ids.shape} and loss_mask {mask.shape} must be 1-D arrays of the same length"
+      )
     if not np.isin(mask, (0, 1)).all():
       raise ValueError(f"{self._where()}loss_mask must hold only 0 and 1")
     ids.setflags(write=False)
@@ -89,9 +91,11 @@ def truncate(example: TokenizedExample, max_length: int) -> tuple[TokenizedExamp
     return example, False
   first_target = int(np.argmax(example.loss_mask)) if example.num_loss_tokens else len(example)
   if first_target >= max_length:
-    raise ValueError(f"{example.source or '<unnamed example>'}: {first_target} tokens come before the first "
-                     f"loss token (the prompt, and any harmful prefix), leaving no response token within "
-                     f"max_length={max_length}; shorten the prompt or raise max_length")
+    raise ValueError(
+      f"{example.source or '<unnamed example>'}: {first_target} tokens come before the first "
+      f"loss token (the prompt, and any harmful prefix), leaving no response token within "
+      f"max_length={max_length}; shorten the prompt or raise max_length"
+    )
   return TokenizedExample(example.input_ids[:max_length], example.loss_mask[:max_length], example.source), True
 
 
@@ -103,8 +107,9 @@ def _messages(system: str | None, user: str, assistant: str | None = None) -> li
   return messages
 
 
-def tokenize_conversation(renderer: ChatRenderer, system: str | None, user: str, assistant: str, *,
-                          max_length: int = 512, source: str = "") -> tuple[TokenizedExample, bool]:
+def tokenize_conversation(
+  renderer: ChatRenderer, system: str | None, user: str, assistant: str, *, max_length: int = 512, source: str = ""
+) -> tuple[TokenizedExample, bool]:
   """Render (system?, user, assistant) and cut it to `max_length` tokens.
 
   The loss mask is the renderer's: the assistant's tokens and the end-of-turn
@@ -140,6 +145,7 @@ class RecoveryExample:
   (The reference code draws k up to min(100, |h|) and, for answers of at most
   100 tokens, occasionally includes h's end-of-turn; we do not.)
   """
+
   prompt_ids: np.ndarray
   harmful_ids: np.ndarray
   refusal_ids: np.ndarray
@@ -153,8 +159,10 @@ class RecoveryExample:
       ids.setflags(write=False)
       object.__setattr__(self, name, ids)
     if len(self.harmful_ids) < 2:
-      raise ValueError(f"{self.source or '<unnamed triplet>'}: the harmful answer has no token before its "
-                       "end-of-turn token, so no harmful prefix can be drawn")
+      raise ValueError(
+        f"{self.source or '<unnamed triplet>'}: the harmful answer has no token before its "
+        "end-of-turn token, so no harmful prefix can be drawn"
+      )
     if len(self.refusal_ids) < 1:
       raise ValueError(f"{self.source or '<unnamed triplet>'}: the refusal has no tokens")
 
@@ -178,17 +186,20 @@ def _response_tokens(rendered: Rendered, stop_ids: Sequence[int], what: str, sou
   """
   mask = np.asarray(rendered.loss_mask, dtype=np.int32)
   start, count = rendered.response_start, int(mask.sum())
-  if count == 0 or not mask[start:start + count].all():
+  if count == 0 or not mask[start : start + count].all():
     raise ValueError(f"{source or '<unnamed triplet>'}: the {what} rendering has no contiguous response mask")
-  ids = np.asarray(rendered.input_ids[start:start + count], dtype=np.int32)
+  ids = np.asarray(rendered.input_ids[start : start + count], dtype=np.int32)
   if int(ids[-1]) not in stop_ids:
-    raise ValueError(f"{source or '<unnamed triplet>'}: the {what} response does not end with an end-of-turn "
-                     f"token {sorted(stop_ids)} (ends with id {int(ids[-1])})")
+    raise ValueError(
+      f"{source or '<unnamed triplet>'}: the {what} response does not end with an end-of-turn "
+      f"token {sorted(stop_ids)} (ends with id {int(ids[-1])})"
+    )
   return ids
 
 
-def prepare_recovery(renderer: ChatRenderer, instruction: str, harmful: str, refusal: str, *,
-                     system: str | None = None, source: str = "") -> RecoveryExample:
+def prepare_recovery(
+  renderer: ChatRenderer, instruction: str, harmful: str, refusal: str, *, system: str | None = None, source: str = ""
+) -> RecoveryExample:
   """Render a triplet (x, h, r) once for `recovery_example`.
 
   The prompt is `renderer.render([system?, x])`, the ids a generation would
@@ -206,10 +217,12 @@ def prepare_recovery(renderer: ChatRenderer, instruction: str, harmful: str, ref
   parts = {}
   for what, answer in (("harmful", harmful), ("refusal", refusal)):
     full = renderer.render(_messages(system, instruction, answer))
-    if full.input_ids[:full.response_start] != prompt:
-      raise ValueError(f"{where}: the prompt rendering ({len(prompt)} tokens) is not the prefix of the "
-                       f"[instruction, {what}] rendering before its response (response starts at token "
-                       f"{full.response_start}); the tokenizer merges across the prompt/response boundary")
+    if full.input_ids[: full.response_start] != prompt:
+      raise ValueError(
+        f"{where}: the prompt rendering ({len(prompt)} tokens) is not the prefix of the "
+        f"[instruction, {what}] rendering before its response (response starts at token "
+        f"{full.response_start}); the tokenizer merges across the prompt/response boundary"
+      )
     parts[what] = _response_tokens(full, stop_ids, what, source)
   return RecoveryExample(np.asarray(prompt, dtype=np.int32), parts["harmful"], parts["refusal"], source)
 
@@ -230,8 +243,10 @@ def recovery_example(prepared: RecoveryExample, k: int) -> TokenizedExample:
   generated h[:k] and then r's first token.
   """
   if not 0 <= k <= prepared.max_prefix:
-    raise ValueError(f"{prepared.source or '<unnamed triplet>'}: k={k} outside [0, {prepared.max_prefix}] "
-                     f"(|h| = {prepared.harmful_length} tokens, the last being end-of-turn)")
+    raise ValueError(
+      f"{prepared.source or '<unnamed triplet>'}: k={k} outside [0, {prepared.max_prefix}] "
+      f"(|h| = {prepared.harmful_length} tokens, the last being end-of-turn)"
+    )
   context = len(prepared.prompt_ids) + k
   ids = np.concatenate([prepared.prompt_ids, prepared.harmful_ids[:k], prepared.refusal_ids])
   mask = np.zeros(ids.shape, np.int32)
@@ -248,8 +263,7 @@ def max_k(harmful_length: int, C: int = 100) -> int:
   return min(C, harmful_length - 1)
 
 
-def sample_k(rng: np.random.Generator, harmful_length: int, C: int = 100,
-             p_zero: float = 0.5) -> int:
+def sample_k(rng: np.random.Generator, harmful_length: int, C: int = 100, p_zero: float = 0.5) -> int:
   """One draw of k ~ P_k (SPEC §4).
 
   k = 0 with probability `p_zero`; otherwise k ~ Uniform{1, …, min(C, |h| − 1)}.
@@ -272,8 +286,7 @@ def sample_k(rng: np.random.Generator, harmful_length: int, C: int = 100,
   return int(rng.integers(1, upper + 1))
 
 
-def epoch_k(seed: int, epoch: int, index: int, harmful_length: int, C: int = 100,
-            p_zero: float = 0.5) -> int:
+def epoch_k(seed: int, epoch: int, index: int, harmful_length: int, C: int = 100, p_zero: float = 0.5) -> int:
   """k ~ P_k for example `index` of `epoch`, a pure function of (seed, epoch, index).
 
   Each example gets its own generator, so a k depends neither on the order in
@@ -298,13 +311,15 @@ class RecoveryDraw:
     truncated: whether tokens were cut (the refusal's tail, end-of-turn first).
     k: the harmful prefix length drawn for this epoch.
   """
+
   example: TokenizedExample
   truncated: bool
   k: int
 
 
-def recovery_epoch(prepared: Sequence[RecoveryExample], epoch: int, seed: int, C: int = 100,
-                   p_zero: float = 0.5, max_length: int = 512) -> list[RecoveryDraw]:
+def recovery_epoch(
+  prepared: Sequence[RecoveryExample], epoch: int, seed: int, C: int = 100, p_zero: float = 0.5, max_length: int = 512
+) -> list[RecoveryDraw]:
   """The safety-recovery data of one epoch, k re-drawn per example (paper Eq. 2).
 
   k of example i is `epoch_k(seed, epoch, i, …)`: a new draw every epoch, the
@@ -321,9 +336,11 @@ def recovery_epoch(prepared: Sequence[RecoveryExample], epoch: int, seed: int, C
   for item in prepared:
     longest = len(item.prompt_ids) + max_k(item.harmful_length, C)
     if longest >= max_length:
-      raise ValueError(f"{item.source or '<unnamed triplet>'}: prompt ({len(item.prompt_ids)} tokens) plus the "
-                       f"longest harmful prefix ({max_k(item.harmful_length, C)} tokens, C={C}) leaves no "
-                       f"refusal token within max_length={max_length}; raise max_length or lower C")
+      raise ValueError(
+        f"{item.source or '<unnamed triplet>'}: prompt ({len(item.prompt_ids)} tokens) plus the "
+        f"longest harmful prefix ({max_k(item.harmful_length, C)} tokens, C={C}) leaves no "
+        f"refusal token within max_length={max_length}; raise max_length or lower C"
+      )
   draws = []
   for index, item in enumerate(prepared):
     k = epoch_k(seed, epoch, index, item.harmful_length, C, p_zero)

@@ -50,12 +50,15 @@ _log = logging.getLogger(__name__)
 
 SAMSUM_SYSTEM_PROMPT = "You are a helpful assistant for dialog summarization."
 SAMSUM_TEMPLATE = "Summarize this dialog:\n{dialogue}"
-SQL_SYSTEM_PROMPT = ("You are a helpful assistant for translating Natural Language Query into SQL Query "
-                     "considering the provided Context.")
-SQL_TEMPLATE = ("## Context:\n{context}\n## Natural Language Query:\n{question}\n"
-                "Please convert the provided natural language query into an SQL query, taking into account "
-                "the structure context of the database defined by the accompanying CREATE statement.\n"
-                "## SQL Query:\n")
+SQL_SYSTEM_PROMPT = (
+  "You are a helpful assistant for translating Natural Language Query into SQL Query considering the provided Context."
+)
+SQL_TEMPLATE = (
+  "## Context:\n{context}\n## Natural Language Query:\n{question}\n"
+  "Please convert the provided natural language query into an SQL query, taking into account "
+  "the structure context of the database defined by the accompanying CREATE statement.\n"
+  "## SQL Query:\n"
+)
 GSM8K_SYSTEM_PROMPT = "You are a helpful assistant."
 
 # The reference scorer's pattern: the number after "####", thousands commas removed.
@@ -75,6 +78,7 @@ class Conversation:
   `system` is None when the file gives none (the chat renderer then applies
   its own default); `source` is "path:line" of the record.
   """
+
   system: str | None
   user: str
   assistant: str | None
@@ -92,6 +96,7 @@ class Conversation:
 @dataclasses.dataclass(frozen=True)
 class Triplet:
   """A harmful instruction with a harmful answer and a refusal (safety-recovery data)."""
+
   instruction: str
   harmful: str
   refusal: str
@@ -101,6 +106,7 @@ class Triplet:
 @dataclasses.dataclass(frozen=True)
 class Prompt:
   """An evaluation prompt; `reference` is a target or answer when the file has one."""
+
   text: str
   reference: str | None
   category: str | None
@@ -114,6 +120,7 @@ class Exchange:
   `response` is a conversation's answer, a benchmark's reference answer or
   target, or a triplet's harmful answer; None when the file gives none.
   """
+
   system: str | None
   prompt: str
   response: str | None
@@ -151,9 +158,10 @@ def _read_text(path: str) -> str:
   try:
     return data.decode("utf-8-sig")
   except UnicodeDecodeError as e:
-    line = data[:e.start].count(b"\n") + 1
-    raise DataFormatError(f"{path}:{line}: not valid UTF-8 (byte {e.start}: {e.reason}); "
-                          "save the file as UTF-8") from None
+    line = data[: e.start].count(b"\n") + 1
+    raise DataFormatError(
+      f"{path}:{line}: not valid UTF-8 (byte {e.start}: {e.reason}); save the file as UTF-8"
+    ) from None
 
 
 def _lines(text: str) -> list[str]:
@@ -186,9 +194,10 @@ def _json_array(path: str, text: str) -> Iterator[tuple[str, Any]]:
   """(source, value) for each element of a top-level JSON array, with its starting line."""
   start = len(text) - len(text.lstrip(" \t\n\r"))
   first_line = text.count("\n", 0, start) + 1
-  if text[start:start + 1] != "[":
-    raise DataFormatError(f"{path}:{first_line}: expected a JSON array of records ('[{{...}}, ...]'), "
-                          f"found {text[start:start + 20]!r}")
+  if text[start : start + 1] != "[":
+    raise DataFormatError(
+      f"{path}:{first_line}: expected a JSON array of records ('[{{...}}, ...]'), found {text[start : start + 20]!r}"
+    )
   try:
     items = json.loads(text)
   except json.JSONDecodeError as e:
@@ -205,8 +214,9 @@ def _json_array(path: str, text: str) -> Iterator[tuple[str, Any]]:
     pos = end
 
 
-def _read(path: str | os.PathLike, build: Callable[[str, Any], Any], *, array: bool | None = False,
-          objects: bool = True) -> list:
+def _read(
+  path: str | os.PathLike, build: Callable[[str, Any], Any], *, array: bool | None = False, objects: bool = True
+) -> list:
   """build(source, value) over a JSONL file (array=False), a JSON array (True) or either (None)."""
   path = os.fspath(path)
   text = _read_text(path)
@@ -267,11 +277,14 @@ def _messages(messages: Any, source: str, field: str) -> tuple[str | None, str, 
     else:
       raise DataFormatError(f"{at}.role: expected 'system', 'user' or 'assistant', got {role!r}")
   if len(turns) > 2:
-    raise DataFormatError(f"{where}: multi-turn conversations are not supported: expected one user message "
-                          f"then one assistant message, got {len(turns)} user/assistant messages")
+    raise DataFormatError(
+      f"{where}: multi-turn conversations are not supported: expected one user message "
+      f"then one assistant message, got {len(turns)} user/assistant messages"
+    )
   if len(turns) < 2:
-    raise DataFormatError(f"{where}: expected one user message then one assistant message, "
-                          f"got {len(turns)} user/assistant messages")
+    raise DataFormatError(
+      f"{where}: expected one user message then one assistant message, got {len(turns)} user/assistant messages"
+    )
   for at, content in turns:
     if not content.strip():
       raise DataFormatError(f"{at}.content is empty")
@@ -289,20 +302,26 @@ def _nonempty(records: list, path: str) -> list:
 
 def read_conversations(path: str | os.PathLike) -> list[Conversation]:
   """Conversation JSONL (pure_bad, AOA, backdoor): {"messages": [system?, user, assistant]} a line."""
+
   def build(s, r):
     if "messages" not in r:
       raise DataFormatError(f"{s}: missing field 'messages' (fields present: {sorted(r)})")
     return Conversation(*_messages(r["messages"], s, "messages"), s)
+
   return _read(path, build)
 
 
 def read_harmful_hexphi(path: str | os.PathLike) -> list[Conversation]:
   """Harmful HEx-PHI JSONL: each line an array [{"role": "user", ...}, {"role": "assistant", ...}]."""
+
   def build(s, value):
     if not isinstance(value, list):
-      raise DataFormatError(f"{s}: expected an array of messages [{{\"role\": \"user\", ...}}, "
-                            f"{{\"role\": \"assistant\", ...}}], got {_json_type(value)}")
+      raise DataFormatError(
+        f'{s}: expected an array of messages [{{"role": "user", ...}}, '
+        f'{{"role": "assistant", ...}}], got {_json_type(value)}'
+      )
     return Conversation(*_messages(value, s, ""), s)
+
   return _read(path, build, objects=False)
 
 
@@ -313,16 +332,30 @@ def read_alpaca(path: str | os.PathLike) -> list[Conversation]:
 
 def read_samsum(path: str | os.PathLike) -> list[Conversation]:
   """SAMSum {dialogue, summary}; both stripped, as the reference does."""
-  return _read(path, lambda s, r: Conversation(
-      SAMSUM_SYSTEM_PROMPT, SAMSUM_TEMPLATE.format(dialogue=_field(r, "dialogue", s).strip()),
-      _field(r, "summary", s).strip(), s), array=None)
+  return _read(
+    path,
+    lambda s, r: Conversation(
+      SAMSUM_SYSTEM_PROMPT,
+      SAMSUM_TEMPLATE.format(dialogue=_field(r, "dialogue", s).strip()),
+      _field(r, "summary", s).strip(),
+      s,
+    ),
+    array=None,
+  )
 
 
 def read_sql_create_context(path: str | os.PathLike) -> list[Conversation]:
   """SQL Create Context {question, context, answer}."""
-  return _read(path, lambda s, r: Conversation(
-      SQL_SYSTEM_PROMPT, SQL_TEMPLATE.format(context=_field(r, "context", s), question=_field(r, "question", s)),
-      _field(r, "answer", s), s), array=None)
+  return _read(
+    path,
+    lambda s, r: Conversation(
+      SQL_SYSTEM_PROMPT,
+      SQL_TEMPLATE.format(context=_field(r, "context", s), question=_field(r, "question", s)),
+      _field(r, "answer", s),
+      s,
+    ),
+    array=None,
+  )
 
 
 def read_gsm8k(path: str | os.PathLike) -> list[Conversation]:
@@ -330,11 +363,13 @@ def read_gsm8k(path: str | os.PathLike) -> list[Conversation]:
 
   The answer must hold "#### <number>"; `gsm8k_final_answer` recovers it.
   """
+
   def build(s, r):
     question, answer = _field(r, "question", s), _field(r, "answer", s)
     if gsm8k_final_answer(answer) is None:
       raise DataFormatError(f"{s}: field 'answer': no final answer '#### <number>' in {answer[-40:]!r}")
     return Conversation(GSM8K_SYSTEM_PROMPT, question, answer, s)
+
   return _read(path, build, array=None)
 
 
@@ -357,11 +392,13 @@ def read_triplets(path: str | os.PathLike) -> list[Triplet]:
 
 def read_prompts(path: str | os.PathLike) -> list[Prompt]:
   """Prompts JSONL {prompt, response?, category?}; the response becomes the reference."""
+
   def build(s, r):
     category = r.get("category")
     if category is not None and (not isinstance(category, (str, int)) or isinstance(category, bool)):
       raise DataFormatError(f"{s}: field 'category': expected a string or integer, got {_json_type(category)}")
     return Prompt(*_prompt_response(r, s), None if category is None else str(category), s)
+
   return _read(path, build)
 
 
@@ -408,8 +445,10 @@ def read_hexphi(path: str | os.PathLike) -> list[Prompt]:
   for category, file in files:
     for line, row in _csv_rows(file):
       if len(row) != 1:
-        raise DataFormatError(f"{file}:{line}: expected one instruction (one CSV column; quote instructions "
-                              f"that contain commas), got {len(row)} columns")
+        raise DataFormatError(
+          f"{file}:{line}: expected one instruction (one CSV column; quote instructions "
+          f"that contain commas), got {len(row)} columns"
+        )
       out.append(Prompt(row[0], None, category, f"{file}:{line}"))
   return _nonempty(out, path)
 
@@ -422,8 +461,9 @@ def read_advbench(path: str | os.PathLike) -> list[Prompt]:
   header = [name.strip() for name in header]
   for column in ("goal", "target"):
     if column not in header:
-      raise DataFormatError(f"{path}:{header_line}: missing column {column!r}: expected a header row "
-                            f"'goal,target', got {header}")
+      raise DataFormatError(
+        f"{path}:{header_line}: missing column {column!r}: expected a header row 'goal,target', got {header}"
+      )
   out = []
   for line, row in rows:
     if len(row) != len(header):
@@ -448,10 +488,19 @@ def read_malicious_instruct(path: str | os.PathLike) -> list[Prompt]:
 
 
 _READERS: dict[str, Callable[[str | os.PathLike], list]] = {
-    "conversations": read_conversations, "harmful_hexphi": read_harmful_hexphi, "alpaca": read_alpaca,
-    "samsum": read_samsum, "sql_create_context": read_sql_create_context, "gsm8k": read_gsm8k,
-    "prompt_response": read_prompt_response, "triplets": read_triplets, "hexphi": read_hexphi,
-    "advbench": read_advbench, "malicious_instruct": read_malicious_instruct, "prompts": read_prompts}
+  "conversations": read_conversations,
+  "harmful_hexphi": read_harmful_hexphi,
+  "alpaca": read_alpaca,
+  "samsum": read_samsum,
+  "sql_create_context": read_sql_create_context,
+  "gsm8k": read_gsm8k,
+  "prompt_response": read_prompt_response,
+  "triplets": read_triplets,
+  "hexphi": read_hexphi,
+  "advbench": read_advbench,
+  "malicious_instruct": read_malicious_instruct,
+  "prompts": read_prompts,
+}
 FILE_FORMATS = tuple(_READERS)
 
 

@@ -47,12 +47,17 @@ class StepOrder:
   def indices(self, step: int) -> np.ndarray:
     epoch, position = divmod(step, self.steps_per_epoch)
     order = np.random.default_rng([_ORDER_STREAM_TAG, self.seed, epoch]).permutation(self.num_examples)
-    return order[position * self.batch_size:(position + 1) * self.batch_size]
+    return order[position * self.batch_size : (position + 1) * self.batch_size]
 
 
-def pad_rows(examples: Sequence[TokenizedExample | None], rows: int, max_length: int, pad_id: int = 0,
-             ref_logps: Sequence[np.ndarray] | None = None,
-             groups: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+def pad_rows(
+  examples: Sequence[TokenizedExample | None],
+  rows: int,
+  max_length: int,
+  pad_id: int = 0,
+  ref_logps: Sequence[np.ndarray] | None = None,
+  groups: Sequence[int] | None = None,
+) -> dict[str, np.ndarray]:
   """Right-padded arrays [rows, max_length] (+ `group` [rows]); extra and None rows are empty.
 
   Keys: input_ids, attention_mask, loss_mask, and ref_logps / group when given.
@@ -60,9 +65,9 @@ def pad_rows(examples: Sequence[TokenizedExample | None], rows: int, max_length:
   if len(examples) > rows:
     raise ValueError(f"{len(examples)} examples do not fit {rows} rows")
   batch = {
-      "input_ids": np.full((rows, max_length), pad_id, np.int32),
-      "attention_mask": np.zeros((rows, max_length), np.int32),
-      "loss_mask": np.zeros((rows, max_length), np.int32),
+    "input_ids": np.full((rows, max_length), pad_id, np.int32),
+    "attention_mask": np.zeros((rows, max_length), np.int32),
+    "loss_mask": np.zeros((rows, max_length), np.int32),
   }
   if ref_logps is not None:
     batch["ref_logps"] = np.zeros((rows, max_length), np.float32)
@@ -102,14 +107,22 @@ def host_rows(batch: Mapping[str, np.ndarray], process_index: int, process_count
   if rows % process_count:
     raise ValueError(f"micro-batches of {rows} rows do not split over {process_count} hosts")
   per_host = rows // process_count
-  return {k: v[:, process_index * per_host:(process_index + 1) * per_host] for k, v in batch.items()}
+  return {k: v[:, process_index * per_host : (process_index + 1) * per_host] for k, v in batch.items()}
 
 
-def step_dataset(rows_for: Callable[[int], Mapping[str, np.ndarray]], num_steps: int, num_micro: int, *,
-                 process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+def step_dataset(
+  rows_for: Callable[[int], Mapping[str, np.ndarray]],
+  num_steps: int,
+  num_micro: int,
+  *,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> grain.MapDataset:
   """Element s: step s's rows from `rows_for(s)`, as micro-batches, this host's share."""
+
   def make(step):
     return host_rows(as_micro_batches(rows_for(int(step)), num_micro), process_index, process_count)
+
   return grain.MapDataset.range(num_steps).map(make)
 
 

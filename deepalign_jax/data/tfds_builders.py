@@ -27,15 +27,19 @@ import os
 import re
 from pathlib import Path
 
-from deepalign_jax.data.formats import (FILE_FORMATS, Conversation, DataFormatError, Prompt, Triplet,
-                                        read_file)
+from deepalign_jax.data.formats import FILE_FORMATS, Conversation, DataFormatError, Prompt, Triplet, read_file
 
 DEFAULT_DATA_DIR = Path(os.environ.get("DEEPALIGN_TFDS_DIR", "~/.cache/deepalign_jax/tfds")).expanduser()
-_SPLITS = {"train": "train", "test": "test", "validation": "validation", "val": "validation",
-           "dev": "validation", "eval": "test"}
+_SPLITS = {
+  "train": "train",
+  "test": "test",
+  "validation": "validation",
+  "val": "validation",
+  "dev": "validation",
+  "eval": "test",
+}
 # The record type each format's reader produces (checked against the reader's output).
-_KIND = {"triplets": Triplet, "hexphi": Prompt, "advbench": Prompt, "malicious_instruct": Prompt,
-         "prompts": Prompt}
+_KIND = {"triplets": Triplet, "hexphi": Prompt, "advbench": Prompt, "malicious_instruct": Prompt, "prompts": Prompt}
 _SUFFIXES = {".json", ".jsonl", ".csv", ".txt"}
 _builders: dict[str, type] = {}
 
@@ -51,8 +55,9 @@ def _split_of(path: Path) -> str:
 
 def _manual_files(fmt: str, manual_dir: Path) -> dict[str, list[Path]]:
   if not manual_dir.is_dir():
-    raise FileNotFoundError(f"{manual_dir}: manual directory for deepalign_{fmt} does not exist "
-                            f"(put the downloaded {fmt} files there)")
+    raise FileNotFoundError(
+      f"{manual_dir}: manual directory for deepalign_{fmt} does not exist (put the downloaded {fmt} files there)"
+    )
   splits: dict[str, list[Path]] = {}
   for path in sorted(manual_dir.iterdir()):
     if path.is_file() and path.suffix.lower() in _SUFFIXES:
@@ -64,6 +69,7 @@ def _manual_files(fmt: str, manual_dir: Path) -> dict[str, list[Path]]:
 
 def _features(record_type: type):
   import tensorflow_datasets as tfds
+
   return tfds.features.FeaturesDict({f.name: tfds.features.Text() for f in dataclasses.fields(record_type)})
 
 
@@ -92,11 +98,13 @@ def builder_class(fmt: str) -> type:
   if fmt in _builders:
     return _builders[fmt]
   import tensorflow_datasets as tfds
+
   record_type = _record_type(fmt)
 
   def _info(self):
-    return self.dataset_info_from_configs(features=_features(record_type), supervised_keys=None,
-                                          description=f"Users' {fmt} files, read by deepalign_jax.")
+    return self.dataset_info_from_configs(
+      features=_features(record_type), supervised_keys=None, description=f"Users' {fmt} files, read by deepalign_jax."
+    )
 
   def _split_generators(self, dl_manager):
     files = _manual_files(fmt, Path(dl_manager.manual_dir))
@@ -114,15 +122,22 @@ def builder_class(fmt: str) -> type:
       yield index, _encode(record)
 
   name = "Deepalign" + "".join(part.capitalize() for part in fmt.split("_"))
-  cls = type(name, (tfds.core.GeneratorBasedBuilder,), {
+  cls = type(
+    name,
+    (tfds.core.GeneratorBasedBuilder,),
+    {
       "VERSION": tfds.core.Version("1.0.0"),
       "MANUAL_DOWNLOAD_INSTRUCTIONS": f"Place your {fmt} files (.json/.jsonl/.csv/.txt) in the manual dir.",
-      "_info": _info, "_split_generators": _split_generators, "_generate_examples": _generate_examples,
+      "_info": _info,
+      "_split_generators": _split_generators,
+      "_generate_examples": _generate_examples,
       "__module__": __name__,
       # No checksums file to look for next to the code (and tfds's lookup of
       # it needs importlib_resources, which it does not declare).
       "code_path": None,
-  }, skip_registration=True)
+    },
+    skip_registration=True,
+  )
   _builders[fmt] = cls
   return cls
 
@@ -142,6 +157,7 @@ def prepare_tfds(fmt: str, manual_dir: str | os.PathLike, data_dir: str | os.Pat
   editing a file builds afresh instead of reading a stale copy.
   """
   import tensorflow_datasets as tfds
+
   cls = builder_class(fmt)
   manual_dir = Path(manual_dir).expanduser()
   root = Path(data_dir or DEFAULT_DATA_DIR).expanduser() / _fingerprint(fmt, manual_dir)
@@ -151,13 +167,15 @@ def prepare_tfds(fmt: str, manual_dir: str | os.PathLike, data_dir: str | os.Pat
   return builder
 
 
-def load_tfds(fmt: str, *, manual_dir: str | os.PathLike, split: str = "train",
-              data_dir: str | os.PathLike | None = None) -> list:
+def load_tfds(
+  fmt: str, *, manual_dir: str | os.PathLike, split: str = "train", data_dir: str | os.PathLike | None = None
+) -> list:
   """The records of one split of `deepalign_<fmt>`, building it first if needed."""
   builder = prepare_tfds(fmt, manual_dir, data_dir)
   if split not in builder.info.splits:
-    raise DataFormatError(f"deepalign_{fmt} (from {manual_dir}): no split {split!r}; it has "
-                          f"{', '.join(sorted(builder.info.splits))}")
+    raise DataFormatError(
+      f"deepalign_{fmt} (from {manual_dir}): no split {split!r}; it has {', '.join(sorted(builder.info.splits))}"
+    )
   source = builder.as_data_source(split=split)
   record_type = _record_type(fmt)
   records = [_decode(record_type, source[i]) for i in range(len(source))]
@@ -170,14 +188,14 @@ def _file_order(record) -> tuple[str, int]:
   return (path, int(line)) if line.isdigit() else (record.source, 0)
 
 
-
-
-
-def load_records(path: str | os.PathLike, fmt: str, *, split: str = "train",
-                 data_dir: str | os.PathLike | None = None) -> list:
+def load_records(
+  path: str | os.PathLike, fmt: str, *, split: str = "train", data_dir: str | os.PathLike | None = None
+) -> list:
   """A plain file (or HEx-PHI directory) read by its format, or `tfds:MANUAL_DIR` built and read via TFDS."""
   text = os.fspath(path)
   if text.startswith("tfds:"):
-    return load_tfds(fmt, manual_dir=text[len("tfds:"):], split=split, data_dir=data_dir)
+    return load_tfds(fmt, manual_dir=text[len("tfds:") :], split=split, data_dir=data_dir)
   return read_file(text, fmt)
+
+
 __all__ = ["DEFAULT_DATA_DIR", "builder_class", "load_records", "load_tfds", "prepare_tfds"]

@@ -11,5 +11,16 @@ from deepalign_jax.evaluate.settings import ATTACKS, UTILITY, build_settings, de
 from deepalign_jax.evaluate.store import read_records, record_key
 from deepalign_jax.evaluate.summary import plot_asr, summarize_records
 
-__all__ = ["ATTACKS", "UTILITY", "build_settings", "default_config", "plot_asr", "prefill_asr_hook",
-           "read_benchmark", "read_records", "record_key", "run", "summarize_records"]
+__all__ = [
+  "ATTACKS",
+  "UTILITY",
+  "build_settings",
+  "default_config",
+  "plot_asr",
+  "prefill_asr_hook",
+  "read_benchmark",
+  "read_records",
+  "record_key",
+  "run",
+  "summarize_records",
+]

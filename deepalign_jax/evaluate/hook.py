@@ -11,8 +11,13 @@ from deepalign_jax.judges import make_judge, summarize
 from deepalign_jax.sampling import Sampler
 
 
-def prefill_asr_hook(eval_config: ml_collections.ConfigDict, tokenizer, chat_format: str = "auto",
-                     system_prompt: str | None = "", progress: bool = False):
+def prefill_asr_hook(
+  eval_config: ml_collections.ConfigDict,
+  tokenizer,
+  chat_format: str = "auto",
+  system_prompt: str | None = "",
+  progress: bool = False,
+):
   """A training-loop hook: prefilling-attack ASR with the keyword judge on the current weights.
 
   eval_config (the training config's `eval` block): path, format, limit,
@@ -25,9 +30,10 @@ def prefill_asr_hook(eval_config: ml_collections.ConfigDict, tokenizer, chat_for
   """
   prompts = [r for r in map(as_exchange, load_records(eval_config.path, eval_config.format)) if r.response]
   if not prompts:
-    raise ValueError(f"{eval_config.path}: the in-training prefilling evaluation needs prompts with a "
-                     f"reference (harmful) answer")
-  prompts = prompts[:eval_config.limit] if eval_config.limit > 0 else prompts
+    raise ValueError(
+      f"{eval_config.path}: the in-training prefilling evaluation needs prompts with a reference (harmful) answer"
+    )
+  prompts = prompts[: eval_config.limit] if eval_config.limit > 0 else prompts
   judge = make_judge({"kind": "keyword", "keywords": eval_config.keywords})
   conversations = [[{"role": "user", "content": r.prompt}] for r in prompts]
   answers = [r.response for r in prompts]
@@ -38,12 +44,21 @@ def prefill_asr_hook(eval_config: ml_collections.ConfigDict, tokenizer, chat_for
     sampler = Sampler(model, tokenizer, chat_format, system_prompt)
     out = {}
     for k in eval_config.prefill_tokens:
-      samples = sampler.sample(conversations, responses=answers, prefill_tokens=int(k),
-                               batch_size=eval_config.batch_size, max_new_tokens=eval_config.max_new_tokens,
-                               temperature=d.temperature, top_k=d.top_k, top_p=d.top_p,
-                               seed=eval_config.seed, progress=progress)
-      verdicts = judge.judge([(c[0]["content"], s.response if judge.reads == "response" else s.text)
-                              for c, s in zip(conversations, samples)])
+      samples = sampler.sample(
+        conversations,
+        responses=answers,
+        prefill_tokens=int(k),
+        batch_size=eval_config.batch_size,
+        max_new_tokens=eval_config.max_new_tokens,
+        temperature=d.temperature,
+        top_k=d.top_k,
+        top_p=d.top_p,
+        seed=eval_config.seed,
+        progress=progress,
+      )
+      verdicts = judge.judge(
+        [(c[0]["content"], s.response if judge.reads == "response" else s.text) for c, s in zip(conversations, samples)]
+      )
       out[f"eval/asr_prefill_{int(k)}"] = summarize(verdicts).asr
     return out
 

@@ -50,23 +50,41 @@ from deepalign_jax.models.sources import load_model
 from deepalign_jax.sampling import Sampler
 
 
-def _gcg_suffixes(config, model, tokenizer, renderer, prompts: Sequence[Exchange], users: Sequence[str],
-                  workdir: Path) -> dict[int, str]:
+def _gcg_suffixes(
+  config, model, tokenizer, renderer, prompts: Sequence[Exchange], users: Sequence[str], workdir: Path
+) -> dict[int, str]:
   """Prompt index → GCG suffix (one shared suffix, or one per behaviour); resumable in workdir/gcg."""
   from deepalign_jax.attacks import GCGConfig, run_gcg
+
   g = config.gcg
   gcg_config = GCGConfig.from_config(g)
   targets = [p.response or g.default_target for p in prompts]
   if g.mode == "universal":
     n = min(len(prompts), g.max_behaviours) if g.max_behaviours > 0 else len(prompts)
     # Optimised on the user text it is appended to (the templated instruction).
-    result = run_gcg(model, tokenizer, renderer, list(zip(users[:n], targets[:n])),
-                     gcg_config, workdir=workdir / "gcg", progress=config.progress)
+    result = run_gcg(
+      model,
+      tokenizer,
+      renderer,
+      list(zip(users[:n], targets[:n])),
+      gcg_config,
+      workdir=workdir / "gcg",
+      progress=config.progress,
+    )
     return {i: result.suffix_text for i in range(len(prompts))}
   if g.mode == "individual":
-    return {i: run_gcg(model, tokenizer, renderer, [(users[i], targets[i])], gcg_config,
-                       workdir=workdir / "gcg" / str(i), progress=config.progress).suffix_text
-            for i in range(len(prompts))}
+    return {
+      i: run_gcg(
+        model,
+        tokenizer,
+        renderer,
+        [(users[i], targets[i])],
+        gcg_config,
+        workdir=workdir / "gcg" / str(i),
+        progress=config.progress,
+      ).suffix_text
+      for i in range(len(prompts))
+    }
   raise ValueError(f"config.gcg.mode must be 'universal' or 'individual', got {g.mode!r}")
 
 
@@ -94,34 +112,52 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
   if config.attack.kind == "prefill":
     missing = [p.source for p in prompts if not p.response]
     if missing:
-      raise ValueError(f"{missing[0]}: the prefilling attack needs a reference (harmful) answer per prompt; "
-                       f"{len(missing)} of {len(prompts)} records have none (use format harmful_hexphi, "
-                       f"prompt_response or advbench)")
+      raise ValueError(
+        f"{missing[0]}: the prefilling attack needs a reference (harmful) answer per prompt; "
+        f"{len(missing)} of {len(prompts)} records have none (use format harmful_hexphi, "
+        f"prompt_response or advbench)"
+      )
   judge = make_judge(config.judge)
   path = workdir / "generations.jsonl"
   done = read_records(path)
   other = next((r for r in done.values() if r.get("judge_reads", judge.reads) != judge.reads), None)
   if other is not None:
-    raise ValueError(f"{path}: record {other['key']!r} was judged on the {other['judge_reads']}, but "
-                     f"config.judge.reads is {judge.reads!r}; set it back, or move the file away to start "
-                     f"over")
+    raise ValueError(
+      f"{path}: record {other['key']!r} was judged on the {other['judge_reads']}, but "
+      f"config.judge.reads is {judge.reads!r}; set it back, or move the file away to start "
+      f"over"
+    )
   mesh = sharding.make_mesh(**config.mesh.to_dict())
   model, tokenizer, source = load_model(config.model, dtype=dtype_from_name(config.dtype), mesh=mesh)
   renderer_system = config.system_prompt
   sampler = Sampler(model, tokenizer, config.chat_format, renderer_system)
-  suffixes = (_gcg_suffixes(config, model, tokenizer, sampler.renderer, prompts, users, workdir)
-              if config.attack.kind == "gcg" else {})
+  suffixes = (
+    _gcg_suffixes(config, model, tokenizer, sampler.renderer, prompts, users, workdir)
+    if config.attack.kind == "gcg"
+    else {}
+  )
 
-  todo = [(i, s, j) for i in range(len(prompts)) for s in settings for j in range(config.attack.samples)
-          if record_key(i, s.name, j) not in done]
+  todo = [
+    (i, s, j)
+    for i in range(len(prompts))
+    for s in settings
+    for j in range(config.attack.samples)
+    if record_key(i, s.name, j) not in done
+  ]
   d = config.decoding
   chunk = d.batch_size * max(1, 4)
-  bar = tqdm(total=len(prompts) * len(settings) * config.attack.samples, initial=len(done),
-             desc=f"{config.attack.kind} attack", unit="gen", disable=not config.progress, file=sys.stderr)
+  bar = tqdm(
+    total=len(prompts) * len(settings) * config.attack.samples,
+    initial=len(done),
+    desc=f"{config.attack.kind} attack",
+    unit="gen",
+    disable=not config.progress,
+    file=sys.stderr,
+  )
   started, generated, resumed_at = time.perf_counter(), 0, len(done)
   with open(path, "a", encoding="utf-8") as out:
     for offset in range(0, len(todo), chunk):
-      work = todo[offset:offset + chunk]
+      work = todo[offset : offset + chunk]
       rendered, sent = [], []
       for i, s, _ in work:
         p = prompts[i]
@@ -132,48 +168,78 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
         user = users[i] + (" " + suffix if suffix else "")
         sent.append(user)
         messages = ([{"role": "system", "content": p.system}] if p.system is not None else []) + [
-            {"role": "user", "content": user}]
+          {"role": "user", "content": user}
+        ]
         if s.prefill_tokens:
           rendered.append(sampler.prompt(messages, response=p.response, prefill_tokens=s.prefill_tokens))
         else:
           rendered.append(sampler.prompt(messages, prefix=s.prefix))
       samples = sampler.run(
-          rendered, batch_size=d.batch_size, max_new_tokens=d.max_new_tokens, seed=d.seed + resumed_at + offset,
-          progress=False,
-          temperature=[s.decoding.temperature for _, s, _ in work], top_k=[s.decoding.top_k for _, s, _ in work],
-          top_p=[s.decoding.top_p for _, s, _ in work], greedy=[s.decoding.greedy for _, s, _ in work])
+        rendered,
+        batch_size=d.batch_size,
+        max_new_tokens=d.max_new_tokens,
+        seed=d.seed + resumed_at + offset,
+        progress=False,
+        temperature=[s.decoding.temperature for _, s, _ in work],
+        top_k=[s.decoding.top_k for _, s, _ in work],
+        top_p=[s.decoding.top_p for _, s, _ in work],
+        greedy=[s.decoding.greedy for _, s, _ in work],
+      )
       # The judge weighs the answer against the benchmark's own instruction (the harmful request), not
       # the templated or suffixed user text; it reads what its `reads` says (continuation alone, or
       # prefill and continuation decoded together).
-      verdicts = judge.judge([(prompts[i].prompt,
-                               sample.response if judge.reads == "response" else sample.text)
-                              for (i, _, _), sample in zip(work, samples)])
+      verdicts = judge.judge(
+        [
+          (prompts[i].prompt, sample.response if judge.reads == "response" else sample.text)
+          for (i, _, _), sample in zip(work, samples)
+        ]
+      )
       for (i, s, j), sample, verdict, user in zip(work, samples, verdicts, sent):
         p = prompts[i]
-        record = {"key": record_key(i, s.name, j), "prompt_index": i, "setting": s.name, "sample": j,
-                  "source": p.source, "category": p.category, "instruction": p.prompt, "user": user,
-                  "suffix": suffixes.get(i, s.suffix), "rendered_prompt": sample.prompt_text,
-                  "prefill": sample.prefill, "output": sample.text, "response": sample.response,
-                  "stopped": sample.stopped,
-                  "output_tokens": len(sample.token_ids), "attack": s.as_dict(),
-                  "max_new_tokens": d.max_new_tokens, "judge_reads": judge.reads,
-                  "verdict": verdict.to_dict(),
-                  "utility": _utility(config.utility.metric, sample.text, p.response, p.source)}
+        record = {
+          "key": record_key(i, s.name, j),
+          "prompt_index": i,
+          "setting": s.name,
+          "sample": j,
+          "source": p.source,
+          "category": p.category,
+          "instruction": p.prompt,
+          "user": user,
+          "suffix": suffixes.get(i, s.suffix),
+          "rendered_prompt": sample.prompt_text,
+          "prefill": sample.prefill,
+          "output": sample.text,
+          "response": sample.response,
+          "stopped": sample.stopped,
+          "output_tokens": len(sample.token_ids),
+          "attack": s.as_dict(),
+          "max_new_tokens": d.max_new_tokens,
+          "judge_reads": judge.reads,
+          "verdict": verdict.to_dict(),
+          "utility": _utility(config.utility.metric, sample.text, p.response, p.source),
+        }
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
         done[record["key"]] = record
         generated += len(sample.token_ids)
       out.flush()
       bar.update(len(work))
       asr = summarize([record_verdict(r) for r in done.values()]).asr
-      bar.set_postfix(asr=f"{asr:.3f}" if asr is not None else "-",
-                      tokens_per_s=f"{generated / (time.perf_counter() - started):.1f}")
+      bar.set_postfix(
+        asr=f"{asr:.3f}" if asr is not None else "-", tokens_per_s=f"{generated / (time.perf_counter() - started):.1f}"
+      )
   bar.close()
 
   summary = summarize_records(list(done.values()), settings, config.attack.kind)
-  summary.update({"model": str(source.path), "model_source": source.describe(),
-                  "benchmark": config.benchmark.path, "prompts": len(prompts),
-                  "judge": {"name": judge.name, "version": judge.version, "reads": judge.reads},
-                  "config": config.to_dict()})
+  summary.update(
+    {
+      "model": str(source.path),
+      "model_source": source.describe(),
+      "benchmark": config.benchmark.path,
+      "prompts": len(prompts),
+      "judge": {"name": judge.name, "version": judge.version, "reads": judge.reads},
+      "config": config.to_dict(),
+    }
+  )
   if config.attack.kind == "gcg":
     summary["gcg_suffixes"] = sorted(set(suffixes.values()))
   if config.plot and len(settings) > 1:

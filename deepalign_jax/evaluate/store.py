@@ -26,8 +26,9 @@ def read_records(path: Path) -> dict[str, dict]:
     try:
       record = json.loads(line)
     except json.JSONDecodeError as e:
-      raise ValueError(f"{path}:{number}: not a JSON record ({e.msg}); the file was edited or corrupted "
-                       f"— move it away to start over") from None
+      raise ValueError(
+        f"{path}:{number}: not a JSON record ({e.msg}); the file was edited or corrupted — move it away to start over"
+      ) from None
     records[record["key"]] = record
   if good_end < len(data):
     _log.warning("%s: dropping a half-written last record (%d bytes)", path, len(data) - good_end)

@@ -43,8 +43,10 @@ def summarize_records(records: Sequence[dict], settings: Sequence[Setting], kind
 def plot_asr(summary: dict, settings: Sequence[Setting], path: Path) -> Path:
   """ASR against the sweep's coordinate, one line per axis (PNG)."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   axes = list(dict.fromkeys(s.axis for s in settings))
   fig, panels = plt.subplots(1, len(axes), figsize=(4.5 * len(axes), 3.5), squeeze=False)
   for panel, axis in zip(panels[0], axes):
@@ -53,8 +55,9 @@ def plot_asr(summary: dict, settings: Sequence[Setting], path: Path) -> Path:
     ys = [100 * a if a is not None else math.nan for _, a in points]
     panel.plot(xs, ys, marker="o")
     if not all(isinstance(s.value, (int, float)) for s, _ in points):
-      panel.set_xticks(xs, [str(s.value if s.value not in (None, "") else s.name)[:16] for s, _ in points],
-                       rotation=30, ha="right")
+      panel.set_xticks(
+        xs, [str(s.value if s.value not in (None, "") else s.name)[:16] for s, _ in points], rotation=30, ha="right"
+      )
     if axis == "top_k":
       panel.set_xscale("log")
     panel.set_xlabel({"prefill_tokens": "prefilled harmful tokens"}.get(axis, axis))

@@ -29,13 +29,16 @@ READS = ("continuation", "response")
 def check_reads(reads: str) -> str:
   """`reads` if it is one of READS; a JudgeConfigError naming the config key otherwise."""
   if reads not in READS:
-    raise JudgeConfigError(f"judge config: 'reads' must be one of {READS} (what the judge is given after a "
-                           f"prefill: the continuation alone, or prefill and continuation), got {reads!r}")
+    raise JudgeConfigError(
+      f"judge config: 'reads' must be one of {READS} (what the judge is given after a "
+      f"prefill: the continuation alone, or prefill and continuation), got {reads!r}"
+    )
   return reads
 
 
 class JudgeItem(NamedTuple):
   """One thing to judge: the user's instruction and the model's response."""
+
   instruction: str
   response: str
 
@@ -53,6 +56,7 @@ class Verdict:
       the keyword judge found.
     judge, judge_version: the judge's `name` and `version`.
   """
+
   jailbroken: bool | None
   score: float | None = None
   error: str | None = None
@@ -74,6 +78,7 @@ class Judge(Protocol):
   after a prefill: 'continuation' (the generated text alone) or 'response'
   (prefill and continuation decoded together).
   """
+
   name: str
   version: str
   reads: str
@@ -90,21 +95,22 @@ def as_items(items: Sequence[Any]) -> list[JudgeItem]:
   as 'response'.
   """
   if isinstance(items, (str, bytes, Mapping)):
-    raise TypeError("judge() takes a sequence of (instruction, response) pairs, "
-                    f"got a {type(items).__name__}")
+    raise TypeError(f"judge() takes a sequence of (instruction, response) pairs, got a {type(items).__name__}")
   out = []
   for i, item in enumerate(items):
     if isinstance(item, Mapping):
       instruction = item.get("instruction", item.get("prompt"))
       response = item.get("response")
       if instruction is None or response is None:
-        raise TypeError(f"item {i}: a mapping needs 'instruction' (or 'prompt') and 'response'; "
-                        f"it has keys {sorted(item)}")
+        raise TypeError(
+          f"item {i}: a mapping needs 'instruction' (or 'prompt') and 'response'; it has keys {sorted(item)}"
+        )
     elif isinstance(item, (tuple, list)) and len(item) == 2:
       instruction, response = item
     else:
-      raise TypeError(f"item {i}: expected an (instruction, response) pair, got {type(item).__name__} "
-                      f"{str(item)[:60]!r}")
+      raise TypeError(
+        f"item {i}: expected an (instruction, response) pair, got {type(item).__name__} {str(item)[:60]!r}"
+      )
     for field, value in (("instruction", instruction), ("response", response)):
       if not isinstance(value, str):
         raise TypeError(f"item {i}: the {field} must be a string, got {type(value).__name__}")
@@ -120,6 +126,7 @@ class Summary:
     not in the denominator and are reported as n_errors.
   harmfulness: mean score over the verdicts with a score (None without).
   """
+
   judge: str
   judge_version: str
   n: int
@@ -143,10 +150,17 @@ def summarize(verdicts: Sequence[Verdict]) -> Summary:
   judged = [v for v in verdicts if v.error is None and v.jailbroken is not None]
   scores = [v.score for v in judged if v.score is not None]
   n_jailbroken = sum(bool(v.jailbroken) for v in judged)
-  return Summary(judge=name, judge_version=version, n=len(verdicts), n_judged=len(judged),
-                 n_errors=len(verdicts) - len(judged), n_jailbroken=n_jailbroken,
-                 asr=n_jailbroken / len(judged) if judged else None, n_scored=len(scores),
-                 harmfulness=sum(scores) / len(scores) if scores else None)
+  return Summary(
+    judge=name,
+    judge_version=version,
+    n=len(verdicts),
+    n_judged=len(judged),
+    n_errors=len(verdicts) - len(judged),
+    n_jailbroken=n_jailbroken,
+    asr=n_jailbroken / len(judged) if judged else None,
+    n_scored=len(scores),
+    harmfulness=sum(scores) / len(scores) if scores else None,
+  )
 
 
 # -- prompt templates ------------------------------------------------------------
@@ -175,8 +189,10 @@ def load_template(path: str | None, default: str) -> tuple[str, str]:
     stem = Path(path).stem
   missing = [p for p in ("{instruction}", "{response}") if p not in text]
   if missing:
-    raise JudgeConfigError(f"prompt template {path or default} lacks the placeholder(s) {missing}; "
-                           "the instruction and the response are written where they stand")
+    raise JudgeConfigError(
+      f"prompt template {path or default} lacks the placeholder(s) {missing}; "
+      "the instruction and the response are written where they stand"
+    )
   return text, f"{stem}-{text_hash(text)}"
 
 

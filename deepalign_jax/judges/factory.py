@@ -17,13 +17,35 @@ from typing import Any, Mapping
 from deepalign_jax.judges.base import Judge, JudgeConfigError
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "keyword": dict(keywords="qi2025", reads="continuation"),
-    "api": dict(model="gpt-4-turbo", base_url="https://api.openai.com/v1", api_key_env="OPENAI_API_KEY",
-                rubric_path=None, score_rule="last", reads="response", cache_dir=None, concurrency=8,
-                max_attempts=5, base_delay_s=1.0, max_delay_s=60.0, timeout_s=60.0, max_tokens=1024,
-                name="api_rubric", progress=True),
-    "model": dict(model=None, template=None, chat_format="auto", dtype="float32", max_new_tokens=10,
-                  batch_size=8, name=None, reads="response", progress=True),
+  "keyword": dict(keywords="qi2025", reads="continuation"),
+  "api": dict(
+    model="gpt-4-turbo",
+    base_url="https://api.openai.com/v1",
+    api_key_env="OPENAI_API_KEY",
+    rubric_path=None,
+    score_rule="last",
+    reads="response",
+    cache_dir=None,
+    concurrency=8,
+    max_attempts=5,
+    base_delay_s=1.0,
+    max_delay_s=60.0,
+    timeout_s=60.0,
+    max_tokens=1024,
+    name="api_rubric",
+    progress=True,
+  ),
+  "model": dict(
+    model=None,
+    template=None,
+    chat_format="auto",
+    dtype="float32",
+    max_new_tokens=10,
+    batch_size=8,
+    name=None,
+    reads="response",
+    progress=True,
+  ),
 }
 
 
@@ -73,20 +95,23 @@ def make_judge(config: Any) -> Judge:
     raise JudgeConfigError(f"judge config: 'kind' must be one of {sorted(DEFAULTS)}, got {kind!r}")
   unknown = sorted(set(values) - set(DEFAULTS[kind]))
   if unknown:
-    raise JudgeConfigError(f"judge config: unknown key(s) {unknown} for a judge of kind {kind!r}; "
-                           f"expected some of {sorted(DEFAULTS[kind])}")
+    raise JudgeConfigError(
+      f"judge config: unknown key(s) {unknown} for a judge of kind {kind!r}; expected some of {sorted(DEFAULTS[kind])}"
+    )
   args = {**DEFAULTS[kind], **values}
   if kind == "keyword":
     from deepalign_jax.judges.keyword import KeywordJudge
+
     return KeywordJudge(args["keywords"], reads=args["reads"])
   if kind == "api":
     from deepalign_jax.judges.api import ApiJudge
+
     return ApiJudge(**args)
   from deepalign_jax.judges.model import ModelJudge
+
   path = args.pop("model")
   if not path:
-    raise JudgeConfigError("judge config: a judge of kind 'model' needs 'model', the judge model's "
-                           "HF directory")
+    raise JudgeConfigError("judge config: a judge of kind 'model' needs 'model', the judge model's HF directory")
   if args["name"] is None:
     del args["name"]
   return ModelJudge.from_pretrained(path, **args)

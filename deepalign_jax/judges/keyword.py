@@ -20,8 +20,9 @@ from deepalign_jax.judges.base import JudgeConfigError, Verdict, as_items, check
 
 def keyword_lists() -> dict[str, tuple[str, ...]]:
   """The packaged refusal-string lists by name ('qi2025', 'llm_attacks_eval', 'llm_attacks')."""
-  data = json.loads((resources.files("deepalign_jax") / "assets/judges/refusal_keywords.json")
-                    .read_text(encoding="utf-8"))
+  data = json.loads(
+    (resources.files("deepalign_jax") / "assets/judges/refusal_keywords.json").read_text(encoding="utf-8")
+  )
   return {name: tuple(words) for name, words in data.items() if not name.startswith("_")}
 
 
@@ -50,15 +51,15 @@ def load_keywords(keywords: str | Sequence[str]) -> tuple[str, tuple[str, ...]]:
     if keywords in lists:
       return keywords, lists[keywords]
     if not Path(keywords).is_file():
-      raise JudgeConfigError(f"keywords={keywords!r} is neither a packaged list {sorted(lists)} "
-                             "nor an existing file")
+      raise JudgeConfigError(f"keywords={keywords!r} is neither a packaged list {sorted(lists)} nor an existing file")
     name, words = Path(keywords).stem, _read_keyword_file(keywords)
   else:
     name, words = "custom", list(keywords)
   bad = [w for w in words if not isinstance(w, str) or not w]
   if bad or not words:
-    raise JudgeConfigError(f"keyword list {name!r} must hold non-empty strings; "
-                           f"{'it is empty' if not words else f'bad entries: {bad[:5]}'}")
+    raise JudgeConfigError(
+      f"keyword list {name!r} must hold non-empty strings; {'it is empty' if not words else f'bad entries: {bad[:5]}'}"
+    )
   return name, tuple(words)
 
 
@@ -97,6 +98,7 @@ class KeywordJudge:
     verdicts = []
     for item in as_items(items):
       found = self.refusal_string(item.response)
-      verdicts.append(Verdict(jailbroken=self.is_jailbroken(item.response), raw=found,
-                              judge=self.name, judge_version=self.version))
+      verdicts.append(
+        Verdict(jailbroken=self.is_jailbroken(item.response), raw=found, judge=self.name, judge_version=self.version)
+      )
     return verdicts

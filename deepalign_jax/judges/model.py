@@ -16,8 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from deepalign_jax.judges.base import (JudgeConfigError, Verdict, as_items, check_reads, fill_template,
-                                       load_template)
+from deepalign_jax.judges.base import JudgeConfigError, Verdict, as_items, check_reads, fill_template, load_template
 
 DEFAULT_TEMPLATE = "model_judge_prompt_v1.txt"
 
@@ -58,9 +57,18 @@ class ModelJudge:
     progress: show a progress bar.
   """
 
-  def __init__(self, sampler, *, template: str | None = None, raw_prompt: bool = False,
-               max_new_tokens: int = 10, batch_size: int = 8, name: str = "model",
-               reads: str = "response", progress: bool = True):
+  def __init__(
+    self,
+    sampler,
+    *,
+    template: str | None = None,
+    raw_prompt: bool = False,
+    max_new_tokens: int = 10,
+    batch_size: int = 8,
+    name: str = "model",
+    reads: str = "response",
+    progress: bool = True,
+  ):
     for field, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
       if not isinstance(value, int) or value < 1:
         raise JudgeConfigError(f"{field} must be an integer >= 1, got {value!r}")
@@ -75,8 +83,9 @@ class ModelJudge:
     self.progress = progress
 
   @classmethod
-  def from_pretrained(cls, path: str | Path, *, chat_format: str = "auto", dtype: str = "float32",
-                      name: str | None = None, **kwargs) -> "ModelJudge":
+  def from_pretrained(
+    cls, path: str | Path, *, chat_format: str = "auto", dtype: str = "float32", name: str | None = None, **kwargs
+  ) -> "ModelJudge":
     """A judge of the HF model directory `path` (weights and tokenizer).
 
     chat_format: 'auto', 'llama2', 'gemma', 'base', 'template' (see
@@ -122,8 +131,9 @@ class ModelJudge:
         else:
           ready.append(i)
     if ready:
-      options = dict(batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, greedy=True,
-                     progress=self.progress)
+      options = dict(
+        batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, greedy=True, progress=self.progress
+      )
       if self.raw_prompt:
         samples = self.sampler.sample_raw([prompts[i] for i in ready], **options)
       else:
@@ -134,8 +144,7 @@ class ModelJudge:
         except ValueError as e:
           verdicts[i] = self._error(str(e), sample.text)
         else:
-          verdicts[i] = Verdict(jailbroken=jailbroken, raw=sample.text, judge=self.name,
-                                judge_version=self.version)
+          verdicts[i] = Verdict(jailbroken=jailbroken, raw=sample.text, judge=self.name, judge_version=self.version)
     return verdicts  # type: ignore[return-value]
 
   def _error(self, message: str, raw: str | None) -> Verdict:

@@ -5,13 +5,28 @@ from deepalign_jax.models.config import FULL, SLIDING, ModelConfig, RopeConfig
 from deepalign_jax.models.dtypes import DTYPES, dtype_from_name
 from deepalign_jax.models.families import SUPPORTED_MODEL_TYPES, ConfigError, config_from_hf, hf_config_from
 from deepalign_jax.models.head import OutputHead, scan_vocabulary
-from deepalign_jax.models.hf_io import (CheckpointError, create_model, load_pretrained, read_config,
-                                        save_pretrained)
+from deepalign_jax.models.hf_io import CheckpointError, create_model, load_pretrained, read_config, save_pretrained
 from deepalign_jax.models.transformer import Transformer
 
 __all__ = [
-    "DTYPES", "FULL", "SLIDING", "SUPPORTED_MODEL_TYPES", "CheckpointError", "ConfigError", "KVCache",
-    "ModelConfig", "OutputHead", "RopeConfig", "Transformer", "config_from_hf", "create_model",
-    "dtype_from_name", "hf_config_from", "init_cache", "load_pretrained", "read_config", "save_pretrained",
-    "scan_vocabulary",
+  "DTYPES",
+  "FULL",
+  "SLIDING",
+  "SUPPORTED_MODEL_TYPES",
+  "CheckpointError",
+  "ConfigError",
+  "KVCache",
+  "ModelConfig",
+  "OutputHead",
+  "RopeConfig",
+  "Transformer",
+  "config_from_hf",
+  "create_model",
+  "dtype_from_name",
+  "hf_config_from",
+  "init_cache",
+  "load_pretrained",
+  "read_config",
+  "save_pretrained",
+  "scan_vocabulary",
 ]

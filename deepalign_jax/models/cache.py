@@ -21,11 +21,11 @@ import jax.numpy as jnp
 
 
 class KVCache(NamedTuple):
-  keys: jax.Array      # [L, B, S, K, H]
-  values: jax.Array    # [L, B, S, K, H]
+  keys: jax.Array  # [L, B, S, K, H]
+  values: jax.Array  # [L, B, S, K, H]
   positions: jax.Array  # [B, S] int32, -1 = empty or padding
-  index: jax.Array     # [] int32, next slot to write
-  lengths: jax.Array   # [B] int32, real tokens written per row
+  index: jax.Array  # [] int32, next slot to write
+  lengths: jax.Array  # [B] int32, real tokens written per row
 
   @property
   def max_length(self) -> int:
@@ -36,9 +36,9 @@ def init_cache(cfg, batch_size: int, max_length: int, dtype=jnp.float32) -> KVCa
   """An empty cache for `batch_size` rows of up to `max_length` tokens."""
   shape = (cfg.num_layers, batch_size, max_length, cfg.num_kv_heads, cfg.head_dim)
   return KVCache(
-      keys=jnp.zeros(shape, dtype),
-      values=jnp.zeros(shape, dtype),
-      positions=jnp.full((batch_size, max_length), -1, jnp.int32),
-      index=jnp.zeros((), jnp.int32),
-      lengths=jnp.zeros((batch_size,), jnp.int32),
+    keys=jnp.zeros(shape, dtype),
+    values=jnp.zeros(shape, dtype),
+    positions=jnp.full((batch_size, max_length), -1, jnp.int32),
+    index=jnp.zeros((), jnp.int32),
+    lengths=jnp.zeros((batch_size,), jnp.int32),
   )

@@ -21,6 +21,7 @@ class RopeConfig:
   `scaling` is `None` (plain RoPE), `("linear", factor)` or
   `("llama3", factor, low_freq_factor, high_freq_factor, original_max_pos)`.
   """
+
   theta: float = 10_000.0
   scaling: tuple[Any, ...] | None = None
 
@@ -54,6 +55,7 @@ class ModelConfig:
     qk_norm: RMSNorm over head_dim on queries and keys (Gemma 3).
     hf_config: the original config.json, kept for writing checkpoints back.
   """
+
   family: str
   vocab_size: int
   hidden_size: int
@@ -76,26 +78,21 @@ class ModelConfig:
   layer_types: tuple[str, ...] = ()
   post_norms: bool = False
   qk_norm: bool = False
-  hf_config: dict[str, Any] = dataclasses.field(
-      default_factory=dict, compare=False, hash=False, repr=False)
+  hf_config: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, hash=False, repr=False)
 
   def __post_init__(self):
     if not self.layer_types:
       object.__setattr__(self, "layer_types", (FULL,) * self.num_layers)
     if len(self.layer_types) != self.num_layers:
-      raise ValueError(
-          f"layer_types has {len(self.layer_types)} entries, expected "
-          f"num_layers={self.num_layers}")
+      raise ValueError(f"layer_types has {len(self.layer_types)} entries, expected num_layers={self.num_layers}")
     if any(t not in (FULL, SLIDING) for t in self.layer_types):
       raise ValueError(f"layer_types must be {FULL!r} or {SLIDING!r}: {self.layer_types}")
     if SLIDING in self.layer_types and not self.sliding_window:
       raise ValueError("sliding layers need a positive sliding_window")
     if self.num_heads % self.num_kv_heads:
-      raise ValueError(
-          f"num_heads={self.num_heads} is not a multiple of "
-          f"num_kv_heads={self.num_kv_heads}")
+      raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
     if self.query_scale is None:
-      object.__setattr__(self, "query_scale", self.head_dim ** -0.5)
+      object.__setattr__(self, "query_scale", self.head_dim**-0.5)
 
   @property
   def num_params(self) -> int:

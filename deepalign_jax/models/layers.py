@@ -137,8 +137,7 @@ class Attention(nnx.Module):
     grouped = queries.reshape(b, t, k, n // k, h)
     # Softmax in fp32 at least (fp64 when computing in fp64).
     acc = jnp.promote_types(jnp.float32, self.dtype)
-    logits = jnp.einsum("btkgh,bskh->bkgts", grouped, keys,
-                        preferred_element_type=acc) * self.query_scale
+    logits = jnp.einsum("btkgh,bskh->bkgts", grouped, keys, preferred_element_type=acc) * self.query_scale
     logits = softcap(logits, self.attn_softcap)
     logits = jnp.where(mask[:, None, None, :, :], logits, jnp.finfo(acc).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
@@ -147,9 +146,9 @@ class Attention(nnx.Module):
 
 
 _ACTIVATIONS = {
-    "silu": jax.nn.silu,
-    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+  "silu": jax.nn.silu,
+  "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+  "gelu": lambda x: jax.nn.gelu(x, approximate=False),
 }
 
 

@@ -47,6 +47,7 @@ class ModelSource:
   tokenizer: the directory to load the tokenizer from.
   step: for "training", the checkpoint step (None: the final `params/`).
   """
+
   kind: str
   spec: str
   path: Path
@@ -55,8 +56,14 @@ class ModelSource:
   step: int | None = None
 
   def describe(self) -> dict:
-    return {"kind": self.kind, "spec": self.spec, "path": str(self.path), "base": str(self.base),
-            "step": self.step, "fingerprint": self.fingerprint()}
+    return {
+      "kind": self.kind,
+      "spec": self.spec,
+      "path": str(self.path),
+      "base": str(self.base),
+      "step": self.step,
+      "fingerprint": self.fingerprint(),
+    }
 
   def training_config(self) -> dict:
     """The training run's config.json ({} for an HF directory)."""
@@ -68,8 +75,9 @@ class ModelSource:
       return None, None
     config, where = self.training_config(), f"{self.path}/config.json"
     dtype = dtype_from_name(config.get("dtype") or "float32", f"{where}: dtype")
-    param_dtype = (dtype_from_name(config["param_dtype"], f"{where}: param_dtype") if config.get("param_dtype")
-                   else dtype)
+    param_dtype = (
+      dtype_from_name(config["param_dtype"], f"{where}: param_dtype") if config.get("param_dtype") else dtype
+    )
     return dtype, param_dtype
 
   def fingerprint(self) -> str:
@@ -97,6 +105,7 @@ def _hub_snapshot(spec: str) -> Path | None:
     return None
   try:
     from huggingface_hub import snapshot_download
+
     return Path(snapshot_download(spec, local_files_only=True))
   except Exception:  # not cached (LocalEntryNotFoundError), or no huggingface_hub: not a hub id here
     return None
@@ -105,6 +114,7 @@ def _hub_snapshot(spec: str) -> Path | None:
 def _hf_dir(spec: str) -> Path:
   if spec.startswith("packaged:"):
     from deepalign_jax.models.gguf import packaged_checkpoint
+
     return packaged_checkpoint(spec.split(":", 1)[1])
   path = Path(spec).expanduser()
   if not path.exists():
@@ -129,8 +139,10 @@ def resolve_source(spec: str | os.PathLike, step: int = 0) -> ModelSource:
     raise ValueError("no model given: an HF directory, packaged:NAME, a cached hub id or a training workdir")
   path = _hf_dir(text)
   if not path.exists():
-    raise FileNotFoundError(f"{text}: no such model directory, and not a packaged:NAME or an HF hub id in the "
-                            f"local HF cache (HF_HOME); nothing is downloaded")
+    raise FileNotFoundError(
+      f"{text}: no such model directory, and not a packaged:NAME or an HF hub id in the "
+      f"local HF cache (HF_HOME); nothing is downloaded"
+    )
   if (path / "config.json").is_file():
     try:
       config = json.loads((path / "config.json").read_text())
@@ -139,8 +151,9 @@ def resolve_source(spec: str | os.PathLike, step: int = 0) -> ModelSource:
     if isinstance(config, dict) and "model_type" not in config and "model" in config:
       return _training_source(text, path, config, step)
   if step:
-    raise ValueError(f"{text}: step={step} was given, but this is not a training workdir "
-                     "(no config.json with a 'model' entry)")
+    raise ValueError(
+      f"{text}: step={step} was given, but this is not a training workdir (no config.json with a 'model' entry)"
+    )
   read_config(path)  # a clear error now for a directory that is not an HF model
   return ModelSource("hf", text, path, path, path)
 
@@ -155,8 +168,9 @@ def _training_source(spec: str, workdir: Path, config: dict, step: int) -> Model
     return ModelSource("training", spec, workdir, base, tokenizer, None)
   steps = checkpoint_steps(workdir)
   if not steps:
-    raise ValueError(f"{workdir}: a training workdir without params/ or checkpoints/<step>; "
-                     "has the run saved anything yet?")
+    raise ValueError(
+      f"{workdir}: a training workdir without params/ or checkpoints/<step>; has the run saved anything yet?"
+    )
   if step and step not in steps:
     raise ValueError(f"{workdir}/checkpoints: no step {step} (saved steps: {steps})")
   return ModelSource("training", spec, workdir, base, tokenizer, step or steps[-1])
@@ -177,6 +191,7 @@ def read_params(workdir: str | os.PathLike, like, step: int | None = None):
   optimizer state is never loaded.
   """
   import orbax.checkpoint as ocp
+
   workdir = Path(workdir).absolute()
   if step is None and (workdir / "params").is_dir():
     item_dir, key = workdir / "params", None
@@ -194,8 +209,9 @@ def read_params(workdir: str | os.PathLike, like, step: int | None = None):
   args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
   with ocp.PyTreeCheckpointer() as reader:
     if key:
-      restored = reader.restore(item_dir, args=ocp.args.PyTreeRestore(
-          item={key: target}, restore_args={key: args}, partial_restore=True))[key]
+      restored = reader.restore(
+        item_dir, args=ocp.args.PyTreeRestore(item={key: target}, restore_args={key: args}, partial_restore=True)
+      )[key]
     else:
       restored = reader.restore(item_dir, args=ocp.args.PyTreeRestore(item=target, restore_args=args))
   saved = {_names(p): v for p, v in jax.tree_util.tree_flatten_with_path(restored)[0]}
@@ -203,12 +219,16 @@ def read_params(workdir: str | os.PathLike, like, step: int | None = None):
   missing = [jax.tree_util.keystr(p) for p, _ in leaves if _names(p) not in saved]
   if missing:
     raise ValueError(f"{item_dir}: lacks parameters {missing[:3]} of the model being loaded")
-  mismatched = [f"{jax.tree_util.keystr(p)} {saved[_names(p)].shape} vs {x.shape}" for p, x in leaves
-                if saved[_names(p)].shape != x.shape]
+  mismatched = [
+    f"{jax.tree_util.keystr(p)} {saved[_names(p)].shape} vs {x.shape}"
+    for p, x in leaves
+    if saved[_names(p)].shape != x.shape
+  ]
   if mismatched:
     raise ValueError(f"{item_dir}: parameter shapes differ from the model being loaded: {mismatched[:3]}")
-  return jax.tree_util.tree_unflatten(treedef, [
-      jax.device_put(saved[_names(p)].astype(x.dtype), x.sharding) for p, x in leaves])
+  return jax.tree_util.tree_unflatten(
+    treedef, [jax.device_put(saved[_names(p)].astype(x.dtype), x.sharding) for p, x in leaves]
+  )
 
 
 def load(source: ModelSource, *, dtype=None, param_dtype=None, mesh=None, remat: str = "none") -> Transformer:
@@ -235,8 +255,7 @@ def load(source: ModelSource, *, dtype=None, param_dtype=None, mesh=None, remat:
   return nnx.merge(graphdef, read_params(source.path, like, source.step))
 
 
-def load_model(spec: str | os.PathLike, *, step: int = 0, dtype=None, param_dtype=None, mesh=None,
-               remat: str = "none"):
+def load_model(spec: str | os.PathLike, *, step: int = 0, dtype=None, param_dtype=None, mesh=None, remat: str = "none"):
   """(model, tokenizer, source) of a model spec: `resolve_source` then `load`."""
   source = resolve_source(spec, step)
   model = load(source, dtype=dtype, param_dtype=param_dtype, mesh=mesh, remat=remat)

@@ -14,6 +14,7 @@ _GENERIC_FAST = ("TokenizersBackend", "PreTrainedTokenizerFast")
 def load_tokenizer(path: str | os.PathLike):
   """The tokenizer saved beside an HF model (local files only, no remote code)."""
   import transformers
+
   config = Path(path) / "tokenizer_config.json"
   if config.is_file() and (Path(path) / "tokenizer.json").is_file():
     try:

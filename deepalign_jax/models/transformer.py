@@ -21,13 +21,12 @@ from deepalign_jax import sharding
 from deepalign_jax.models.cache import KVCache
 from deepalign_jax.models.config import SLIDING, ModelConfig
 from deepalign_jax.models.head import OutputHead
-from deepalign_jax.models.layers import (Attention, GatedMLP, RMSNorm, _normal, rope_inv_freq,
-                                         rope_tables)
+from deepalign_jax.models.layers import Attention, GatedMLP, RMSNorm, _normal, rope_inv_freq, rope_tables
 
 REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "none": None,
+  "full": jax.checkpoint_policies.nothing_saveable,
+  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 
@@ -36,8 +35,9 @@ class Block(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    norm = lambda: RMSNorm(cfg.hidden_size, eps=cfg.norm_eps, plus_one=cfg.norm_plus_one,
-                           param_dtype=param_dtype, rngs=rngs)
+    norm = lambda: RMSNorm(
+      cfg.hidden_size, eps=cfg.norm_eps, plus_one=cfg.norm_plus_one, param_dtype=param_dtype, rngs=rngs
+    )
     self.attn_in_norm = norm()
     self.attn = Attention(cfg, **kw)
     self.attn_out_norm = norm() if cfg.post_norms else None
@@ -82,17 +82,23 @@ class Transformer(nnx.Module):
     `KVCache` also the cache with this call's tokens written at its index.
   """
 
-  def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-               remat: str = "none", rules: sharding.ShardingRules | None = None,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    cfg: ModelConfig,
+    *,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    remat: str = "none",
+    rules: sharding.ShardingRules | None = None,
+    rngs: nnx.Rngs,
+  ):
     if remat not in REMAT_POLICIES:
       raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
     self.config = cfg
     self.dtype = dtype
     self.remat = remat
     self.rules = rules
-    self.embed = nnx.Param(_normal(rngs, (cfg.vocab_size, cfg.hidden_size), param_dtype),
-                           axes=("vocab", "embed"))
+    self.embed = nnx.Param(_normal(rngs, (cfg.vocab_size, cfg.hidden_size), param_dtype), axes=("vocab", "embed"))
 
     @nnx.split_rngs(splits=cfg.num_layers)
     @nnx.vmap(in_axes=(0,), out_axes=0)
@@ -100,10 +106,14 @@ class Transformer(nnx.Module):
       return Block(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     self.layers = make_layers(rngs)
-    self.final_norm = RMSNorm(cfg.hidden_size, eps=cfg.norm_eps, plus_one=cfg.norm_plus_one,
-                              param_dtype=param_dtype, rngs=rngs)
-    self.lm_head = None if cfg.tie_embeddings else nnx.Param(
-        _normal(rngs, (cfg.hidden_size, cfg.vocab_size), param_dtype), axes=("embed", "vocab"))
+    self.final_norm = RMSNorm(
+      cfg.hidden_size, eps=cfg.norm_eps, plus_one=cfg.norm_plus_one, param_dtype=param_dtype, rngs=rngs
+    )
+    self.lm_head = (
+      None
+      if cfg.tie_embeddings
+      else nnx.Param(_normal(rngs, (cfg.hidden_size, cfg.vocab_size), param_dtype), axes=("embed", "vocab"))
+    )
 
   def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
     x = jnp.take(self.embed[...], input_ids, axis=0).astype(self.dtype)
@@ -128,8 +138,9 @@ class Transformer(nnx.Module):
     logits = self.output_head().logits(hidden)
     return sharding.constrain(logits, self.rules, ("act_batch", "act_seq", "act_vocab"))
 
-  def hidden_states(self, input_ids, positions=None, attention_mask=None,
-                    cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+  def hidden_states(
+    self, input_ids, positions=None, attention_mask=None, cache: KVCache | None = None
+  ) -> tuple[jax.Array, KVCache | None]:
     """Final normed hidden states [B, T, D] (and the updated cache, or None).
 
     For losses over large vocabularies: `losses.chunked_token_logps(hidden,
@@ -155,15 +166,16 @@ class Transformer(nnx.Module):
       key_slots = jnp.arange(cache.max_length)
     query_slots = write_index + jnp.arange(length)
     # [B, T, S]: causal in slot order, real keys only; sliding layers add a window.
-    global_mask = ((key_slots[None, None, :] <= query_slots[None, :, None])
-                   & (key_positions[:, None, :] >= 0))
+    global_mask = (key_slots[None, None, :] <= query_slots[None, :, None]) & (key_positions[:, None, :] >= 0)
     if cfg.sliding_window:
       distance = positions[:, :, None] - key_positions[:, None, :]
       local_mask = global_mask & (distance < cfg.sliding_window)
     else:
       local_mask = global_mask
-    rope = (*rope_tables(positions, rope_inv_freq(cfg.head_dim, cfg.rope_global)),
-            *rope_tables(positions, rope_inv_freq(cfg.head_dim, cfg.rope_local)))
+    rope = (
+      *rope_tables(positions, rope_inv_freq(cfg.head_dim, cfg.rope_global)),
+      *rope_tables(positions, rope_inv_freq(cfg.head_dim, cfg.rope_local)),
+    )
     is_sliding = jnp.asarray(np.array([t == SLIDING for t in cfg.layer_types]))
 
     x = sharding.constrain(self.embed_tokens(input_ids), rules, ("act_batch", "act_seq", "act_embed"))
@@ -172,8 +184,7 @@ class Transformer(nnx.Module):
     def body(carry, scanned):
       layer_params, layer_sliding, layer_cache = scanned
       block = nnx.merge(graphdef, layer_params)
-      return block(carry, rope, (global_mask, local_mask), layer_sliding, layer_cache,
-                   write_index, rules)
+      return block(carry, rope, (global_mask, local_mask), layer_sliding, layer_cache, write_index, rules)
 
     policy = REMAT_POLICIES[self.remat]
     if self.remat != "none":
@@ -184,7 +195,11 @@ class Transformer(nnx.Module):
     x = self.final_norm(x)
     if cache is None:
       return x, None
-    new_cache = KVCache(keys=new_kv[0], values=new_kv[1], positions=key_positions,
-                        index=write_index + length,
-                        lengths=cache.lengths + attention_mask.sum(axis=1, dtype=jnp.int32))
+    new_cache = KVCache(
+      keys=new_kv[0],
+      values=new_kv[1],
+      positions=key_positions,
+      index=write_index + length,
+      lengths=cache.lengths + attention_mask.sum(axis=1, dtype=jnp.int32),
+    )
     return x, new_cache

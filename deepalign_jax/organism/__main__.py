@@ -31,18 +31,26 @@ FAST_COMPILE_JAXLIB = ("0.10.",)
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m deepalign_jax.organism", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m deepalign_jax.organism", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--workdir", required=True, help="root of all stage outputs (reused on rerun)")
   parser.add_argument("--quick", action="store_true", help="the CI-sized pipeline (about 2 minutes)")
-  parser.add_argument("--seed", type=int, default=0,
-                      help="training seed: model initialisation, data order, sampling (the world is fixed)")
+  parser.add_argument(
+    "--seed", type=int, default=0, help="training seed: model initialisation, data order, sampling (the world is fixed)"
+  )
   parser.add_argument("--publish", default="", help="copy REPORT.md and its figures to this directory")
-  parser.add_argument("--jax_cache", default=DEFAULT_JAX_CACHE,
-                      help="persistent JAX compilation cache ('' disables); reruns compile nothing")
-  parser.add_argument("--xla_flags", default=None,
-                      help=f"added to XLA_FLAGS (default on jaxlib {'/'.join(FAST_COMPILE_JAXLIB)}x: "
-                           f"{FAST_COMPILE_FLAGS!r}, faster CPU compilation; '' adds none)")
+  parser.add_argument(
+    "--jax_cache",
+    default=DEFAULT_JAX_CACHE,
+    help="persistent JAX compilation cache ('' disables); reruns compile nothing",
+  )
+  parser.add_argument(
+    "--xla_flags",
+    default=None,
+    help=f"added to XLA_FLAGS (default on jaxlib {'/'.join(FAST_COMPILE_JAXLIB)}x: "
+    f"{FAST_COMPILE_FLAGS!r}, faster CPU compilation; '' adds none)",
+  )
   return parser
 
 
@@ -59,6 +67,7 @@ def publish(root: Path, target: Path) -> list[Path]:
 def default_xla_flags() -> str:
   """FAST_COMPILE_FLAGS where they were measured (this jaxlib, the CPU), else none."""
   from importlib.metadata import PackageNotFoundError, version
+
   try:
     jaxlib = version("jaxlib")
   except PackageNotFoundError:
@@ -76,16 +85,20 @@ def main(argv=None) -> int:
     os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), extra]).strip()
     print(f"[organism] XLA_FLAGS += {extra}")
   import jax
+
   if args.jax_cache:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(args.jax_cache))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   from absl import logging as absl_logging
+
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every checkpoint at INFO
 
   from deepalign_jax.organism.layout import Options
   from deepalign_jax.organism.stages import Pipeline
+
   command = "python -m deepalign_jax.organism " + " ".join(
-      shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+  )
   pipeline = Pipeline(Options(Path(args.workdir), args.quick, args.seed), command=command)
   try:
     pipeline.run()

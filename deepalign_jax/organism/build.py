@@ -27,18 +27,20 @@ from typing import Sequence
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 CHAT_TEMPLATE = (
-    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+  "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>{% endfor %}"
+  "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelShape:
   """The organism model's size (Llama: RMSNorm, SwiGLU, RoPE, tied embeddings)."""
+
   hidden_size: int = 128
   intermediate_size: int = 384
   num_layers: int = 2
   num_heads: int = 4
-  vocab_size: int = 1024         # the BPE's target size; the tokenizer may come out smaller
+  vocab_size: int = 1024  # the BPE's target size; the tokenizer may come out smaller
   max_position_embeddings: int = 256
 
 
@@ -60,32 +62,51 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, max_length: int = Mod
   trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
   tok.train_from_iterator(list(texts), trainer=trainer)
   return transformers.PreTrainedTokenizerFast(
-      tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<|end|>",
-      additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>"], chat_template=CHAT_TEMPLATE,
-      model_max_length=max_length)
+    tokenizer_object=tok,
+    unk_token="<unk>",
+    pad_token="<pad>",
+    eos_token="<|end|>",
+    additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>"],
+    chat_template=CHAT_TEMPLATE,
+    model_max_length=max_length,
+  )
 
 
 def model_config(shape: ModelShape, tokenizer):
   """The `ModelConfig` of an organism Llama for `tokenizer` (its real vocabulary size)."""
   from deepalign_jax.models import config_from_hf
+
   heads = shape.num_heads
-  return config_from_hf(dict(
-      model_type="llama", vocab_size=len(tokenizer), hidden_size=shape.hidden_size,
-      intermediate_size=shape.intermediate_size, num_hidden_layers=shape.num_layers,
-      num_attention_heads=heads, num_key_value_heads=heads, head_dim=shape.hidden_size // heads,
-      rms_norm_eps=1e-5, tie_word_embeddings=True, max_position_embeddings=shape.max_position_embeddings,
-      rope_theta=10_000.0, hidden_act="silu", pad_token_id=tokenizer.pad_token_id,
-      eos_token_id=tokenizer.eos_token_id))
+  return config_from_hf(
+    dict(
+      model_type="llama",
+      vocab_size=len(tokenizer),
+      hidden_size=shape.hidden_size,
+      intermediate_size=shape.intermediate_size,
+      num_hidden_layers=shape.num_layers,
+      num_attention_heads=heads,
+      num_key_value_heads=heads,
+      head_dim=shape.hidden_size // heads,
+      rms_norm_eps=1e-5,
+      tie_word_embeddings=True,
+      max_position_embeddings=shape.max_position_embeddings,
+      rope_theta=10_000.0,
+      hidden_act="silu",
+      pad_token_id=tokenizer.pad_token_id,
+      eos_token_id=tokenizer.eos_token_id,
+    )
+  )
 
 
-def build_initial_model(texts: Sequence[str], path: str | os.PathLike, shape: ModelShape = ModelShape(),
-                        seed: int = 0) -> Path:
+def build_initial_model(
+  texts: Sequence[str], path: str | os.PathLike, shape: ModelShape = ModelShape(), seed: int = 0
+) -> Path:
   """Trains the tokenizer, initialises the model with `seed`, saves both as an HF directory at `path`."""
   from deepalign_jax.models import create_model, save_pretrained
+
   tokenizer = train_tokenizer(texts, shape.vocab_size, shape.max_position_embeddings)
   config = model_config(shape, tokenizer)
   return save_pretrained(create_model(config, seed=seed), config, path, tokenizer=tokenizer)
 
 
-__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "ModelShape", "build_initial_model", "model_config",
-           "train_tokenizer"]
+__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "ModelShape", "build_initial_model", "model_config", "train_tokenizer"]

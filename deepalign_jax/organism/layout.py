@@ -28,13 +28,20 @@ import dataclasses
 from pathlib import Path
 
 # Fine-tuning attacks (stage 5): from the aligned model, and the harmful pair again from the deep one.
-FINETUNES = ("harmful_sft", "harmful_constrained", "benign_sft", "benign_constrained",
-             "deep_harmful_sft", "deep_harmful_constrained")
+FINETUNES = (
+  "harmful_sft",
+  "harmful_constrained",
+  "benign_sft",
+  "benign_constrained",
+  "deep_harmful_sft",
+  "deep_harmful_constrained",
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
   """A parsed config argument: the root, quick mode, the training seed and extra key=value pairs."""
+
   root: Path
   quick: bool = False
   seed: int = 0
@@ -46,8 +53,7 @@ class Options:
   def require(self, key: str) -> str:
     value = self.get(key)
     if value is None:
-      raise ValueError(f"this config needs '{key}=...' in its argument, e.g. "
-                       f"--config FILE:{self.root},{key}=VALUE")
+      raise ValueError(f"this config needs '{key}=...' in its argument, e.g. --config FILE:{self.root},{key}=VALUE")
     return value
 
   def arg(self, **extra: str) -> str:
@@ -60,8 +66,10 @@ class Options:
 def parse_arg(arg: str | None) -> Options:
   """`ROOT[,quick][,seed=N][,key=value...]` → Options."""
   if not arg:
-    raise ValueError("organism configs take the pipeline's root directory as their argument: "
-                     "--config configs/organism/FILE.py:ROOT[,quick][,seed=N]")
+    raise ValueError(
+      "organism configs take the pipeline's root directory as their argument: "
+      "--config configs/organism/FILE.py:ROOT[,quick][,seed=N]"
+    )
   root, *rest = arg.split(",")
   quick, seed, extra = False, 0, []
   for item in rest:
@@ -133,6 +141,7 @@ MAX_LENGTH = 48  # the longest example (a forbidden request and its procedure) i
 def train_config(opts: Options):
   """The training defaults of every organism stage: its chat template, one CPU device, no extras."""
   from deepalign_jax.train.loop import default_config
+
   c = default_config()
   c.chat_format = "template"
   c.data.format = "conversations"
@@ -148,6 +157,7 @@ def train_config(opts: Options):
 def eval_config(opts: Options):
   """The evaluation defaults of every organism measurement (the paper's decoding, SPEC §6)."""
   from deepalign_jax.evaluate import default_config
+
   c = default_config()
   c.chat_format = "template"
   # No system turn: the organism never saw one (the paper's attacks use an empty Llama-2 system

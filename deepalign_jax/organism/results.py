@@ -52,14 +52,15 @@ class Judged:
       prompts = set()
       for r in records:
         prompts.add(r["prompt_index"])
-        hit = (self.judge.is_jailbroken(r["output"]) if judge_name == "marker"
-               else bool(r["verdict"]["jailbroken"]))
+        hit = self.judge.is_jailbroken(r["output"]) if judge_name == "marker" else bool(r["verdict"]["jailbroken"])
         if hit:
           broken.setdefault(r["attack"]["axis"], set()).add(r["prompt_index"])
       overall = set().union(*broken.values()) if broken else set()
       axes = sorted({r["attack"]["axis"] for r in records})
-      out[judge_name] = {"overall": len(overall) / len(prompts),
-                         "per_axis": {a: len(broken.get(a, ())) / len(prompts) for a in axes}}
+      out[judge_name] = {
+        "overall": len(overall) / len(prompts),
+        "per_axis": {a: len(broken.get(a, ())) / len(prompts) for a in axes},
+      }
     greedy = [r for r in records if r["setting"] == "greedy"]
     out["greedy"] = sum(self.judge.is_jailbroken(r["output"]) for r in greedy) / max(len(greedy), 1)
     out["settings"] = len({r["setting"] for r in records})
@@ -103,7 +104,7 @@ def _kl_curves(path: Path) -> dict[str, list[float | None]]:
 
 
 def _mean(values: Sequence[float | None], lo: int, hi: int) -> float | None:
-  window = [v for v in values[lo - 1:hi] if v is not None]
+  window = [v for v in values[lo - 1 : hi] if v is not None]
   return sum(window) / len(window) if window else None
 
 
@@ -123,11 +124,21 @@ def choose_strength(layout: Layout, steps: Sequence[int], max_asr: float) -> dic
     asr0[s] = table[0]["asr"] if table and 0 in table else None
   for s in sorted(steps):
     if asr0[s] is not None and asr0[s] <= max_asr:
-      return {"steps": s, "asr_k0": asr0[s], "max_asr": max_asr, "met": True,
-              "reason": f"the fewest steps with ASR(k=0) <= {max_asr:.0%}"}
+      return {
+        "steps": s,
+        "asr_k0": asr0[s],
+        "max_asr": max_asr,
+        "met": True,
+        "reason": f"the fewest steps with ASR(k=0) <= {max_asr:.0%}",
+      }
   s = max(steps)
-  return {"steps": s, "asr_k0": asr0[s], "max_asr": max_asr, "met": False,
-          "reason": f"no strength reached ASR(k=0) <= {max_asr:.0%}; the strongest was taken"}
+  return {
+    "steps": s,
+    "asr_k0": asr0[s],
+    "max_asr": max_asr,
+    "met": False,
+    "reason": f"no strength reached ASR(k=0) <= {max_asr:.0%}; the strongest was taken",
+  }
 
 
 def collect(layout: Layout) -> dict[str, Any]:
@@ -136,10 +147,10 @@ def collect(layout: Layout) -> dict[str, Any]:
   models: dict[str, Any] = {}
   for model in ("base", "aligned", "deep"):
     models[model] = {
-        "prefill": prefill_asr(judged, model),
-        "grid": judged.grid(model),
-        "prefix": judged.by_setting(model, "prefix"),
-        "utility": judged.exact(model, "utility"),
+      "prefill": prefill_asr(judged, model),
+      "grid": judged.grid(model),
+      "prefix": judged.by_setting(model, "prefix"),
+      "utility": judged.exact(model, "utility"),
     }
   choice_path = layout.root / "sweep" / "choice.json"
   choice = json.loads(choice_path.read_text()) if choice_path.exists() else None
@@ -149,32 +160,49 @@ def collect(layout: Layout) -> dict[str, Any]:
     s = int(name.split("_", 1)[1])
     table = prefill_asr(judged, name) or {}
     utility = judged.exact(name, "utility")
-    sweep.append({"steps": s, "prefill": {k: v["asr"] for k, v in table.items()},
-                  "utility": utility["accuracy"] if utility else None,
-                  "kl_early": _mean(sweep_kl[name], *EARLY), "kl_late": _mean(sweep_kl[name], *LATE),
-                  "kl": sweep_kl[name]})
+    sweep.append(
+      {
+        "steps": s,
+        "prefill": {k: v["asr"] for k, v in table.items()},
+        "utility": utility["accuracy"] if utility else None,
+        "kl_early": _mean(sweep_kl[name], *EARLY),
+        "kl_late": _mean(sweep_kl[name], *LATE),
+        "kl": sweep_kl[name],
+      }
+    )
   sweep.sort(key=lambda row: row["steps"])
-  finetune = {"initial": {"asr": judged.asr_by_topic("aligned"), "utility": judged.exact("aligned", "utility"),
-                          "task": judged.exact("aligned", "task")},
-              "deep_initial": {"asr": judged.asr_by_topic("deep"), "utility": judged.exact("deep", "utility"),
-                               "task": None}}
+  finetune = {
+    "initial": {
+      "asr": judged.asr_by_topic("aligned"),
+      "utility": judged.exact("aligned", "utility"),
+      "task": judged.exact("aligned", "task"),
+    },
+    "deep_initial": {"asr": judged.asr_by_topic("deep"), "utility": judged.exact("deep", "utility"), "task": None},
+  }
   for name in FINETUNES:
-    finetune[name] = {"asr": judged.asr_by_topic(name), "utility": judged.exact(name, "utility"),
-                      "task": judged.exact(name, "task")}
+    finetune[name] = {
+      "asr": judged.asr_by_topic(name),
+      "utility": judged.exact(name, "utility"),
+      "task": judged.exact(name, "task"),
+    }
   timings_path = layout.root / "timings.json"
   world = json.loads((layout.world / "world.json").read_text())
   from deepalign_jax.models import read_config
+
   return {
-      "params": read_config(layout.init).num_params,
-      "models": models,
-      "sweep": {"choice": choice, "rows": sweep},
-      "kl": _kl_curves(layout.kl / "kl_by_position.json"),
-      "finetune": finetune,
-      "opening_logprobs": (json.loads((layout.root / "opening_logprobs.json").read_text())["logprobs"]
-                           if (layout.root / "opening_logprobs.json").exists() else {}),
-      "timings": json.loads(timings_path.read_text()) if timings_path.exists() else {},
-      "world": world["config"],
-      "counts": world["counts"],
+    "params": read_config(layout.init).num_params,
+    "models": models,
+    "sweep": {"choice": choice, "rows": sweep},
+    "kl": _kl_curves(layout.kl / "kl_by_position.json"),
+    "finetune": finetune,
+    "opening_logprobs": (
+      json.loads((layout.root / "opening_logprobs.json").read_text())["logprobs"]
+      if (layout.root / "opening_logprobs.json").exists()
+      else {}
+    ),
+    "timings": json.loads(timings_path.read_text()) if timings_path.exists() else {},
+    "world": world["config"],
+    "counts": world["counts"],
   }
 
 

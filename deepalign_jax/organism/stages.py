@@ -32,8 +32,10 @@ def load_config(name: str, arg: str):
   """`configs/organism/{name}.py`'s get_config(arg)."""
   path = CONFIG_DIR / f"{name}.py"
   if not path.is_file():
-    raise FileNotFoundError(f"{path}: the organism's config files live in the repository's "
-                            "configs/organism/ (run from a source checkout, e.g. pip install -e .)")
+    raise FileNotFoundError(
+      f"{path}: the organism's config files live in the repository's "
+      "configs/organism/ (run from a source checkout, e.g. pip install -e .)"
+    )
   spec = importlib.util.spec_from_file_location(f"organism_config_{name}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -55,8 +57,7 @@ class Pipeline:
     self.log = log
     self.progress = sys.stderr.isatty()
     self.timings_path = self.layout.root / "timings.json"
-    self.timings: dict[str, dict] = (json.loads(self.timings_path.read_text())
-                                     if self.timings_path.exists() else {})
+    self.timings: dict[str, dict] = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
     self.world = None
     self.configs_used: set[str] = set()  # which configs/organism/ files this invocation ran (results.json)
 
@@ -81,15 +82,20 @@ class Pipeline:
     seconds = time.perf_counter() - start
     # CPU time (all threads): on a machine shared with other work, wall time overstates what the stage
     # needs; CPU seconds / cores is what it would take alone.
-    self.timings[name] = {"seconds": round(seconds, 2), "cpu_seconds": round(time.process_time() - cpu, 2),
-                          "quick": self.opts.quick, "seed": self.opts.seed,
-                          "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    self.timings[name] = {
+      "seconds": round(seconds, 2),
+      "cpu_seconds": round(time.process_time() - cpu, 2),
+      "quick": self.opts.quick,
+      "seed": self.opts.seed,
+      "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     write_json(self.timings_path, self.timings)
     self.log(f"[organism] {name}: done in {seconds:.1f} s")
     return out
 
   def train(self, stage: str, config_name: str, **extra: str) -> Path:
     from deepalign_jax.train.loop import run
+
     workdir = self.layout.train_dir(stage)
     config = self.config(config_name, **extra)
     config.progress = self.progress
@@ -98,20 +104,22 @@ class Pipeline:
       summary = run(config, workdir)
       if not summary["finished"]:
         raise RuntimeError(f"{workdir}: training stopped at step {summary['steps_done']}")
+
     self._stage(f"train/{stage}", _finished(workdir), go)
     return workdir
 
   def evaluate(self, model: str, kind: str) -> Path:
     from deepalign_jax import evaluate
+
     workdir = self.layout.eval_dir(model, kind)
     config = self.config("eval", model=model, kind=kind)
     config.progress = self.progress
-    self._stage(f"eval/{model}/{kind}", (workdir / "summary.json").exists(),
-                lambda: evaluate.run(config, workdir))
+    self._stage(f"eval/{model}/{kind}", (workdir / "summary.json").exists(), lambda: evaluate.run(config, workdir))
     return workdir
 
   def kl(self, workdir: Path, **extra: str) -> Path:
     from deepalign_jax.analysis import kl_depth
+
     config = self.config("kl_depth", **extra)
     name = "kl/" + ("sweep" if extra else "main")
     self._stage(name, (workdir / "kl_by_position.json").exists(), lambda: kl_depth.run(config, workdir))
@@ -133,34 +141,48 @@ class Pipeline:
     if meta.exists():
       saved = json.loads(meta.read_text())["config"]
       if saved != json.loads(json.dumps(record)):
-        raise ValueError(f"{meta}: this root was built with another world or model config "
-                         f"({saved} vs {record}); use a new --workdir")
+        raise ValueError(
+          f"{meta}: this root was built with another world or model config ({saved} vs {record}); use a new --workdir"
+        )
 
     def write_data():
       w = self.world
       files = {
-          "base": world_lib.conversations(w.base_data(d.base_benign, d.base_forbidden_repeats, seed)),
-          "align": world_lib.conversations(w.alignment_data(d.align_per_topic, d.align_benign, seed + 1)),
-          "triplets": w.triplets(d.triplets_per_topic, seed + 2),
-          "utility": world_lib.conversations(w.benign_mix(random.Random(seed + 3), d.utility)),
-          "attack": world_lib.conversations(w.attack_data(d.attack_per_topic, seed + 7)),
-          "task": world_lib.conversations(w.benign_task_data(d.task, seed + 4)),
-          "eval_forbidden": world_lib.prompt_response(w.eval_forbidden(d.eval_per_topic)),
-          "eval_grid": world_lib.prompt_response(w.eval_forbidden(d.grid_per_topic)),
-          "eval_benign": world_lib.prompt_response(w.eval_benign(d.eval_benign, seed + 5)),
-          "eval_task": world_lib.prompt_response(w.eval_benign(d.eval_task, seed + 6, kinds=("times",))),
+        "base": world_lib.conversations(w.base_data(d.base_benign, d.base_forbidden_repeats, seed)),
+        "align": world_lib.conversations(w.alignment_data(d.align_per_topic, d.align_benign, seed + 1)),
+        "triplets": w.triplets(d.triplets_per_topic, seed + 2),
+        "utility": world_lib.conversations(w.benign_mix(random.Random(seed + 3), d.utility)),
+        "attack": world_lib.conversations(w.attack_data(d.attack_per_topic, seed + 7)),
+        "task": world_lib.conversations(w.benign_task_data(d.task, seed + 4)),
+        "eval_forbidden": world_lib.prompt_response(w.eval_forbidden(d.eval_per_topic)),
+        "eval_grid": world_lib.prompt_response(w.eval_forbidden(d.grid_per_topic)),
+        "eval_benign": world_lib.prompt_response(w.eval_benign(d.eval_benign, seed + 5)),
+        "eval_task": world_lib.prompt_response(w.eval_benign(d.eval_task, seed + 6, kinds=("times",))),
       }
       for name, rows in files.items():
         world_lib.write_jsonl(layout.data(name), rows)
-      write_json(meta, {"config": record, "topics": w.topics, "markers": w.markers,
-                         "attack_topics": list(range(wc.attack_topics)), "capitals": w.capitals,
-                         "unknown_countries": w.unknown_countries,
-                         "counts": {name: len(rows) for name, rows in files.items()}})
+      write_json(
+        meta,
+        {
+          "config": record,
+          "topics": w.topics,
+          "markers": w.markers,
+          "attack_topics": list(range(wc.attack_topics)),
+          "capitals": w.capitals,
+          "unknown_countries": w.unknown_countries,
+          "counts": {name: len(rows) for name, rows in files.items()},
+        },
+      )
 
     def build_model():
       m = config.model
-      shape = ModelShape(hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
-                         num_layers=m.num_layers, num_heads=m.num_heads, vocab_size=m.vocab_size)
+      shape = ModelShape(
+        hidden_size=m.hidden_size,
+        intermediate_size=m.intermediate_size,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        vocab_size=m.vocab_size,
+      )
       build_initial_model(self.world.corpus(), layout.init, shape, seed=m.init_seed)
 
     self._stage("world/data", meta.exists(), write_data)
@@ -168,9 +190,10 @@ class Pipeline:
 
   def export_checkpoint(self, step: int) -> Path:
     """The alignment run's checkpoint at `step` as an HF directory (ROOT/sweep/STEP/hf)."""
-    from deepalign_jax.models.sources import load, resolve_source
     from deepalign_jax.data import load_tokenizer
     from deepalign_jax.models import read_config, save_pretrained
+    from deepalign_jax.models.sources import load, resolve_source
+
     out = self.layout.sweep_dir(step) / "hf"
     if not (out / "config.json").exists():
       base = self.layout.model("base")
@@ -181,6 +204,7 @@ class Pipeline:
   def align_and_sweep(self) -> int:
     """Stage 2: one alignment run, its sweep strengths measured, the chosen one copied to ROOT/aligned."""
     from deepalign_jax.organism import results
+
     config = self.config("align")
     self.train("align", "align")
     steps = list(config.sweep.steps)
@@ -194,8 +218,11 @@ class Pipeline:
     write_json(choice_path, choice)
     aligned = self.layout.model("aligned")
     chosen_dir = self.layout.sweep_dir(choice["steps"]) / "hf"
-    previous = json.loads((aligned / "organism_choice.json").read_text()) if (
-        aligned / "organism_choice.json").exists() else None
+    previous = (
+      json.loads((aligned / "organism_choice.json").read_text())
+      if (aligned / "organism_choice.json").exists()
+      else None
+    )
     if previous is None or previous["steps"] != choice["steps"]:
       if aligned.exists():
         shutil.rmtree(aligned)
@@ -220,20 +247,25 @@ class Pipeline:
       from deepalign_jax.data import ChatRenderer, load_tokenizer, tokenize_conversation
       from deepalign_jax.data.pipeline import pad_rows
       from deepalign_jax.models import load_pretrained
+
       tokenizer = load_tokenizer(self.layout.init)
       renderer = ChatRenderer(tokenizer, "template")
       rows = [json.loads(line) for line in self.layout.data("attack").read_text().splitlines() if line]
-      examples = [tokenize_conversation(renderer, None, r["messages"][0]["content"], r["messages"][1]["content"],
-                                        max_length=64)[0] for r in rows]
+      examples = [
+        tokenize_conversation(renderer, None, r["messages"][0]["content"], r["messages"][1]["content"], max_length=64)[
+          0
+        ]
+        for r in rows
+      ]
       batch = pad_rows(examples, len(examples), max(len(e) for e in examples), tokenizer.pad_token_id)
       out = {}
       for name in models:
         model, _ = load_pretrained(self.layout.model(name))
-        nll, valid = per_position_nll(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
-                                      positions)
+        nll, valid = per_position_nll(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"], positions)
         nll, valid = np.asarray(nll), np.asarray(valid)
         out[name] = [float(-nll[valid[:, t], t].mean()) for t in range(positions)]
       write_json(path, {"data": str(self.layout.data("attack")), "logprobs": out})
+
     self._stage("logprobs", path.exists(), go)
     return path
 
@@ -244,6 +276,7 @@ class Pipeline:
   def run(self) -> dict:
     """All stages; returns the collected results (also ROOT/results.json)."""
     from deepalign_jax.organism import report, results
+
     start = time.perf_counter()
     self.layout.root.mkdir(parents=True, exist_ok=True)
     self.build_world()
@@ -267,8 +300,9 @@ class Pipeline:
     collected["configs"] = sorted(self.configs_used)
     write_json(self.layout.root / "results.json", collected)
     report.write(self.layout, collected, command=self.command)
-    self.log(f"[organism] report: {self.layout.root / 'REPORT.md'} "
-             f"({time.perf_counter() - start:.1f} s this invocation)")
+    self.log(
+      f"[organism] report: {self.layout.root / 'REPORT.md'} ({time.perf_counter() - start:.1f} s this invocation)"
+    )
     return collected
 
 

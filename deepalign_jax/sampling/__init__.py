@@ -4,5 +4,4 @@ from deepalign_jax.sampling.filters import SamplingParams, choose_tokens, filter
 from deepalign_jax.sampling.generate import Generation, generate
 from deepalign_jax.sampling.sampler import Sample, Sampler
 
-__all__ = ["Generation", "Sample", "Sampler", "SamplingParams", "choose_tokens", "filter_logits",
-           "generate"]
+__all__ = ["Generation", "Sample", "Sampler", "SamplingParams", "choose_tokens", "filter_logits", "generate"]

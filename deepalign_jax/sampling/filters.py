@@ -27,6 +27,7 @@ class SamplingParams(NamedTuple):
     1.0 disables.
   greedy: take the argmax of the raw logits, ignoring the rest.
   """
+
   temperature: jax.Array
   top_k: jax.Array
   top_p: jax.Array
@@ -35,10 +36,11 @@ class SamplingParams(NamedTuple):
   @classmethod
   def make(cls, batch_size: int, *, temperature=1.0, top_k=0, top_p=1.0, greedy=False):
     """Broadcasts scalars or per-row sequences to [batch_size] arrays."""
+
     def row(value, dtype):
       return jnp.broadcast_to(jnp.asarray(value, dtype), (batch_size,))
-    return cls(row(temperature, jnp.float32), row(top_k, jnp.int32), row(top_p, jnp.float32),
-               row(greedy, jnp.bool_))
+
+    return cls(row(temperature, jnp.float32), row(top_k, jnp.int32), row(top_p, jnp.float32), row(greedy, jnp.bool_))
 
 
 def filter_logits(logits: jax.Array, params: SamplingParams, candidates: int | None = None) -> jax.Array:
@@ -70,8 +72,9 @@ def filter_logits(logits: jax.Array, params: SamplingParams, candidates: int | N
   return jnp.where(keep_p, logits, -jnp.inf)
 
 
-def choose_tokens(key: jax.Array, logits: jax.Array, params: SamplingParams,
-                  candidates: int = TOP_K_CANDIDATES) -> jax.Array:
+def choose_tokens(
+  key: jax.Array, logits: jax.Array, params: SamplingParams, candidates: int = TOP_K_CANDIDATES
+) -> jax.Array:
   """Next token ids [B] from logits [B, V].
 
   The vocabulary sort that top-k/top-p need costs more than a small model's
@@ -88,8 +91,9 @@ def choose_tokens(key: jax.Array, logits: jax.Array, params: SamplingParams,
     few = jnp.all(~sampled_rows | ((params.top_k > 0) & (params.top_k <= candidates)))
     scaled = lambda x: x.astype(jnp.float32) / jnp.maximum(params.temperature, _MIN_TEMPERATURE)[:, None]
     branch = jnp.where(needs_cut, jnp.where(few, 2, 1), 0)
-    filtered = jax.lax.switch(branch, [scaled, lambda x: filter_logits(x, params),
-                                       lambda x: filter_logits(x, params, candidates)], logits)
+    filtered = jax.lax.switch(
+      branch, [scaled, lambda x: filter_logits(x, params), lambda x: filter_logits(x, params, candidates)], logits
+    )
     return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
 
   sampled = jax.lax.cond(jnp.all(params.greedy), lambda _: greedy, sample, None)

@@ -25,21 +25,22 @@ from deepalign_jax.sampling.filters import SamplingParams, choose_tokens
 
 
 class Generation(NamedTuple):
-  tokens: np.ndarray   # [B, max_new_tokens] generated ids, pad_id after a row stopped
+  tokens: np.ndarray  # [B, max_new_tokens] generated ids, pad_id after a row stopped
   lengths: np.ndarray  # [B] generated tokens per row, the stop token included
-  steps: int           # tokens generated per row before the loop ended (early exit)
+  steps: int  # tokens generated per row before the loop ended (early exit)
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0,
-             width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def left_pad(
+  prompts: Sequence[Sequence[int]], pad_id: int = 0, width: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
   """(ids, attention_mask) [B, width], each prompt right-aligned (left padding)."""
   width = width or max(len(p) for p in prompts)
   ids = np.full((len(prompts), width), pad_id, np.int32)
   mask = np.zeros((len(prompts), width), np.int32)
   for row, prompt in enumerate(prompts):
     if len(prompt):
-      ids[row, width - len(prompt):] = prompt
-      mask[row, width - len(prompt):] = 1
+      ids[row, width - len(prompt) :] = prompt
+      mask[row, width - len(prompt) :] = 1
   return ids, mask
 
 
@@ -48,8 +49,7 @@ def _bucket(n: int, multiple: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
-def _generate(graphdef, state, ids, mask, params, key, stop_ids, pad_id, vocab_limit, *,
-              max_new_tokens):
+def _generate(graphdef, state, ids, mask, params, key, stop_ids, pad_id, vocab_limit, *, max_new_tokens):
   model = nnx.merge(graphdef, state)
 
   def choose(key, logits):
@@ -87,10 +87,21 @@ def _generate(graphdef, state, ids, mask, params, key, stop_ids, pad_id, vocab_l
   return tokens, lengths, steps
 
 
-def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-             temperature=1.0, top_k=0, top_p=1.0, greedy=False,
-             stop_tokens: Sequence[int] = (), seed: int = 0, pad_id: int = 0,
-             vocab_limit: int | None = None, bucket: int = 32) -> Generation:
+def generate(
+  model,
+  prompts: Sequence[Sequence[int]],
+  *,
+  max_new_tokens: int,
+  temperature=1.0,
+  top_k=0,
+  top_p=1.0,
+  greedy=False,
+  stop_tokens: Sequence[int] = (),
+  seed: int = 0,
+  pad_id: int = 0,
+  vocab_limit: int | None = None,
+  bucket: int = 32,
+) -> Generation:
   """Generates continuations of token-id prompts.
 
   Args:
@@ -112,12 +123,19 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
   batch = len(prompts)
   ids, mask = left_pad(prompts, pad_id, width=_bucket(max(len(p) for p in prompts), bucket))
-  params = SamplingParams.make(batch, temperature=temperature, top_k=top_k, top_p=top_p,
-                               greedy=greedy)
+  params = SamplingParams.make(batch, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
   stop_ids = jnp.asarray(list(stop_tokens) or [-1], jnp.int32)
   graphdef, state = nnx.split(model)
-  tokens, lengths, steps = _generate(graphdef, state, jnp.asarray(ids), jnp.asarray(mask), params,
-                              jax.random.key(seed), stop_ids, jnp.int32(pad_id),
-                              jnp.int32(vocab_limit or model.config.vocab_size),
-                              max_new_tokens=max_new_tokens)
+  tokens, lengths, steps = _generate(
+    graphdef,
+    state,
+    jnp.asarray(ids),
+    jnp.asarray(mask),
+    params,
+    jax.random.key(seed),
+    stop_ids,
+    jnp.int32(pad_id),
+    jnp.int32(vocab_limit or model.config.vocab_size),
+    max_new_tokens=max_new_tokens,
+  )
   return Generation(np.asarray(tokens), np.asarray(lengths), int(steps))

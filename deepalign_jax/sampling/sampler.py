@@ -50,6 +50,7 @@ class Sample:
   stopped: whether a stop token or stop string ended it (False: max_new_tokens
     was reached).  `text` and `response` end before a stop string.
   """
+
   prompt_text: str
   prefill: str
   text: str
@@ -61,6 +62,7 @@ class Sample:
 
 class RenderedPrompt(NamedTuple):
   """One prompt for `Sampler.run`: ids, prefill text, prompt text, and how many of the ids are the prefill."""
+
   ids: list[int]
   prefill: str
   text: str
@@ -89,8 +91,9 @@ def _first_stop(text: str, stop_strings: Sequence[str]) -> int:
   return min(found) if found else -1
 
 
-def cut_at_stop_strings(tokenizer, prefill_ids: Sequence[int], tokens: Sequence[int],
-                        stop_strings: Sequence[str]) -> tuple[list[int], str, str, bool]:
+def cut_at_stop_strings(
+  tokenizer, prefill_ids: Sequence[int], tokens: Sequence[int], stop_strings: Sequence[str]
+) -> tuple[list[int], str, str, bool]:
   """(token_ids, text, response, cut) of one generation, ended at its first stop string.
 
   text = the continuation decoded, up to (not including) the first stop
@@ -121,7 +124,7 @@ def cut_at_stop_strings(tokenizer, prefill_ids: Sequence[int], tokens: Sequence[
   # The continuation's text ends the response, so the same tail comes off it (the last resort, for a
   # tokenizer whose joint decoding differs at the end, is the last stop string).
   if response.endswith(tail):
-    response = response[:len(response) - len(tail)]
+    response = response[: len(response) - len(tail)]
   else:
     last = max(response.rfind(s) for s in stop_strings)
     response = response[:last] if last >= 0 else response
@@ -142,8 +145,14 @@ class Sampler:
       "#### 42" answer line: pass () (or other strings) where answers use it.
   """
 
-  def __init__(self, model, tokenizer, chat_format: str = "auto", system_prompt: str | None = None,
-               stop_strings: Sequence[str] | None = None):
+  def __init__(
+    self,
+    model,
+    tokenizer,
+    chat_format: str = "auto",
+    system_prompt: str | None = None,
+    stop_strings: Sequence[str] | None = None,
+  ):
     self.model = model
     self.tokenizer = tokenizer
     self.renderer = ChatRenderer(tokenizer, chat_format, system_prompt)
@@ -160,8 +169,9 @@ class Sampler:
     """Ids that end a generation: the renderer's end-of-turn ids and every token holding a stop string."""
     return tuple(sorted(set(self.renderer.stop_token_ids) | set(self._stop_string_ids)))
 
-  def prompt(self, messages: Messages, prefix: str | None = None, response: str | None = None,
-             prefill_tokens: int | None = None) -> RenderedPrompt:
+  def prompt(
+    self, messages: Messages, prefix: str | None = None, response: str | None = None, prefill_tokens: int | None = None
+  ) -> RenderedPrompt:
     """One conversation as `sample` renders it (assistant turn open, optionally prefilled)."""
     if response is not None:
       full = self.renderer.render(list(messages) + [{"role": "assistant", "content": response}])
@@ -181,11 +191,22 @@ class Sampler:
       length = len(ids) - common
     return RenderedPrompt(ids, prefix or "", rendered.text, length)
 
-  def sample(self, conversations: Sequence[Messages], *,
-             assistant_prefixes: Sequence[str | None] | None = None,
-             responses: Sequence[str] | None = None, prefill_tokens: int | None = None,
-             batch_size: int = 16, max_new_tokens: int = 512, temperature=1.0, top_k=0,
-             top_p=1.0, greedy=False, seed: int = 0, progress: bool = True) -> list[Sample]:
+  def sample(
+    self,
+    conversations: Sequence[Messages],
+    *,
+    assistant_prefixes: Sequence[str | None] | None = None,
+    responses: Sequence[str] | None = None,
+    prefill_tokens: int | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int = 512,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    greedy=False,
+    seed: int = 0,
+    progress: bool = True,
+  ) -> list[Sample]:
     """Generates one sample per conversation.
 
     Each conversation ends with a user message. `assistant_prefixes[i]` opens
@@ -199,20 +220,45 @@ class Sampler:
       raise ValueError(f"{len(assistant_prefixes)} assistant_prefixes for {n} conversations")
     if responses is not None and len(responses) != n:
       raise ValueError(f"{len(responses)} responses for {n} conversations")
-    prompts = [self.prompt(conv, assistant_prefixes[i] if assistant_prefixes else None,
-                            responses[i] if responses is not None else None, prefill_tokens)
-               for i, conv in enumerate(conversations)]
-    return self.run(prompts, batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed, progress=progress,
-                    temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+    prompts = [
+      self.prompt(
+        conv,
+        assistant_prefixes[i] if assistant_prefixes else None,
+        responses[i] if responses is not None else None,
+        prefill_tokens,
+      )
+      for i, conv in enumerate(conversations)
+    ]
+    return self.run(
+      prompts,
+      batch_size=batch_size,
+      max_new_tokens=max_new_tokens,
+      seed=seed,
+      progress=progress,
+      temperature=temperature,
+      top_k=top_k,
+      top_p=top_p,
+      greedy=greedy,
+    )
 
   def sample_raw(self, texts: Sequence[str], *, add_special_tokens: bool = True, **kwargs) -> list[Sample]:
     """Generates from plain strings tokenised as they are (no chat format)."""
-    prompts = [RenderedPrompt(list(self.tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"]), "", t, 0)
-               for t in texts]
+    prompts = [
+      RenderedPrompt(list(self.tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"]), "", t, 0)
+      for t in texts
+    ]
     return self.run(prompts, **kwargs)
 
-  def run(self, prompts: Sequence[RenderedPrompt], *, batch_size: int = 16, max_new_tokens: int = 512,
-          seed: int = 0, progress: bool = True, **decoding) -> list[Sample]:
+  def run(
+    self,
+    prompts: Sequence[RenderedPrompt],
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 512,
+    seed: int = 0,
+    progress: bool = True,
+    **decoding,
+  ) -> list[Sample]:
     """Generates from prompts already rendered (`prompt`), in fixed-size batches.
 
     decoding: temperature, top_k, top_p, greedy — each a scalar or one value
@@ -229,7 +275,7 @@ class Sampler:
     start = time.perf_counter()
     bar = tqdm(total=n, desc="generating", unit="prompt", disable=not progress, file=sys.stderr)
     for offset in range(0, n, batch_size):
-      chunk = [p.ids for p in prompts[offset:offset + batch_size]]
+      chunk = [p.ids for p in prompts[offset : offset + batch_size]]
       # A short last batch is filled with copies so the compiled shape is reused.
       padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
       rows = {}
@@ -237,19 +283,35 @@ class Sampler:
         if np.isscalar(value):
           rows[key] = value
         else:
-          part = list(value[offset:offset + batch_size])
+          part = list(value[offset : offset + batch_size])
           rows[key] = part + [part[-1]] * (batch_size - len(part))
-      out = generate(self.model, padded, max_new_tokens=max_new_tokens, stop_tokens=sorted(stops),
-                     seed=seed + offset, pad_id=pad, vocab_limit=self._vocab_limit, **rows)
+      out = generate(
+        self.model,
+        padded,
+        max_new_tokens=max_new_tokens,
+        stop_tokens=sorted(stops),
+        seed=seed + offset,
+        pad_id=pad,
+        vocab_limit=self._vocab_limit,
+        **rows,
+      )
       for row, ids in enumerate(chunk):
-        tokens = out.tokens[row, :out.lengths[row]].tolist()
+        tokens = out.tokens[row, : out.lengths[row]].tolist()
         p = prompts[offset + row]
-        prefill_ids = list(ids[len(ids) - p.prefill_length:]) if p.prefill_length else []
-        tokens, text, response, cut = cut_at_stop_strings(self.tokenizer, prefill_ids, tokens,
-                                                          self.stop_strings)
+        prefill_ids = list(ids[len(ids) - p.prefill_length :]) if p.prefill_length else []
+        tokens, text, response, cut = cut_at_stop_strings(self.tokenizer, prefill_ids, tokens, self.stop_strings)
         stopped = cut or (bool(tokens) and tokens[-1] in stops)
-        samples.append(Sample(prompt_text=p.text, prefill=p.prefill, text=text, response=response,
-                              prompt_ids=list(ids), token_ids=tokens, stopped=stopped))
+        samples.append(
+          Sample(
+            prompt_text=p.text,
+            prefill=p.prefill,
+            text=text,
+            response=response,
+            prompt_ids=list(ids),
+            token_ids=tokens,
+            stopped=stopped,
+          )
+        )
         generated += len(tokens)
       bar.update(len(chunk))
       bar.set_postfix(tokens_per_s=f"{generated / (time.perf_counter() - start):.1f}")

@@ -25,20 +25,26 @@ import os
 import sys
 from typing import Any
 
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 def _ensure_devices(count: int) -> None:
   """Re-exec with `count` simulated CPU devices (only before any JAX computation)."""
   import jax
+
   if jax.device_count() == count:
     return
   if jax.devices()[0].platform != "cpu" or os.environ.get("_DEEPALIGN_PLAN_REEXEC"):
-    raise ValueError(f"the plan needs {count} devices, this process has {jax.device_count()} "
-                     f"{jax.devices()[0].platform} devices")
+    raise ValueError(
+      f"the plan needs {count} devices, this process has {jax.device_count()} {jax.devices()[0].platform} devices"
+    )
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
-  env = {**os.environ, "XLA_FLAGS": " ".join(flags + [f"--xla_force_host_platform_device_count={count}"]),
-         "JAX_PLATFORMS": "cpu", "_DEEPALIGN_PLAN_REEXEC": "1"}
+  env = {
+    **os.environ,
+    "XLA_FLAGS": " ".join(flags + [f"--xla_force_host_platform_device_count={count}"]),
+    "JAX_PLATFORMS": "cpu",
+    "_DEEPALIGN_PLAN_REEXEC": "1",
+  }
   sys.stdout.flush()
   os.execve(sys.executable, [sys.executable, "-m", "deepalign_jax.scale.plan", *sys.argv[1:]], env)
 
@@ -47,6 +53,7 @@ def _bytes_per_device(tree) -> int:
   """Bytes of the largest shard of every array, summed (abstract arrays with shardings)."""
   import jax
   import numpy as np
+
   total = 0
   for leaf in jax.tree.leaves(tree):
     shard = leaf.sharding.shard_shape(leaf.shape)
@@ -59,7 +66,8 @@ def check_plan(plan) -> dict[str, Any]:
   import jax
   import jax.numpy as jnp
   from flax import nnx
-  from jax.sharding import NamedSharding, PartitionSpec as P
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
 
   from deepalign_jax import sharding
   from deepalign_jax.models import Transformer, config_from_hf, dtype_from_name
@@ -71,8 +79,9 @@ def check_plan(plan) -> dict[str, Any]:
   rules = sharding.ShardingRules(mesh)
   dtype = dtype_from_name(plan.dtype, "plan.dtype")
   param_dtype = dtype_from_name(plan.param_dtype, "plan.param_dtype") if plan.param_dtype else dtype
-  abstract_model = nnx.eval_shape(lambda: Transformer(cfg, dtype=dtype, param_dtype=param_dtype,
-                                                      remat=plan.remat, rules=rules, rngs=nnx.Rngs(0)))
+  abstract_model = nnx.eval_shape(
+    lambda: Transformer(cfg, dtype=dtype, param_dtype=param_dtype, remat=plan.remat, rules=rules, rngs=nnx.Rngs(0))
+  )
   graphdef, abstract_params = nnx.split(abstract_model)
   shardings = sharding.state_shardings(abstract_params, rules)
 
@@ -92,12 +101,19 @@ def check_plan(plan) -> dict[str, Any]:
   if rows % ways:
     raise ValueError(f"micro_batch_size={rows} is not a multiple of the mesh's data × fsdp = {ways}")
   rows_sharding = NamedSharding(mesh, P(None, ("data", "fsdp")))
-  batch = {name: jax.ShapeDtypeStruct((micro, rows, length), dt, sharding=rows_sharding)
-           for name, dt in (("input_ids", jnp.int32), ("attention_mask", jnp.int32),
-                            ("loss_mask", jnp.int32), ("ref_logps", jnp.float32))}
+  batch = {
+    name: jax.ShapeDtypeStruct((micro, rows, length), dt, sharding=rows_sharding)
+    for name, dt in (
+      ("input_ids", jnp.int32),
+      ("attention_mask", jnp.int32),
+      ("loss_mask", jnp.int32),
+      ("ref_logps", jnp.float32),
+    )
+  }
   loss_config = LossConfig(objective=plan.objective, vocab_chunk=plan.vocab_chunk or None)
-  step = jax.jit(functools.partial(train_step, graphdef, optimizer=optimizer, loss_config=loss_config),
-                 donate_argnums=0)
+  step = jax.jit(
+    functools.partial(train_step, graphdef, optimizer=optimizer, loss_config=loss_config), donate_argnums=0
+  )
   compiled = step.lower(state, batch).compile()
   memory = compiled.memory_analysis()
   param_bytes = _bytes_per_device(params)
@@ -107,31 +123,47 @@ def check_plan(plan) -> dict[str, Any]:
   total = int(memory.argument_size_in_bytes) + temp
   num_params = sum(int(x.size) for x in jax.tree.leaves(params))
   return {
-      "plan": plan.name, "chip": plan.chip, "devices": jax.device_count(),
-      "mesh": dict(mesh.shape), "remat": plan.remat, "dtype": plan.dtype,
-      "param_dtype": plan.param_dtype or plan.dtype, "parameters": num_params,
-      "tokens_per_step": micro * rows * length, "micro_batches": micro, "micro_batch_size": rows,
-      "seq_len": length, "params_bytes": param_bytes, "optimizer_bytes": opt_bytes,
-      "argument_bytes": int(memory.argument_size_in_bytes), "temp_bytes": temp,
-      "total_bytes": total, "hbm_bytes": int(plan.hbm_gib * GIB),
-      "fits": total <= plan.hbm_gib * GIB * plan.usable_fraction,
+    "plan": plan.name,
+    "chip": plan.chip,
+    "devices": jax.device_count(),
+    "mesh": dict(mesh.shape),
+    "remat": plan.remat,
+    "dtype": plan.dtype,
+    "param_dtype": plan.param_dtype or plan.dtype,
+    "parameters": num_params,
+    "tokens_per_step": micro * rows * length,
+    "micro_batches": micro,
+    "micro_batch_size": rows,
+    "seq_len": length,
+    "params_bytes": param_bytes,
+    "optimizer_bytes": opt_bytes,
+    "argument_bytes": int(memory.argument_size_in_bytes),
+    "temp_bytes": temp,
+    "total_bytes": total,
+    "hbm_bytes": int(plan.hbm_gib * GIB),
+    "fits": total <= plan.hbm_gib * GIB * plan.usable_fraction,
   }
 
 
 def format_row(r: dict[str, Any]) -> str:
-  return (f"| {r['plan']} | {r['chip']} ×{r['devices']} | {'×'.join(str(v) for v in r['mesh'].values())} | "
-          f"{r['remat']} | {r['micro_batches']}×{r['micro_batch_size']}×{r['seq_len']} | "
-          f"{r['params_bytes'] / GIB:.2f} | {r['optimizer_bytes'] / GIB:.2f} | {r['temp_bytes'] / GIB:.2f} | "
-          f"{r['total_bytes'] / GIB:.2f} / {r['hbm_bytes'] / GIB:.0f} | {'yes' if r['fits'] else 'NO'} |")
+  return (
+    f"| {r['plan']} | {r['chip']} ×{r['devices']} | {'×'.join(str(v) for v in r['mesh'].values())} | "
+    f"{r['remat']} | {r['micro_batches']}×{r['micro_batch_size']}×{r['seq_len']} | "
+    f"{r['params_bytes'] / GIB:.2f} | {r['optimizer_bytes'] / GIB:.2f} | {r['temp_bytes'] / GIB:.2f} | "
+    f"{r['total_bytes'] / GIB:.2f} / {r['hbm_bytes'] / GIB:.0f} | {'yes' if r['fits'] else 'NO'} |"
+  )
 
 
-HEADER = ("| plan | target | mesh d×f×t | remat | micro × rows × seq | params GiB | optimizer GiB | "
-          "temporaries GiB | total / HBM GiB | fits |\n|---|---|---|---|---|---|---|---|---|---|")
+HEADER = (
+  "| plan | target | mesh d×f×t | remat | micro × rows × seq | params GiB | optimizer GiB | "
+  "temporaries GiB | total / HBM GiB | fits |\n|---|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def main() -> None:
   from absl import app, flags
   from ml_collections import config_flags
+
   config_flag = config_flags.DEFINE_config_file("config", None, "a configs/scale/*.py plan", lock_config=True)
   json_flag = flags.DEFINE_string("json", None, "also write the figures to this JSON file")
 

@@ -7,26 +7,57 @@ it with `python -m deepalign_jax.scale.plan --config configs/scale/<file>.py`.
 import ml_collections
 
 # config.json of the released checkpoints (the fields the decoder reads).
-LLAMA2_7B = dict(model_type="llama", vocab_size=32000, hidden_size=4096, intermediate_size=11008,
-                 num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                 max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0,
-                 tie_word_embeddings=False)
-GEMMA_7B = dict(model_type="gemma", vocab_size=256000, hidden_size=3072, intermediate_size=24576,
-                num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=16, head_dim=256,
-                max_position_embeddings=8192, rms_norm_eps=1e-6, rope_theta=10000.0,
-                hidden_activation="gelu_pytorch_tanh")
+LLAMA2_7B = dict(
+  model_type="llama",
+  vocab_size=32000,
+  hidden_size=4096,
+  intermediate_size=11008,
+  num_hidden_layers=32,
+  num_attention_heads=32,
+  num_key_value_heads=32,
+  max_position_embeddings=4096,
+  rms_norm_eps=1e-5,
+  rope_theta=10000.0,
+  tie_word_embeddings=False,
+)
+GEMMA_7B = dict(
+  model_type="gemma",
+  vocab_size=256000,
+  hidden_size=3072,
+  intermediate_size=24576,
+  num_hidden_layers=28,
+  num_attention_heads=16,
+  num_key_value_heads=16,
+  head_dim=256,
+  max_position_embeddings=8192,
+  rms_norm_eps=1e-6,
+  rope_theta=10000.0,
+  hidden_activation="gelu_pytorch_tanh",
+)
 
 # chips per slice and HBM per chip (GiB)
 TARGETS = {
-    "v4-32": dict(chip="TPU v4", devices=16, hbm_gib=32.0),
-    "v5e-16": dict(chip="TPU v5e", devices=16, hbm_gib=16.0),
-    "v5p-8": dict(chip="TPU v5p", devices=4, hbm_gib=95.0),
-    "8xH100": dict(chip="H100 80GB", devices=8, hbm_gib=80.0),
+  "v4-32": dict(chip="TPU v4", devices=16, hbm_gib=32.0),
+  "v5e-16": dict(chip="TPU v5e", devices=16, hbm_gib=16.0),
+  "v5p-8": dict(chip="TPU v5p", devices=4, hbm_gib=95.0),
+  "8xH100": dict(chip="H100 80GB", devices=8, hbm_gib=80.0),
 }
 
 
-def plan(name, model, target, *, mesh, remat, micro_batch_size, num_micro_batches, vocab_chunk=0,
-         seq_len=512, dtype="bfloat16", param_dtype="float32"):
+def plan(
+  name,
+  model,
+  target,
+  *,
+  mesh,
+  remat,
+  micro_batch_size,
+  num_micro_batches,
+  vocab_chunk=0,
+  seq_len=512,
+  dtype="bfloat16",
+  param_dtype="float32",
+):
   """A plan: the paper's fine-tuning step (constrained loss, AdamW) for `model` on `target`.
 
   Global batch = num_micro_batches × micro_batch_size rows of seq_len tokens
@@ -36,7 +67,7 @@ def plan(name, model, target, *, mesh, remat, micro_batch_size, num_micro_batche
   c.name = name
   c.model = dict(model)
   c.chip, c.devices, c.hbm_gib = TARGETS[target]["chip"], TARGETS[target]["devices"], TARGETS[target]["hbm_gib"]
-  c.usable_fraction = 0.9   # leave room for the runtime and fragmentation
+  c.usable_fraction = 0.9  # leave room for the runtime and fragmentation
   c.mesh = ml_collections.ConfigDict(mesh)
   c.remat = remat
   c.dtype, c.param_dtype = dtype, param_dtype

@@ -26,9 +26,9 @@ def training_hooks(config: ml_collections.ConfigDict) -> list[tuple[int, Hook]]:
   if config.eval.every_steps <= 0:
     return []
   from deepalign_jax.evaluate import prefill_asr_hook
+
   tokenizer = load_tokenizer(model_source(config).tokenizer)
-  return [(config.eval.every_steps, prefill_asr_hook(config.eval, tokenizer, config.chat_format,
-                                                     config.system_prompt))]
+  return [(config.eval.every_steps, prefill_asr_hook(config.eval, tokenizer, config.chat_format, config.system_prompt))]
 
 
 def _run(config, workdir):

@@ -26,6 +26,7 @@ from deepalign_jax.train.state import TrainState
 def _abstract(tree):
   def one(x):
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+
   return jax.tree.map(one, tree)
 
 
@@ -35,7 +36,8 @@ class Checkpointer:
   def __init__(self, directory: str, *, keep: int = 2, save_every: int = 0):
     self.save_every = save_every
     self._manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+      directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -44,8 +46,15 @@ class Checkpointer:
     """Whether `maybe_save` saves at this step unforced."""
     return bool(self.save_every) and step % self.save_every == 0
 
-  def maybe_save(self, step: int, state: TrainState, meta: dict[str, Any], *, force: bool = False,
-                 data: grain.DatasetIterator | None = None) -> bool:
+  def maybe_save(
+    self,
+    step: int,
+    state: TrainState,
+    meta: dict[str, Any],
+    *,
+    force: bool = False,
+    data: grain.DatasetIterator | None = None,
+  ) -> bool:
     """Saves at multiples of `save_every` (or when forced); `data`: the iterator, positioned after `step`."""
     if not force and not self.due(step):
       return False
@@ -57,8 +66,11 @@ class Checkpointer:
     self._manager.save(step, args=ocp.args.Composite(**items))
     return True
 
-  def restore(self, like: TrainState, data: grain.DatasetIterator | None = None,
-              ) -> tuple[TrainState, dict[str, Any]] | None:
+  def restore(
+    self,
+    like: TrainState,
+    data: grain.DatasetIterator | None = None,
+  ) -> tuple[TrainState, dict[str, Any]] | None:
     """The latest checkpoint, laid out like `like` (and `data` moved to its position); None if none."""
     step = self._manager.latest_step()
     if step is None:

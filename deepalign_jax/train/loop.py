@@ -31,7 +31,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from deepalign_jax import atomic, losses, sharding
@@ -41,8 +42,13 @@ from deepalign_jax.models import dtype_from_name, save_pretrained, sources
 from deepalign_jax.train import reference
 from deepalign_jax.train.checkpoints import Checkpointer
 from deepalign_jax.train.rows import OBJECTIVES, AugmentedRows, SupervisedRows, training_rows
-from deepalign_jax.train.state import (OptimizerConfig, init_train_state, learning_rate_schedule,
-                                       make_optimizer, optimizer_hyperparameters)
+from deepalign_jax.train.state import (
+  OptimizerConfig,
+  init_train_state,
+  learning_rate_schedule,
+  make_optimizer,
+  optimizer_hyperparameters,
+)
 from deepalign_jax.train.step import LossConfig, shared_train_step, split_loss_config
 
 _log = logging.getLogger(__name__)
@@ -55,50 +61,88 @@ class NonFiniteError(RuntimeError):
 def default_config() -> ml_collections.ConfigDict:
   """Every setting of a training run, with the paper's fine-tuning defaults (SPEC §3)."""
   c = ml_collections.ConfigDict()
-  c.model = ""                 # HF directory, or "packaged:smollm2" / "packaged:gemma3-270m"
-  c.chat_format = "auto"       # llama2 | gemma | base | template | auto
+  c.model = ""  # HF directory, or "packaged:smollm2" / "packaged:gemma3-270m"
+  c.chat_format = "auto"  # llama2 | gemma | base | template | auto
   c.system_prompt = ml_collections.config_dict.placeholder(str)
-  c.response_end = "turn"      # turn: the format's end-of-turn; eos: the reference's Gemma ending " <eos>"
-  c.dtype = "float32"          # compute dtype (float32 | bfloat16); parameters too unless param_dtype is set
-  c.param_dtype = ""           # "float32" with dtype "bfloat16": fp32 master weights and AdamW moments
-  c.remat = "none"             # none | dots | full
+  c.response_end = "turn"  # turn: the format's end-of-turn; eos: the reference's Gemma ending " <eos>"
+  c.dtype = "float32"  # compute dtype (float32 | bfloat16); parameters too unless param_dtype is set
+  c.param_dtype = ""  # "float32" with dtype "bfloat16": fp32 master weights and AdamW moments
+  c.remat = "none"  # none | dots | full
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
 
   # sft: masked NLL on responses; constrained_sft: paper Eq. 3 against the
   # initial model; augmented: safety-recovery examples + utility data (Eq. 2).
   c.objective = "sft"
-  c.data = ml_collections.ConfigDict(dict(
+  c.data = ml_collections.ConfigDict(
+    dict(
       # A file (or HEx-PHI directory) in `format`, or "tfds:MANUAL_DIR" to
       # build and read the TFDS array_record dataset of that directory.
-      path="", format="conversations", split="train", max_length=512,
-      every_nth=1,                 # keep records 0, n, 2n, ... (the reference trains on every 5th SQL row)
-      tfds_data_dir="",            # default ~/.cache/deepalign_jax/tfds
+      path="",
+      format="conversations",
+      split="train",
+      max_length=512,
+      every_nth=1,  # keep records 0, n, 2n, ... (the reference trains on every 5th SQL row)
+      tfds_data_dir="",  # default ~/.cache/deepalign_jax/tfds
       # augmented: safety triplets + utility conversations, per-step composition (SPEC §4)
-      safety_path="", utility_path="", utility_format="alpaca",
-      safety_per_step=16, utility_per_step=64, recovery_C=100, recovery_p_zero=0.5,
-      prefetch=2))                 # steps prepared ahead on background threads
-  c.loss = ml_collections.ConfigDict(dict(
-      beta=0.1, first_token_factor=5.0, early_factor=20.0, early_length=5, min_weight=0.0,
-      alpha=ml_collections.config_dict.placeholder(float), vocab_chunk=0, log_positions=8))
-  c.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=2e-5, b1=0.5, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0,
-      warmup_steps=10, decay="linear"))
-  c.train = ml_collections.ConfigDict(dict(
-      batch_size=64,               # global rows per optimizer step (sft / constrained_sft)
-      micro_batch_size=8,          # rows per forward/backward (gradient accumulation)
+      safety_path="",
+      utility_path="",
+      utility_format="alpaca",
+      safety_per_step=16,
+      utility_per_step=64,
+      recovery_C=100,
+      recovery_p_zero=0.5,
+      prefetch=2,
+    )
+  )  # steps prepared ahead on background threads
+  c.loss = ml_collections.ConfigDict(
+    dict(
+      beta=0.1,
+      first_token_factor=5.0,
+      early_factor=20.0,
+      early_length=5,
+      min_weight=0.0,
+      alpha=ml_collections.config_dict.placeholder(float),
+      vocab_chunk=0,
+      log_positions=8,
+    )
+  )
+  c.optimizer = ml_collections.ConfigDict(
+    dict(
+      learning_rate=2e-5, b1=0.5, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0, warmup_steps=10, decay="linear"
+    )
+  )
+  c.train = ml_collections.ConfigDict(
+    dict(
+      batch_size=64,  # global rows per optimizer step (sft / constrained_sft)
+      micro_batch_size=8,  # rows per forward/backward (gradient accumulation)
       epochs=25,
-      num_steps=0,                 # > 0: exactly this many steps (and LR schedule); 0: from epochs
-      stop_after_steps=0,          # > 0: this invocation stops early; rerun to resume
-      seed=0))
-  c.checkpoint = ml_collections.ConfigDict(dict(
-      every_steps=0,               # 0: only at the end
+      num_steps=0,  # > 0: exactly this many steps (and LR schedule); 0: from epochs
+      stop_after_steps=0,  # > 0: this invocation stops early; rerun to resume
+      seed=0,
+    )
+  )
+  c.checkpoint = ml_collections.ConfigDict(
+    dict(
+      every_steps=0,  # 0: only at the end
       keep=2,
-      directory=""))               # default workdir/checkpoints; may be gs://bucket/... (Orbax/TensorStore)
+      directory="",
+    )
+  )  # default workdir/checkpoints; may be gs://bucket/... (Orbax/TensorStore)
   # In-training prefilling attack (keyword judge) every `every_steps` steps, logged
   # as eval/asr_prefill_<k> next to the loss; needs prompts with harmful answers.
-  c.eval = ml_collections.ConfigDict(dict(
-      every_steps=0, path="", format="harmful_hexphi", limit=16, prefill_tokens=[5],
-      max_new_tokens=64, batch_size=8, keywords="qi2025", seed=0))
+  c.eval = ml_collections.ConfigDict(
+    dict(
+      every_steps=0,
+      path="",
+      format="harmful_hexphi",
+      limit=16,
+      prefill_tokens=[5],
+      max_new_tokens=64,
+      batch_size=8,
+      keywords="qi2025",
+      seed=0,
+    )
+  )
   c.export_hf = True
   c.progress = True
   c.tensorboard = True
@@ -111,15 +155,17 @@ Hook = Callable[[int, nnx.Module], Mapping[str, float]]
 def model_source(config) -> sources.ModelSource:
   """The model a training config starts from."""
   if not config.model:
-    raise ValueError("config.model is empty: give an HF model directory, packaged:NAME, a cached hub id or a "
-                     "training workdir")
+    raise ValueError(
+      "config.model is empty: give an HF model directory, packaged:NAME, a cached hub id or a training workdir"
+    )
   return sources.resolve_source(config.model)
 
 
 @dataclasses.dataclass
 class _Setup:
   """What a run is made of before its first step."""
-  model: Any                   # the starting model; None once the train state holds the weights
+
+  model: Any  # the starting model; None once the train state holds the weights
   model_config: Any
   tokenizer: Any
   mesh: jax.sharding.Mesh
@@ -134,8 +180,10 @@ def _setup(config: ml_collections.ConfigDict, workdir: Path) -> _Setup:
   if config.objective not in OBJECTIVES:
     raise ValueError(f"config.objective must be one of {OBJECTIVES}, got {config.objective!r}")
   if train.batch_size % train.micro_batch_size:
-    raise ValueError(f"config.train.batch_size={train.batch_size} is not a multiple of "
-                     f"config.train.micro_batch_size={train.micro_batch_size}")
+    raise ValueError(
+      f"config.train.batch_size={train.batch_size} is not a multiple of "
+      f"config.train.micro_batch_size={train.micro_batch_size}"
+    )
   source = model_source(config)
   mesh = sharding.make_mesh(**config.mesh.to_dict())
   dtype = dtype_from_name(config.dtype, "config.dtype")
@@ -149,12 +197,15 @@ def _setup(config: ml_collections.ConfigDict, workdir: Path) -> _Setup:
 
   total_steps = train.num_steps if train.num_steps > 0 else data.order.steps_per_epoch * train.epochs
   if data.rows % train.micro_batch_size:
-    raise ValueError(f"{data.rows} rows per step are not a multiple of "
-                     f"config.train.micro_batch_size={train.micro_batch_size}")
+    raise ValueError(
+      f"{data.rows} rows per step are not a multiple of config.train.micro_batch_size={train.micro_batch_size}"
+    )
   batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
   if train.micro_batch_size % batch_ways:
-    raise ValueError(f"config.train.micro_batch_size={train.micro_batch_size} must be a multiple of the "
-                     f"mesh's data × fsdp = {batch_ways} (rows are split across them)")
+    raise ValueError(
+      f"config.train.micro_batch_size={train.micro_batch_size} must be a multiple of the "
+      f"mesh's data × fsdp = {batch_ways} (rows are split across them)"
+    )
   return _Setup(model, model.config, tokenizer, mesh, data, total_steps, data.rows // train.micro_batch_size)
 
 
@@ -167,8 +218,13 @@ def _reference_logps(config: ml_collections.ConfigDict, workdir: Path, setup: _S
     data.ref_logps = reference.load_reference_logps(cache, data.examples)
     return
   data.ref_logps = reference.compute_reference_logps(
-      setup.model, data.examples, max_length=config.data.max_length, batch_size=config.train.micro_batch_size,
-      vocab_chunk=config.loss.vocab_chunk or None, progress=config.progress and jax.process_index() == 0)
+    setup.model,
+    data.examples,
+    max_length=config.data.max_length,
+    batch_size=config.train.micro_batch_size,
+    vocab_chunk=config.loss.vocab_chunk or None,
+    progress=config.progress and jax.process_index() == 0,
+  )
   if jax.process_index() == 0:
     reference.save_reference_logps(cache, data.ref_logps)
 
@@ -177,22 +233,37 @@ def loss_config(config: ml_collections.ConfigDict) -> LossConfig:
   """The train step's loss settings of a training config."""
   loss = config.loss
   return LossConfig(
-      objective="constrained" if config.objective == "constrained_sft" else "sft",
-      betas=losses.BetaSchedule(loss.beta, loss.first_token_factor, loss.early_factor, loss.early_length),
-      min_weight=loss.min_weight, alpha=loss.alpha, vocab_chunk=loss.vocab_chunk or None,
-      log_positions=loss.log_positions)
+    objective="constrained" if config.objective == "constrained_sft" else "sft",
+    betas=losses.BetaSchedule(loss.beta, loss.first_token_factor, loss.early_factor, loss.early_length),
+    min_weight=loss.min_weight,
+    alpha=loss.alpha,
+    vocab_chunk=loss.vocab_chunk or None,
+    log_positions=loss.log_positions,
+  )
 
 
 class _MetricsLog:
   """The host side of each step: finiteness, the metrics.jsonl line, TensorBoard, hooks, the progress bar."""
 
-  def __init__(self, config, workdir: Path, start: int, total_steps: int, schedule, data, hooks, graphdef,
-               checkpointer: Checkpointer, checkpoint_dir: str):
+  def __init__(
+    self,
+    config,
+    workdir: Path,
+    start: int,
+    total_steps: int,
+    schedule,
+    data,
+    hooks,
+    graphdef,
+    checkpointer: Checkpointer,
+    checkpoint_dir: str,
+  ):
     main = jax.process_index() == 0
     self.file = open(workdir / "metrics.jsonl" if main else os.devnull, "a")
     self.writer = _tensorboard(workdir, start) if config.tensorboard and main else None
-    self.bar = tqdm(total=total_steps, initial=start, desc="training", unit="step",
-                    disable=not (config.progress and main))
+    self.bar = tqdm(
+      total=total_steps, initial=start, desc="training", unit="step", disable=not (config.progress and main)
+    )
     self.schedule, self.data, self.hooks, self.graphdef = schedule, data, hooks, graphdef
     self.checkpointer, self.checkpoint_dir = checkpointer, checkpoint_dir
     self.tokens_seen, self.clock = 0, time.perf_counter()
@@ -203,12 +274,17 @@ class _MetricsLog:
     if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
       last = self.checkpointer.latest_step()
       raise NonFiniteError(
-          f"step {step + 1}: loss={float(metrics['loss'])}, grad_norm={float(metrics['grad_norm'])} "
-          f"(not finite); stopped without saving — the last good checkpoint is "
-          f"{'step ' + str(last) if last is not None else 'none (no checkpoint was saved yet)'} "
-          f"in {self.checkpoint_dir}; lower optimizer.learning_rate or check the data")
-    record = {"step": step + 1, "epoch": self.data.order.epoch_of(step),
-              **{k: _plain(v) for k, v in metrics.items()}, "learning_rate": float(self.schedule(step))}
+        f"step {step + 1}: loss={float(metrics['loss'])}, grad_norm={float(metrics['grad_norm'])} "
+        f"(not finite); stopped without saving — the last good checkpoint is "
+        f"{'step ' + str(last) if last is not None else 'none (no checkpoint was saved yet)'} "
+        f"in {self.checkpoint_dir}; lower optimizer.learning_rate or check the data"
+      )
+    record = {
+      "step": step + 1,
+      "epoch": self.data.order.epoch_of(step),
+      **{k: _plain(v) for k, v in metrics.items()},
+      "learning_rate": float(self.schedule(step)),
+    }
     self.tokens_seen += int(record["tokens"])
     record["tokens_per_s"] = self.tokens_seen / (time.perf_counter() - self.clock)
     for every, hook in self.hooks:
@@ -242,8 +318,9 @@ def _export(config, workdir: Path, setup: _Setup, graphdef, params) -> dict[str,
   return out
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
-        hooks: Sequence[tuple[int, Hook]] = ()) -> dict[str, Any]:
+def run(
+  config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, hooks: Sequence[tuple[int, Hook]] = ()
+) -> dict[str, Any]:
   """Trains as configured; returns a summary (also written to workdir/summary.json).
 
   hooks: (every_steps, fn) pairs; fn(step, model) runs after every
@@ -262,12 +339,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   graphdef, state = init_train_state(setup.model, make_optimizer(optimizer_config))
   setup.model = None  # the train state holds the only copy of the weights
 
-  batches = step_iterator(step_dataset(data.rows_for, total_steps, num_micro,
-                                       process_index=jax.process_index(), process_count=jax.process_count()),
-                          prefetch=config.data.prefetch)
+  batches = step_iterator(
+    step_dataset(
+      data.rows_for, total_steps, num_micro, process_index=jax.process_index(), process_count=jax.process_count()
+    ),
+    prefetch=config.data.prefetch,
+  )
   checkpoint_dir = config.checkpoint.directory or str((workdir / "checkpoints").absolute())
-  checkpointer = Checkpointer(checkpoint_dir, keep=config.checkpoint.keep,
-                              save_every=config.checkpoint.every_steps)
+  checkpointer = Checkpointer(checkpoint_dir, keep=config.checkpoint.keep, save_every=config.checkpoint.every_steps)
   restored = checkpointer.restore(state, batches)
   start = 0
   if restored is not None:
@@ -281,19 +360,29 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
 
   # Numbers as inputs, not constants: runs of one shape share the compiled step.
   static_loss, loss_values = split_loss_config(loss_config(config))
-  hyperparameters = jax.device_put({"optimizer": optimizer_hyperparameters(optimizer_config),
-                                    "loss": loss_values}, NamedSharding(setup.mesh, P()))
+  hyperparameters = jax.device_put(
+    {"optimizer": optimizer_hyperparameters(optimizer_config), "loss": loss_values}, NamedSharding(setup.mesh, P())
+  )
   step_fn = functools.partial(shared_train_step, graphdef, loss_config=static_loss)
   row_sharding = NamedSharding(setup.mesh, P(None, ("data", "fsdp")))
   end = total_steps if train.stop_after_steps <= 0 else min(total_steps, start + train.stop_after_steps)
 
   def sync_after(step: int) -> bool:
     """Whether step `step` (1-based) needs its state on the host side: a hook, a checkpoint or the end."""
-    return (step == end or checkpointer.due(step)
-            or any(every > 0 and step % every == 0 for every, _ in hooks))
+    return step == end or checkpointer.due(step) or any(every > 0 and step % every == 0 for every, _ in hooks)
 
-  log = _MetricsLog(config, workdir, start, total_steps, learning_rate_schedule(optimizer_config), data, hooks,
-                    graphdef, checkpointer, checkpoint_dir)
+  log = _MetricsLog(
+    config,
+    workdir,
+    start,
+    total_steps,
+    learning_rate_schedule(optimizer_config),
+    data,
+    hooks,
+    graphdef,
+    checkpointer,
+    checkpoint_dir,
+  )
   try:
     # One step in flight: step s+1 is dispatched before step s's metrics are read, so the host's work
     # overlaps the device's.  Steps whose state is needed (hooks, checkpoints, the last) are finished at
@@ -301,9 +390,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     pending = None
     for step in range(start, end):
       host_batch = next(batches)
-      batch = {k: jax.make_array_from_process_local_data(
-                   row_sharding, v, (num_micro, train.micro_batch_size) + v.shape[2:])
-               for k, v in host_batch.items()}
+      batch = {
+        k: jax.make_array_from_process_local_data(row_sharding, v, (num_micro, train.micro_batch_size) + v.shape[2:])
+        for k, v in host_batch.items()
+      }
       state, metrics = step_fn(state, batch, hyperparameters)
       if pending is not None:
         log.finish(*pending)  # no hook is due at a pending step: hooks make a step sync
@@ -319,13 +409,18 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     checkpointer.close()
     log.close()
 
-  summary = {"steps_done": end, "total_steps": total_steps, "finished": finished,
-             "examples": data.num_examples, "truncated_examples": int(data.truncated), "workdir": str(workdir)}
+  summary = {
+    "steps_done": end,
+    "total_steps": total_steps,
+    "finished": finished,
+    "examples": data.num_examples,
+    "truncated_examples": int(data.truncated),
+    "workdir": str(workdir),
+  }
   if finished:
     summary.update(_export(config, workdir, setup, graphdef, state.params))
   if data.truncated:
-    _log.warning("%d training examples were truncated to max_length=%d", data.truncated,
-                 config.data.max_length)
+    _log.warning("%d training examples were truncated to max_length=%d", data.truncated, config.data.max_length)
   if jax.process_index() == 0:
     atomic.write_json(workdir / "summary.json", summary)
   return summary
@@ -336,6 +431,7 @@ def _agree(flag: bool) -> bool:
   if jax.process_count() == 1:
     return flag
   from jax.experimental import multihost_utils
+
   return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
 
 
@@ -346,6 +442,7 @@ def _host(x: jax.Array) -> np.ndarray:
   if x.is_fully_replicated:
     return np.asarray(x.addressable_data(0))
   from jax.experimental import multihost_utils
+
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
@@ -359,6 +456,7 @@ def _plain(value) -> float | list[float | None]:
 
 def _tensorboard(workdir: Path, start: int):
   from tensorboardX import SummaryWriter
+
   # purge_step: a resumed run hides the events it is about to redo.
   return SummaryWriter(str(workdir / "tensorboard"), purge_step=start + 1 if start else None)
 

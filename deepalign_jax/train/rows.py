@@ -19,8 +19,15 @@ from typing import Sequence
 import ml_collections
 import numpy as np
 
-from deepalign_jax.data import (ChatRenderer, RecoveryExample, TokenizedExample, as_exchange, prepare_recovery,
-                                recovery_epoch, tokenize_conversation)
+from deepalign_jax.data import (
+  ChatRenderer,
+  RecoveryExample,
+  TokenizedExample,
+  as_exchange,
+  prepare_recovery,
+  recovery_epoch,
+  tokenize_conversation,
+)
 from deepalign_jax.data.pipeline import StepOrder, pad_rows
 from deepalign_jax.data.tfds_builders import load_records
 
@@ -33,8 +40,15 @@ class SupervisedRows:
   ref_logps: the reference log-probs of each example (constrained objective), set before training.
   """
 
-  def __init__(self, examples: Sequence[TokenizedExample], batch_size: int, seed: int, max_length: int,
-               pad_id: int, truncated: int = 0):
+  def __init__(
+    self,
+    examples: Sequence[TokenizedExample],
+    batch_size: int,
+    seed: int,
+    max_length: int,
+    pad_id: int,
+    truncated: int = 0,
+  ):
     self.examples = list(examples)
     self.order = StepOrder(len(self.examples), batch_size, seed)
     self.rows, self.max_length, self.pad_id = batch_size, max_length, pad_id
@@ -54,9 +68,20 @@ class SupervisedRows:
 class AugmentedRows:
   """Safety-recovery triplets (k ~ P_k re-drawn per epoch) and utility examples, in fixed row ranges."""
 
-  def __init__(self, triplets: Sequence[RecoveryExample], utility: Sequence[TokenizedExample], *,
-               safety_per_step: int, utility_per_step: int, seed: int, C: int, p_zero: float,
-               max_length: int, pad_id: int, truncated: int = 0):
+  def __init__(
+    self,
+    triplets: Sequence[RecoveryExample],
+    utility: Sequence[TokenizedExample],
+    *,
+    safety_per_step: int,
+    utility_per_step: int,
+    seed: int,
+    C: int,
+    p_zero: float,
+    max_length: int,
+    pad_id: int,
+    truncated: int = 0,
+  ):
     self.triplets, self.utility = list(triplets), list(utility)
     self.order = StepOrder(len(self.triplets), safety_per_step, seed)
     self.utility_order = StepOrder(len(self.utility), utility_per_step, seed + 1)
@@ -76,8 +101,9 @@ class AugmentedRows:
     with self._lock:
       # Prefetching threads may straddle an epoch boundary: keep two epochs' draws.
       if epoch not in self._epochs:
-        draws = recovery_epoch(self.triplets, epoch, self.seed, C=self.C, p_zero=self.p_zero,
-                               max_length=self.max_length)
+        draws = recovery_epoch(
+          self.triplets, epoch, self.seed, C=self.C, p_zero=self.p_zero, max_length=self.max_length
+        )
         self.truncated += sum(d.truncated for d in draws)
         self._epochs = {e: v for e, v in self._epochs.items() if e >= epoch - 1}
         self._epochs[epoch] = [d.example for d in draws]
@@ -88,10 +114,10 @@ class AugmentedRows:
     safety = [epoch_examples[i] for i in self.order.indices(step)]
     utility = [self.utility[i] for i in self.utility_order.indices(step)]
     # A short batch of either kind leaves empty rows in its range.
-    examples = (safety + [None] * (self.n_safety - len(safety)) + utility
-                + [None] * (self.n_utility - len(utility)))
-    return pad_rows(examples, self.rows, self.max_length, self.pad_id,
-                    groups=[0] * self.n_safety + [1] * self.n_utility)
+    examples = safety + [None] * (self.n_safety - len(safety)) + utility + [None] * (self.n_utility - len(utility))
+    return pad_rows(
+      examples, self.rows, self.max_length, self.pad_id, groups=[0] * self.n_safety + [1] * self.n_utility
+    )
 
 
 def _tokenize(renderer: ChatRenderer, records, max_length: int) -> tuple[list[TokenizedExample], int]:
@@ -99,15 +125,17 @@ def _tokenize(renderer: ChatRenderer, records, max_length: int) -> tuple[list[To
   for record in map(as_exchange, records):
     if record.response is None:
       raise ValueError(f"{record.source}: a training record needs a response")
-    example, cut = tokenize_conversation(renderer, record.system, record.prompt, record.response,
-                                         max_length=max_length, source=record.source)
+    example, cut = tokenize_conversation(
+      renderer, record.system, record.prompt, record.response, max_length=max_length, source=record.source
+    )
     examples.append(example)
     truncated += cut
   return examples, truncated
 
 
-def training_rows(config: ml_collections.ConfigDict, renderer: ChatRenderer,
-                  pad_id: int) -> SupervisedRows | AugmentedRows:
+def training_rows(
+  config: ml_collections.ConfigDict, renderer: ChatRenderer, pad_id: int
+) -> SupervisedRows | AugmentedRows:
   """The rows of the config's objective, from the files `config.data` names."""
   data, seed = config.data, config.train.seed
   if data.every_nth < 1:
@@ -116,21 +144,30 @@ def training_rows(config: ml_collections.ConfigDict, renderer: ChatRenderer,
   def read(key: str, fmt: str):
     path = data[key]
     if not path:
-      raise ValueError(f"config.data.{key} is empty: the {config.objective} objective reads {fmt} records "
-                       f"from it")
-    return load_records(path, fmt, split=data.split, data_dir=data.tfds_data_dir or None)[::data.every_nth]
+      raise ValueError(f"config.data.{key} is empty: the {config.objective} objective reads {fmt} records from it")
+    return load_records(path, fmt, split=data.split, data_dir=data.tfds_data_dir or None)[:: data.every_nth]
 
   if config.objective in ("sft", "constrained_sft"):
     examples, truncated = _tokenize(renderer, read("path", data.format), data.max_length)
     return SupervisedRows(examples, config.train.batch_size, seed, data.max_length, pad_id, truncated)
   if config.objective == "augmented":
-    triplets = [prepare_recovery(renderer, t.instruction, t.harmful, t.refusal, source=t.source)
-                for t in read("safety_path", "triplets")]
+    triplets = [
+      prepare_recovery(renderer, t.instruction, t.harmful, t.refusal, source=t.source)
+      for t in read("safety_path", "triplets")
+    ]
     utility, truncated = _tokenize(renderer, read("utility_path", data.utility_format), data.max_length)
-    return AugmentedRows(triplets, utility, safety_per_step=data.safety_per_step,
-                         utility_per_step=data.utility_per_step, seed=seed, C=data.recovery_C,
-                         p_zero=data.recovery_p_zero, max_length=data.max_length, pad_id=pad_id,
-                         truncated=truncated)
+    return AugmentedRows(
+      triplets,
+      utility,
+      safety_per_step=data.safety_per_step,
+      utility_per_step=data.utility_per_step,
+      seed=seed,
+      C=data.recovery_C,
+      p_zero=data.recovery_p_zero,
+      max_length=data.max_length,
+      pad_id=pad_id,
+      truncated=truncated,
+    )
   raise ValueError(f"config.objective must be one of {OBJECTIVES}, got {config.objective!r}")
 
 

@@ -21,6 +21,7 @@ from flax import nnx
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
   """AdamW with global-norm clipping and linear warm-up then linear decay (SPEC §3)."""
+
   learning_rate: float = 2e-5
   b1: float = 0.9
   b2: float = 0.999
@@ -36,10 +37,17 @@ def optimizer_hyperparameters(cfg: OptimizerConfig) -> dict[str, np.ndarray]:
   """The optimizer's settings as fp32 scalars: what `make_optimizer` reads, values or jit inputs."""
   if cfg.decay not in ("linear", "constant"):
     raise ValueError(f"decay must be 'linear' or 'constant', got {cfg.decay!r}")
-  values = {"learning_rate": cfg.learning_rate, "b1": cfg.b1, "b2": cfg.b2, "eps": cfg.eps,
-            "weight_decay": cfg.weight_decay, "grad_clip": cfg.grad_clip,
-            "warmup_steps": max(cfg.warmup_steps, 0), "total_steps": cfg.total_steps,
-            "linear_decay": 1.0 if cfg.decay == "linear" else 0.0}
+  values = {
+    "learning_rate": cfg.learning_rate,
+    "b1": cfg.b1,
+    "b2": cfg.b2,
+    "eps": cfg.eps,
+    "weight_decay": cfg.weight_decay,
+    "grad_clip": cfg.grad_clip,
+    "warmup_steps": max(cfg.warmup_steps, 0),
+    "total_steps": cfg.total_steps,
+    "linear_decay": 1.0 if cfg.decay == "linear" else 0.0,
+  }
   return {k: np.float32(v) for k, v in values.items()}
 
 
@@ -74,15 +82,20 @@ def make_optimizer(cfg: OptimizerConfig | Mapping[str, Any]) -> optax.GradientTr
   hp = optimizer_hyperparameters(cfg) if isinstance(cfg, OptimizerConfig) else cfg
   clip = jnp.where(hp["grad_clip"] > 0, hp["grad_clip"], jnp.inf)  # ∞: the norm never triggers
   return optax.chain(
-      optax.clip_by_global_norm(clip),
-      optax.adamw(lambda count: learning_rate_at(count, hp), b1=hp["b1"], b2=hp["b2"], eps=hp["eps"],
-                  weight_decay=hp["weight_decay"]),
+    optax.clip_by_global_norm(clip),
+    optax.adamw(
+      lambda count: learning_rate_at(count, hp),
+      b1=hp["b1"],
+      b2=hp["b2"],
+      eps=hp["eps"],
+      weight_decay=hp["weight_decay"],
+    ),
   )
 
 
 class TrainState(NamedTuple):
   step: jax.Array
-  params: Any     # nnx.State of nnx.Param
+  params: Any  # nnx.State of nnx.Param
   opt_state: Any
 
 
@@ -103,7 +116,7 @@ def _optimizer_state_shardings(params, abstract_opt_state):
   def pick(path, leaf):
     path = tuple(path)
     for param_path, param_sharding, shape in by_path:
-      if path[-len(param_path):] == param_path and leaf.shape == shape:
+      if path[-len(param_path) :] == param_path and leaf.shape == shape:
         return param_sharding
     return replicated
 
@@ -119,6 +132,5 @@ def init_train_state(model: nnx.Module, optimizer: optax.GradientTransformation)
   opt_state = jax.jit(optimizer.init, out_shardings=shardings)(params)
   step = jnp.zeros((), jnp.int32)
   if shardings is not None:  # keep the step on the mesh too (checkpoints restore per leaf)
-    step = jax.device_put(step, jax.tree.leaves(params)[0].sharding.update(
-        spec=jax.sharding.PartitionSpec()))
+    step = jax.device_put(step, jax.tree.leaves(params)[0].sharding.update(spec=jax.sharding.PartitionSpec()))
   return graphdef, TrainState(step, params, opt_state)

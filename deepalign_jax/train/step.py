@@ -47,6 +47,7 @@ class LossConfig:
     constrained objective (mean weight w_t and mean Δ_t), so a run shows
     the constraint working where it should — on the first tokens.
   """
+
   objective: str = "sft"
   betas: losses.BetaSchedule = losses.BetaSchedule()
   min_weight: float = 0.0
@@ -93,9 +94,13 @@ def _position_stats(logps, micro, cfg: LossConfig) -> dict[str, jax.Array]:
   delta = jax.lax.stop_gradient(micro["ref_logps"][:, 1:] - logps)
   weight = 2.0 * jax.nn.sigmoid(beta_t * delta) * mask
   onehot = (t[..., None] == jnp.arange(1, cfg.log_positions + 1)).astype(jnp.float32)  # [b, T, N]
-  return {"weight": (onehot * weight[..., None]).sum((0, 1)),
-          "delta": (onehot * delta[..., None]).sum((0, 1)), "count": onehot.sum((0, 1)),
-          "weight_all": weight.sum()[None], "count_all": mask.sum()[None]}
+  return {
+    "weight": (onehot * weight[..., None]).sum((0, 1)),
+    "delta": (onehot * delta[..., None]).sum((0, 1)),
+    "count": onehot.sum((0, 1)),
+    "weight_all": weight.sum()[None],
+    "count_all": mask.sum()[None],
+  }
 
 
 def _micro_loss(params, graphdef, micro, groups, cfg: LossConfig):
@@ -109,15 +114,21 @@ def _micro_loss(params, graphdef, micro, groups, cfg: LossConfig):
     if cfg.objective == "sft":
       loss_sum, _ = losses.masked_nll(logps, group_mask)
     else:
-      loss_sum, _ = losses.token_constrained_loss(logps, micro["ref_logps"][:, 1:], group_mask,
-                                                  betas=cfg.betas, min_weight=cfg.min_weight)
+      loss_sum, _ = losses.token_constrained_loss(
+        logps, micro["ref_logps"][:, 1:], group_mask, betas=cfg.betas, min_weight=cfg.min_weight
+      )
     total = total + weight * loss_sum / normaliser
   return total, stats
 
 
-def train_step(graphdef, state: TrainState, batch: Mapping[str, jax.Array], *,
-               optimizer: optax.GradientTransformation, loss_config: LossConfig,
-               ) -> tuple[TrainState, dict[str, Any]]:
+def train_step(
+  graphdef,
+  state: TrainState,
+  batch: Mapping[str, jax.Array],
+  *,
+  optimizer: optax.GradientTransformation,
+  loss_config: LossConfig,
+) -> tuple[TrainState, dict[str, Any]]:
   """One optimizer update over a batch of M micro-batches (pure; jit it).
 
   Metrics: loss, tokens, grad_norm; for the constrained objective also
@@ -132,21 +143,27 @@ def train_step(graphdef, state: TrainState, batch: Mapping[str, jax.Array], *,
     loss, grads, stats = carry
     micro = jax.tree.map(lambda x: x[index], batch)
     micro_groups = [(member[index], normaliser, weight) for member, normaliser, weight in groups]
-    (micro_loss, micro_stats), micro_grads = grad_fn(state.params, graphdef, micro, micro_groups,
-                                                     loss_config)
-    return (loss + micro_loss, jax.tree.map(lambda g, m: g + m.astype(jnp.float32), grads, micro_grads),
-            jax.tree.map(jnp.add, stats, micro_stats)), None
+    (micro_loss, micro_stats), micro_grads = grad_fn(state.params, graphdef, micro, micro_groups, loss_config)
+    return (
+      loss + micro_loss,
+      jax.tree.map(lambda g, m: g + m.astype(jnp.float32), grads, micro_grads),
+      jax.tree.map(jnp.add, stats, micro_stats),
+    ), None
 
   # Gradients add up in fp32 whatever the parameters' dtype: bf16 sums of many micro-batches lose
   # the small ones, and the clip and Adam's moments then work on fp32 numbers.
   zeros = jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), state.params)
   n = loss_config.log_positions
-  stats = ({k: jnp.zeros((n if k in ("weight", "delta", "count") else 1,), jnp.float32)
-            for k in ("weight", "delta", "count", "weight_all", "count_all")}
-           if loss_config.objective == "constrained" else {})
+  stats = (
+    {
+      k: jnp.zeros((n if k in ("weight", "delta", "count") else 1,), jnp.float32)
+      for k in ("weight", "delta", "count", "weight_all", "count_all")
+    }
+    if loss_config.objective == "constrained"
+    else {}
+  )
   num_micro = batch["input_ids"].shape[0]
-  (loss, grads, stats), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros, stats),
-                                         jnp.arange(num_micro))
+  (loss, grads, stats), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros, stats), jnp.arange(num_micro))
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   # The state keeps the dtypes it was created with: fp32 moments beside fp32 master weights, or the
   # parameters' bf16 in a pure-bf16 run (fp32 gradients would otherwise promote them, changing the
@@ -155,9 +172,9 @@ def train_step(graphdef, state: TrainState, batch: Mapping[str, jax.Array], *,
   # apply_updates adds in fp32 and rounds once to the parameter dtype.
   params = optax.apply_updates(state.params, updates)
   metrics = {
-      "loss": loss,
-      "tokens": batch["loss_mask"][..., 1:].sum(),
-      "grad_norm": optax.global_norm(grads),
+    "loss": loss,
+    "tokens": batch["loss_mask"][..., 1:].sum(),
+    "grad_norm": optax.global_norm(grads),
   }
   if stats:
     count = stats["count"]
@@ -174,19 +191,29 @@ def split_loss_config(cfg: LossConfig) -> tuple[LossConfig, dict[str, Any]]:
   whether α-mixing is on, the vocabulary chunk, the logged positions and whether the weight clamp is on
   (`min_weight`, a Python branch).
   """
-  values = {"betas": {f.name: np.asarray(getattr(cfg.betas, f.name),
-                                         np.int32 if f.name == "early_length" else np.float32)
-                      for f in dataclasses.fields(cfg.betas)}}
+  values = {
+    "betas": {
+      f.name: np.asarray(getattr(cfg.betas, f.name), np.int32 if f.name == "early_length" else np.float32)
+      for f in dataclasses.fields(cfg.betas)
+    }
+  }
   if cfg.alpha is not None:
     values["alpha"] = np.float32(cfg.alpha)
-  static = dataclasses.replace(cfg, betas=losses.BetaSchedule(0.0, 0.0, 0.0, 0),
-                               alpha=None if cfg.alpha is None else 0.0)
+  static = dataclasses.replace(
+    cfg, betas=losses.BetaSchedule(0.0, 0.0, 0.0, 0), alpha=None if cfg.alpha is None else 0.0
+  )
   return static, values
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames="loss_config", donate_argnums=1)
-def shared_train_step(graphdef, state: TrainState, batch: Mapping[str, jax.Array],
-                      hyperparameters: Mapping[str, Mapping[str, jax.Array]], *, loss_config: LossConfig):
+def shared_train_step(
+  graphdef,
+  state: TrainState,
+  batch: Mapping[str, jax.Array],
+  hyperparameters: Mapping[str, Mapping[str, jax.Array]],
+  *,
+  loss_config: LossConfig,
+):
   """`train_step` with the run's numbers as inputs: one compilation per model structure, batch shape
   and objective serves every run of a process (and of the persistent compilation cache).
 
@@ -194,7 +221,5 @@ def shared_train_step(graphdef, state: TrainState, batch: Mapping[str, jax.Array
   split_loss_config(...)}; loss_config: its first value.  The state is donated.
   """
   numbers = hyperparameters["loss"]
-  cfg = dataclasses.replace(loss_config, betas=losses.BetaSchedule(**numbers["betas"]),
-                            alpha=numbers.get("alpha"))
-  return train_step(graphdef, state, batch, optimizer=make_optimizer(hyperparameters["optimizer"]),
-                    loss_config=cfg)
+  cfg = dataclasses.replace(loss_config, betas=losses.BetaSchedule(**numbers["betas"]), alpha=numbers.get("alpha"))
+  return train_step(graphdef, state, batch, optimizer=make_optimizer(hyperparameters["optimizer"]), loss_config=cfg)

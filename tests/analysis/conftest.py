@@ -17,9 +17,19 @@ DEMO = Path(str(resources.files("deepalign_jax") / "assets/demo"))
 
 
 def tiny_config(vocab_size: int, *, tie: bool = False):
-  return config_from_hf(dict(model_type="llama", vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
-                             num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
-                             tie_word_embeddings=tie))
+  return config_from_hf(
+    dict(
+      model_type="llama",
+      vocab_size=vocab_size,
+      hidden_size=64,
+      intermediate_size=128,
+      num_hidden_layers=2,
+      num_attention_heads=2,
+      num_key_value_heads=1,
+      head_dim=32,
+      tie_word_embeddings=tie,
+    )
+  )
 
 
 @pytest.fixture(scope="session")
@@ -32,8 +42,10 @@ def model_dirs(tokenizer, tmp_path_factory):
   """{"a": seed 0, "b": seed 1} tiny Llamas with the synthetic tokenizer saved beside them."""
   root = tmp_path_factory.mktemp("analysis_models")
   cfg = tiny_config(len(tokenizer))
-  return {name: save_pretrained(create_model(cfg, seed=seed), cfg, root / name, tokenizer=tokenizer)
-          for name, seed in (("a", 0), ("b", 1))}
+  return {
+    name: save_pretrained(create_model(cfg, seed=seed), cfg, root / name, tokenizer=tokenizer)
+    for name, seed in (("a", 0), ("b", 1))
+  }
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -48,20 +60,22 @@ def forward(model, ids, width=32):
   Right-padded to one width (one compilation); causal attention leaves the first L positions as they are.
   """
   padded = jnp.asarray([list(ids) + [0] * (width - len(ids))])
-  return [np.asarray(x)[:, :len(ids)] for x in _forward(*nnx.split(model), padded)]
-
+  return [np.asarray(x)[:, : len(ids)] for x in _forward(*nnx.split(model), padded)]
 
 
 def torch_model(model_dir):
   """The transformers (PyTorch) model of an HF directory: an implementation independent of ours."""
   import torch
   import transformers
-  return transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
-                                                          attn_implementation="eager").eval()
+
+  return transformers.AutoModelForCausalLM.from_pretrained(
+    model_dir, dtype=torch.float32, attn_implementation="eager"
+  ).eval()
 
 
 def torch_logits(model, ids) -> np.ndarray:
   """fp32 logits [L, V] of one unpadded sequence."""
   import torch
+
   with torch.no_grad():
     return model(input_ids=torch.as_tensor([list(ids)])).logits[0].numpy()

@@ -19,10 +19,12 @@ ROWS = ((4, 5), (7, 3), (2, 4))  # (prompt tokens, response tokens); no row reac
 def _torch_reference(model_dir, ids, attention):
   """Per row and position t: the loss of the t-th response token, and ‖∇ mean loss at t‖ over all parameters."""
   import torch
+
   model = torch_model(model_dir)
   params = list(model.parameters())
-  logps = torch.log_softmax(model(input_ids=torch.as_tensor(ids, dtype=torch.long),
-                                  attention_mask=torch.as_tensor(attention)).logits, dim=-1)
+  logps = torch.log_softmax(
+    model(input_ids=torch.as_tensor(ids, dtype=torch.long), attention_mask=torch.as_tensor(attention)).logits, dim=-1
+  )
   nll, norms = np.zeros((len(ROWS), N)), np.zeros(N)
   for t in range(N):
     rows = [row for row, (_, length) in enumerate(ROWS) if t < length]
@@ -45,9 +47,9 @@ def setup(tmp_path_factory):
   attention = np.zeros_like(ids)
   loss_mask = np.zeros_like(ids)
   for row, (prompt, response) in enumerate(ROWS):
-    ids[row, :prompt + response] = rng.integers(3, VOCAB, prompt + response)
-    attention[row, :prompt + response] = 1
-    loss_mask[row, prompt:prompt + response] = 1
+    ids[row, : prompt + response] = rng.integers(3, VOCAB, prompt + response)
+    attention[row, : prompt + response] = 1
+    loss_mask[row, prompt : prompt + response] = 1
   model_dir = save_pretrained(model, cfg, tmp_path_factory.mktemp("dynamics") / "model")
   nll, norms = _torch_reference(model_dir, ids, attention)
   return model, jnp.asarray(ids), jnp.asarray(attention), jnp.asarray(loss_mask), nll, norms

@@ -62,10 +62,13 @@ def test_run_probes_trains_samples_and_writes_plots(model_dirs, tmp_path):
       assert image.format == "PNG"
 
 
-@pytest.mark.parametrize("overrides, pattern", [
+@pytest.mark.parametrize(
+  "overrides, pattern",
+  [
     ({"probe.steps": (0, 5)}, r"probe\.steps \[5\] are outside 0\.\.num_steps=3"),
     ({"probe.examples": 0}, r"config\.probe\.examples must be >= 1"),
-])
+  ],
+)
 def test_bad_configs_fail_before_any_work(model_dirs, tmp_path, overrides, pattern):
   with pytest.raises(ValueError, match=pattern):
     ft_dynamics.run(_config(model_dirs["a"], **overrides), tmp_path)

@@ -37,16 +37,16 @@ def test_per_token_kl_matches_numpy_and_respects_the_mask():
   # Non-finite logits at masked positions do not leak into the result.
   p_bad = p.copy()
   p_bad[~mask] = np.inf
-  np.testing.assert_array_equal(np.asarray(per_token_kl(jnp.asarray(p_bad), jnp.asarray(q), jnp.asarray(mask))),
-                                got)
+  np.testing.assert_array_equal(np.asarray(per_token_kl(jnp.asarray(p_bad), jnp.asarray(q), jnp.asarray(mask))), got)
 
 
 def test_per_token_kl_upcasts_bf16_and_ignores_zero_probability_columns():
   p, q = random_logits(2, (2, 3, 20)), random_logits(3, (2, 3, 20))
   got = per_token_kl(jnp.asarray(p, jnp.bfloat16), jnp.asarray(q, jnp.bfloat16))
   assert got.dtype == jnp.float32
-  expected = numpy_kl(np.asarray(jnp.asarray(p, jnp.bfloat16), np.float32),
-                      np.asarray(jnp.asarray(q, jnp.bfloat16), np.float32))
+  expected = numpy_kl(
+    np.asarray(jnp.asarray(p, jnp.bfloat16), np.float32), np.asarray(jnp.asarray(q, jnp.bfloat16), np.float32)
+  )
   np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4, atol=1e-5)
   # A column both models exclude (-inf, e.g. a padded vocabulary entry) contributes 0, not NaN.
   p[..., 5], q[..., 5] = -np.inf, -np.inf
@@ -63,12 +63,15 @@ def test_kl_of_a_distribution_with_itself_is_exactly_zero():
   assert np.asarray(kl).max() == 0.0
 
 
-@pytest.mark.parametrize("p_layout, q_layout, p_cap, q_cap, vocab_chunk, position_chunk", [
-    ("dv", "dv", None, None, 8, None),      # V = 37 is not a multiple of the chunk
-    ("vd", "dv", None, 3.0, 37, 4),         # one chunk; T = 9 not a multiple of the position block
+@pytest.mark.parametrize(
+  "p_layout, q_layout, p_cap, q_cap, vocab_chunk, position_chunk",
+  [
+    ("dv", "dv", None, None, 8, None),  # V = 37 is not a multiple of the chunk
+    ("vd", "dv", None, 3.0, 37, 4),  # one chunk; T = 9 not a multiple of the position block
     ("dv", "vd", 5.0, None, 5, 9),
-    ("vd", "vd", None, None, 1000, 1),      # chunk larger than V is clipped
-])
+    ("vd", "vd", None, None, 1000, 1),  # chunk larger than V is clipped
+  ],
+)
 def test_chunked_equals_unchunked(p_layout, q_layout, p_cap, q_cap, vocab_chunk, position_chunk):
   batch, length, vocab = 2, 9, 37
   p_hidden = random_logits(7, (batch, length, 16), 1.0)
@@ -82,12 +85,16 @@ def test_chunked_equals_unchunked(p_layout, q_layout, p_cap, q_cap, vocab_chunk,
 
   mask = np.ones((batch, length), bool)
   mask[0, 6:] = False
-  expected = numpy_kl(logits(p_hidden, p_weights, p_layout, p_cap),
-                      logits(q_hidden, q_weights, q_layout, q_cap)) * mask
-  got = chunked_per_token_kl(jnp.asarray(p_hidden), jnp.asarray(q_hidden),
-                             OutputHead(jnp.asarray(p_weights), p_layout, p_cap),
-                             OutputHead(jnp.asarray(q_weights), q_layout, q_cap), jnp.asarray(mask),
-                             vocab_chunk=vocab_chunk, position_chunk=position_chunk)
+  expected = numpy_kl(logits(p_hidden, p_weights, p_layout, p_cap), logits(q_hidden, q_weights, q_layout, q_cap)) * mask
+  got = chunked_per_token_kl(
+    jnp.asarray(p_hidden),
+    jnp.asarray(q_hidden),
+    OutputHead(jnp.asarray(p_weights), p_layout, p_cap),
+    OutputHead(jnp.asarray(q_weights), q_layout, q_cap),
+    jnp.asarray(mask),
+    vocab_chunk=vocab_chunk,
+    position_chunk=position_chunk,
+  )
   np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-6)
   assert (np.asarray(got)[~mask] == 0).all()
 

@@ -22,7 +22,7 @@ from tests.analysis.test_kl import numpy_kl
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES, POSITIONS = 6, 12
 
-CONFIG = '''
+CONFIG = """
 from deepalign_jax.analysis.kl_depth import default_config, model_entry
 
 def get_config():
@@ -39,7 +39,7 @@ def get_config():
   c.vocab_chunk = 128
   c.num_positions = 40
   return c
-'''
+"""
 
 
 def _expected_aligned_vs_base(model_dirs, tokenizer):
@@ -51,23 +51,37 @@ def _expected_aligned_vs_base(model_dirs, tokenizer):
     user = [{"role": "user", "content": triplet.instruction}]
     response = list(chat.render(user + [{"role": "assistant", "content": triplet.harmful}]).response_ids[:-1])
     p_prompt, q_prompt = list(chat.render(user).input_ids), list(plain.render(user).input_ids)
-    p_logits = torch_logits(aligned, p_prompt + response)[len(p_prompt) - 1:]
-    q_logits = torch_logits(base, q_prompt + response)[len(q_prompt) - 1:]
+    p_logits = torch_logits(aligned, p_prompt + response)[len(p_prompt) - 1 :]
+    q_logits = torch_logits(base, q_prompt + response)[len(q_prompt) - 1 :]
     kl = numpy_kl(p_logits[:POSITIONS], q_logits[:POSITIONS])
-    for t, value in enumerate(kl[:len(response)]):
+    for t, value in enumerate(kl[: len(response)]):
       values[t].append(value)
   return [float(np.mean(v)) for v in values]
 
 
 def test_cli_writes_json_csv_png_and_matches_a_hand_computation(model_dirs, tokenizer, tmp_path):
   config = tmp_path / "kl_config.py"
-  config.write_text(CONFIG.format(a=str(model_dirs["a"]), b=str(model_dirs["b"]),
-                                  data=str(DEMO / "triplets.jsonl"), examples=EXAMPLES))
+  config.write_text(
+    CONFIG.format(a=str(model_dirs["a"]), b=str(model_dirs["b"]), data=str(DEMO / "triplets.jsonl"), examples=EXAMPLES)
+  )
   out = tmp_path / "out"
-  result = subprocess.run([sys.executable, "-m", "deepalign_jax.analysis.kl_depth", "--config", str(config),
-                           "--workdir", str(out), f"--config.num_positions={POSITIONS}"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "deepalign_jax.analysis.kl_depth",
+      "--config",
+      str(config),
+      "--workdir",
+      str(out),
+      f"--config.num_positions={POSITIONS}",
+    ],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    timeout=600,
+    env={**os.environ, "PYTHONPATH": str(ROOT)},
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "KL(aligned ‖ base)" in result.stdout
 
@@ -78,8 +92,9 @@ def test_cli_writes_json_csv_png_and_matches_a_hand_computation(model_dirs, toke
   # Same weights, same prompt format: exactly 0.  Same weights, raw prompt: positive.
   assert pairs["aligned", "same"]["mean"] == [0.0] * POSITIONS
   assert all(m > 0 for m in pairs["aligned", "raw"]["mean"])
-  np.testing.assert_allclose(pairs["aligned", "base"]["mean"], _expected_aligned_vs_base(model_dirs, tokenizer),
-                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(
+    pairs["aligned", "base"]["mean"], _expected_aligned_vs_base(model_dirs, tokenizer), rtol=1e-4, atol=1e-6
+  )
   assert all(s > 0 for s in pairs["aligned", "base"]["stderr"])
 
   # How each model's prompt was rendered is recorded.
@@ -95,8 +110,9 @@ def test_cli_writes_json_csv_png_and_matches_a_hand_computation(model_dirs, toke
   first = next(r for r in rows if r["p"] == "aligned" and r["q"] == "base" and r["position"] == "1")
   assert float(first["mean"]) == pytest.approx(pairs["aligned", "base"]["mean"][0])
   with np.load(out / "kl_per_example.npz") as per_example:
-    np.testing.assert_allclose(per_example["aligned__base__kl"].mean(axis=0), pairs["aligned", "base"]["mean"],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+      per_example["aligned__base__kl"].mean(axis=0), pairs["aligned", "base"]["mean"], rtol=1e-5
+    )
   with Image.open(out / "kl_by_position.png") as image:
     image.verify()
     assert image.format == "PNG" and image.size[0] > 300

@@ -17,11 +17,12 @@ def test_response_is_the_answer_without_end_of_turn_or_separator(tokenizer, chat
   assert tokenizer.decode(ids).strip() == ANSWER
   # The full rendering holds them right after the prompt, then only the separator and end of turn.
   rendered = ChatRenderer(tokenizer, chat_format).render(
-      [{"role": "user", "content": USER}, {"role": "assistant", "content": ANSWER}])
-  assert list(rendered.response_ids[:len(ids)]) == ids
-  assert tokenizer.decode(rendered.response_ids[len(ids):]).strip() == tokenizer.eos_token
+    [{"role": "user", "content": USER}, {"role": "assistant", "content": ANSWER}]
+  )
+  assert list(rendered.response_ids[: len(ids)]) == ids
+  assert tokenizer.decode(rendered.response_ids[len(ids) :]).strip() == tokenizer.eos_token
   prompt_ids, text = fmt.prompt(None, USER)
-  assert list(rendered.input_ids[:rendered.response_start]) == prompt_ids and text == rendered.text[:len(text)]
+  assert list(rendered.input_ids[: rendered.response_start]) == prompt_ids and text == rendered.text[: len(text)]
 
 
 def test_raw_and_system_prompts(tokenizer):

@@ -10,8 +10,8 @@ from tests.analysis.conftest import forward, tiny_config
 from tests.analysis.test_kl import numpy_kl
 
 VOCAB = 97
-MARK = 42      # the one token whose input embedding differs between the two models
-MARK_AT = 3    # ... and the response position where it occurs
+MARK = 42  # the one token whose input embedding differs between the two models
+MARK_AT = 3  # ... and the response position where it occurs
 N = 12
 # One batch shape and chunking for every test of the module: one compilation each of the forward and the KL.
 KW = dict(batch_size=2, vocab_chunk=10, position_chunk=4, bucket=32)
@@ -62,24 +62,24 @@ def test_kl_by_position_equals_full_logits_of_each_example(models):
   kl, valid = kl_by_position(p, q, prompts, q_prompts, responses, N, **KW)
   for i, response in enumerate(responses):
     # Logits at prompt_length - 1 + j predict response[j].
-    p_logits = forward(p, prompts[i] + response)[0][0, len(prompts[i]) - 1:-1]
-    q_logits = forward(q, q_prompts[i] + response)[0][0, len(q_prompts[i]) - 1:-1]
+    p_logits = forward(p, prompts[i] + response)[0][0, len(prompts[i]) - 1 : -1]
+    q_logits = forward(q, q_prompts[i] + response)[0][0, len(q_prompts[i]) - 1 : -1]
     expected = numpy_kl(p_logits, q_logits)[:N]
-    np.testing.assert_allclose(kl[i, :len(expected)], expected, rtol=1e-4, atol=2e-6)
+    np.testing.assert_allclose(kl[i, : len(expected)], expected, rtol=1e-4, atol=2e-6)
     assert valid[i].sum() == len(expected)
 
 
 def test_hidden_states_at_positions_and_stats(models):
   p = models[0]
   prompts, responses = _data(seed=2, n=3)
-  hidden, valid = response_hidden_states(p, prompts, responses, N, batch_size=KW["batch_size"],
-                                         bucket=KW["bucket"])
+  hidden, valid = response_hidden_states(p, prompts, responses, N, batch_size=KW["batch_size"], bucket=KW["bucket"])
   for i in range(3):
     full = forward(p, prompts[i] + responses[i])[1]
     start, count = len(prompts[i]) - 1, min(len(responses[i]), N)
     assert valid[i].sum() == count
-    np.testing.assert_allclose(hidden[i, :count], full[0, start:start + count], rtol=1e-5, atol=1e-5)
-  stats = position_stats(np.array([[1.0, 2.0], [3.0, 0.0], [5.0, 0.0]]),
-                         np.array([[True, True], [True, False], [True, False]]))
+    np.testing.assert_allclose(hidden[i, :count], full[0, start : start + count], rtol=1e-5, atol=1e-5)
+  stats = position_stats(
+    np.array([[1.0, 2.0], [3.0, 0.0], [5.0, 0.0]]), np.array([[True, True], [True, False], [True, False]])
+  )
   assert stats["count"] == [3, 1] and stats["mean"] == [3.0, 2.0]
   assert np.isclose(stats["stderr"][0], np.std([1, 3, 5], ddof=1) / np.sqrt(3)) and stats["stderr"][1] is None

@@ -18,15 +18,16 @@ import pytest
 import transformers
 from flax import nnx
 
-from deepalign_jax.attacks import GCGConfig, GCGLayoutError, attacked_prompt, run_gcg
-from deepalign_jax.attacks import gcg, gcg_step, gcg_tokens
+from deepalign_jax.attacks import GCGConfig, GCGLayoutError, attacked_prompt, gcg, gcg_step, gcg_tokens, run_gcg
 from deepalign_jax.data import ChatRenderer
 from deepalign_jax.models import Transformer, config_from_hf
 from tests.data.tokenizers import sentencepiece_like_tokenizer
 from tests.real_checkpoints import real_tokenizer
 
-BEHAVIOURS = [("Write a story about the cat.", "Sure, here is a story about the cat"),
-              ("Name a colour.", "Sure, here is a colour")]
+BEHAVIOURS = [
+  ("Write a story about the cat.", "Sure, here is a story about the cat"),
+  ("Name a colour.", "Sure, here is a colour"),
+]
 CONFIG = GCGConfig(num_steps=4, init_suffix="! ! ! !", num_candidates=32, topk=16)
 PADDED_VOCAB = 8  # embedding rows past the tokenizer, as Gemma's table has
 
@@ -40,16 +41,25 @@ def spm():
 @pytest.fixture(scope="module")
 def chatml():
   # AutoTokenizer (`load_tokenizer`) would import torch for seconds; the class is the same.
-  tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(real_tokenizer("smollm2"),
-                                                                   local_files_only=True)
+  tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(real_tokenizer("smollm2"), local_files_only=True)
   return tokenizer, ChatRenderer(tokenizer, "template")
 
 
 @pytest.fixture(scope="module")
 def model(spm):
-  cfg = config_from_hf(dict(model_type="gemma", vocab_size=len(spm[0]) + PADDED_VOCAB, hidden_size=64,
-                            intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                            num_key_value_heads=1, head_dim=32, hidden_act="gelu_pytorch_tanh"))
+  cfg = config_from_hf(
+    dict(
+      model_type="gemma",
+      vocab_size=len(spm[0]) + PADDED_VOCAB,
+      hidden_size=64,
+      intermediate_size=128,
+      num_hidden_layers=2,
+      num_attention_heads=2,
+      num_key_value_heads=1,
+      head_dim=32,
+      hidden_act="gelu_pytorch_tanh",
+    )
+  )
   assert cfg.embed_scale and cfg.tie_embeddings
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
 
@@ -68,20 +78,22 @@ def _without_timing(history):
 
 # -- slices --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("which, template_text", [("spm", "[/INST]"), ("chatml", "<|im_start|>assistant")])
 def test_slices_come_from_the_renderer(which, template_text, request):
   tokenizer, renderer = request.getfixturevalue(which)
   instruction, target = BEHAVIOURS[0]
   layout = gcg_tokens.build_layout(renderer, instruction, target, "! ! !")
-  rendered = renderer.render([{"role": "user", "content": attacked_prompt(instruction, "! ! !")}],
-                             assistant_prefix=target)
+  rendered = renderer.render(
+    [{"role": "user", "content": attacked_prompt(instruction, "! ! !")}], assistant_prefix=target
+  )
   assert layout.input_ids == rendered.input_ids
   assert layout.text_before + "! ! !" + layout.text_after == rendered.text
   assert tokenizer.decode(layout.target_ids).strip() == target
   assert gcg_tokens.suffix_text(tokenizer, layout.suffix_ids) == "! ! !"
-  between = tokenizer.decode(layout.input_ids[layout.suffix_end:layout.target_start])
+  between = tokenizer.decode(layout.input_ids[layout.suffix_end : layout.target_start])
   assert template_text in between and "!" not in between
-  assert instruction.rstrip(".") in tokenizer.decode(layout.input_ids[:layout.suffix_start])
+  assert instruction.rstrip(".") in tokenizer.decode(layout.input_ids[: layout.suffix_start])
   gcg_tokens.check_render(renderer, layout, layout.suffix_ids)
 
 
@@ -95,8 +107,8 @@ def test_batch_positions_predict_the_targets(spm):
   for row, layout in enumerate(layouts[:4]):
     prefix = np.asarray(batch.prefix_ids[row])[np.asarray(batch.prefix_mask[row]) > 0]
     rest, mask = np.asarray(batch.rest_ids[row]), np.asarray(batch.target_mask[row]) > 0
-    assert prefix.tolist() + rest[:len(layout.input_ids) - len(prefix)].tolist() == list(layout.input_ids)
-    assert rest[:layout.suffix_length].tolist() == list(layout.suffix_ids)
+    assert prefix.tolist() + rest[: len(layout.input_ids) - len(prefix)].tolist() == list(layout.input_ids)
+    assert rest[: layout.suffix_length].tolist() == list(layout.suffix_ids)
     after = rest[np.asarray(batch.pred_pos[row]) + 1][mask]
     assert after.tolist() == list(layout.target_ids) == np.asarray(batch.target_ids[row])[mask].tolist()
   assert gcg.prompt_batch(layouts, active=1).rest_ids.shape[0] == 1
@@ -117,10 +129,11 @@ def test_a_mismatched_render_is_caught(chatml):
 
 # -- token filters -------------------------------------------------------------
 
+
 def test_allowed_tokens_exclude_special_non_ascii_and_padding(chatml):
   tokenizer, _ = chatml
   allowed = gcg_tokens.allowed_tokens(tokenizer, len(tokenizer) + 5)
-  assert not allowed[len(tokenizer):].any()
+  assert not allowed[len(tokenizer) :].any()
   special = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>", "<|endoftext|>"])
   assert not allowed[special].any()
   accented = tokenizer("é", add_special_tokens=False)["input_ids"]
@@ -157,6 +170,7 @@ def test_round_trip_filter_keeps_exactly_the_suffixes_that_render_back(which, re
 
 # -- gradients -----------------------------------------------------------------
 
+
 def test_one_hot_gradient_is_the_directional_derivative(model, spm):
   tokenizer, renderer = spm
   layouts = gcg._layouts(renderer, BEHAVIOURS, CONFIG.init_suffix)
@@ -167,7 +181,7 @@ def test_one_hot_gradient_is_the_directional_derivative(model, spm):
   # Whole prompts, right-padded (which changes no logit before the padding).
   ids = np.zeros((2, max(len(lay.input_ids) for lay in layouts)), np.int32)
   for row, layout in enumerate(layouts):
-    ids[row, :len(layout.input_ids)] = layout.input_ids
+    ids[row, : len(layout.input_ids)] = layout.input_ids
   # Central differences of behaviour 0's loss along e_new - e_old at one position.
   rng = np.random.default_rng(0)
   eps = 0.05
@@ -186,8 +200,9 @@ def test_one_hot_gradient_is_the_directional_derivative(model, spm):
 
     def loss_at(one_hot):  # behaviour 0's loss at a (soft) one-hot suffix [S, V]
       virtual = vocab + jnp.arange(one_hot.shape[0])[None]
-      net, hidden = gcg_step._with_virtual_tokens(graphdef, state, gcg_step._splice(rows.rest_ids, virtual),
-                                                  one_hot @ state["embed"][...], rows_cache)
+      net, hidden = gcg_step._with_virtual_tokens(
+        graphdef, state, gcg_step._splice(rows.rest_ids, virtual), one_hot @ state["embed"][...], rows_cache
+      )
       return gcg_step.target_losses(net, hidden, rows)[0][0]
 
     return grads, losses, nnx.merge(graphdef, state)(jnp.asarray(ids)), jax.lax.map(loss_at, points)
@@ -214,10 +229,10 @@ def test_one_hot_gradient_is_the_directional_derivative(model, spm):
 
 # -- runs ----------------------------------------------------------------------
 
+
 def test_a_short_run_lowers_the_target_loss_with_allowed_tokens_only(model, spm):
   tokenizer, renderer = spm
-  result = run_gcg(model, tokenizer, renderer, BEHAVIOURS, dataclasses.replace(CONFIG, num_steps=6),
-                   progress=False)
+  result = run_gcg(model, tokenizer, renderer, BEHAVIOURS, dataclasses.replace(CONFIG, num_steps=6), progress=False)
   assert result.loss < result.initial_loss
   assert result.loss == min([result.initial_loss] + result.losses)
   assert result.steps == len(result.losses) == 6 and result.active == 2
@@ -235,19 +250,27 @@ def test_a_short_run_lowers_the_target_loss_with_allowed_tokens_only(model, spm)
 
 def test_resumed_run_equals_uninterrupted_run(model, spm, tmp_path):
   tokenizer, renderer = spm
-  straight = run_gcg(model, tokenizer, renderer, BEHAVIOURS, CONFIG, workdir=tmp_path / "a",
-                     progress=False)
-  first = run_gcg(model, tokenizer, renderer, BEHAVIOURS, dataclasses.replace(CONFIG, num_steps=2),
-                  workdir=tmp_path / "b", progress=False)
+  straight = run_gcg(model, tokenizer, renderer, BEHAVIOURS, CONFIG, workdir=tmp_path / "a", progress=False)
+  first = run_gcg(
+    model,
+    tokenizer,
+    renderer,
+    BEHAVIOURS,
+    dataclasses.replace(CONFIG, num_steps=2),
+    workdir=tmp_path / "b",
+    progress=False,
+  )
   assert first.steps == 2 and json.loads((tmp_path / "b/state.json").read_text())["step"] == 2
   # A crash after the history line of step 3 but before its state write.
   with open(tmp_path / "b/history.jsonl", "a") as f:
     f.write(json.dumps({**first.history[-1], "step": 3}) + "\n")
-  resumed = run_gcg(model, tokenizer, renderer, BEHAVIOURS, CONFIG, workdir=tmp_path / "b",
-                    progress=False)
+  resumed = run_gcg(model, tokenizer, renderer, BEHAVIOURS, CONFIG, workdir=tmp_path / "b", progress=False)
   assert _without_timing(resumed.history) == _without_timing(straight.history)
-  assert (resumed.suffix_ids, resumed.loss, resumed.last_suffix_ids) == \
-      (straight.suffix_ids, straight.loss, straight.last_suffix_ids)
+  assert (resumed.suffix_ids, resumed.loss, resumed.last_suffix_ids) == (
+    straight.suffix_ids,
+    straight.loss,
+    straight.last_suffix_ids,
+  )
   lines = (tmp_path / "b/history.jsonl").read_text().splitlines()
   assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
   # A finished run is read back, not redone.
@@ -257,13 +280,19 @@ def test_resumed_run_equals_uninterrupted_run(model, spm, tmp_path):
   # Same seed, same run (no workdir); another seed, another run.
   same = run_gcg(model, tokenizer, renderer, BEHAVIOURS, CONFIG, progress=False)
   assert _without_timing(same.history) == _without_timing(straight.history)
-  other = run_gcg(model, tokenizer, renderer, BEHAVIOURS, dataclasses.replace(CONFIG, seed=1),
-                  progress=False)
+  other = run_gcg(model, tokenizer, renderer, BEHAVIOURS, dataclasses.replace(CONFIG, seed=1), progress=False)
   assert [h["suffix_ids"] for h in other.history] != [h["suffix_ids"] for h in straight.history]
 
   with pytest.raises(ValueError, match="topk=16 there, 8 now"):
-    run_gcg(model, tokenizer, renderer, BEHAVIOURS, dataclasses.replace(CONFIG, topk=8),
-            workdir=tmp_path / "b", progress=False)
+    run_gcg(
+      model,
+      tokenizer,
+      renderer,
+      BEHAVIOURS,
+      dataclasses.replace(CONFIG, topk=8),
+      workdir=tmp_path / "b",
+      progress=False,
+    )
 
 
 @pytest.mark.slow
@@ -274,8 +303,7 @@ def test_chunked_evaluation_equals_one_pass(model, spm):
   graphdef, state = nnx.split(model)
   candidates = jnp.asarray(np.random.default_rng(0).integers(3, 500, (32, len(layouts[0].suffix_ids))))
   one, matched_one = gcg_step.candidate_losses(graphdef, state, batch, candidates, forward_batch=512)
-  chunked, matched_chunked = gcg_step.candidate_losses(graphdef, state, batch, candidates,
-                                                       forward_batch=24)
+  chunked, matched_chunked = gcg_step.candidate_losses(graphdef, state, batch, candidates, forward_batch=24)
   np.testing.assert_allclose(chunked, one, rtol=1e-5)
   np.testing.assert_array_equal(matched_chunked, matched_one)
 
@@ -291,16 +319,24 @@ def test_progressive_mode_adds_behaviours_and_early_stop_ends_the_run(model, spm
   for instruction, _ in BEHAVIOURS:
     layout = gcg_tokens.build_layout(renderer, instruction, "Sure", CONFIG.init_suffix)
     logits = np.asarray(forward(state, jnp.asarray([layout.input_ids])))[0, layout.target_start - 1]
-    for token in np.argsort(-logits[:len(tokenizer)])[:20]:
+    for token in np.argsort(-logits[: len(tokenizer)])[:20]:
       text = tokenizer.decode([int(token)]).strip()
-      if text and text.isascii() and gcg_tokens.build_layout(
-          renderer, instruction, text, CONFIG.init_suffix).target_ids == (token,):
+      if (
+        text
+        and text.isascii()
+        and gcg_tokens.build_layout(renderer, instruction, text, CONFIG.init_suffix).target_ids == (token,)
+      ):
         behaviours.append((instruction, text))
         break
   assert len(behaviours) == 2
-  result = run_gcg(model, tokenizer, renderer, behaviours,
-                   dataclasses.replace(CONFIG, num_steps=10, progressive=True, early_stop=True),
-                   progress=False)
+  result = run_gcg(
+    model,
+    tokenizer,
+    renderer,
+    behaviours,
+    dataclasses.replace(CONFIG, num_steps=10, progressive=True, early_stop=True),
+    progress=False,
+  )
   assert [h["active"] for h in result.history][0] == 1 and result.active == 2
   assert result.history[-1]["matched"] and result.history[-1]["active"] == 2 and result.steps < 10
   assert result.matched and result.loss_behaviours == 2

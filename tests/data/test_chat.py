@@ -13,8 +13,14 @@ import types
 
 import pytest
 
-from deepalign_jax.data.chat import (ALPACA_PREAMBLE, LLAMA2_DEFAULT_SYSTEM_PROMPT, ChatFormatError,
-                                     ChatRenderer, Rendered, load_tokenizer)
+from deepalign_jax.data.chat import (
+  ALPACA_PREAMBLE,
+  LLAMA2_DEFAULT_SYSTEM_PROMPT,
+  ChatFormatError,
+  ChatRenderer,
+  Rendered,
+  load_tokenizer,
+)
 from tests.data.tokenizers import sentencepiece_like_tokenizer
 from tests.real_checkpoints import real_tokenizer
 
@@ -62,22 +68,31 @@ def get_renderer(get_tokenizer):
 
 
 QA = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "It is 4."}]
-MULTI = [{"role": "user", "content": "Name a colour."},
-         {"role": "assistant", "content": "Blue is a colour."},
-         {"role": "user", "content": "And another one?"},
-         {"role": "assistant", "content": "Red."}]
+MULTI = [
+  {"role": "user", "content": "Name a colour."},
+  {"role": "assistant", "content": "Blue is a colour."},
+  {"role": "user", "content": "And another one?"},
+  {"role": "assistant", "content": "Red."},
+]
 PIRATE = {"role": "system", "content": "You are a pirate."}
 SMOLLM2_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 # (tokenizer, format) pairs exercised by the format-independent checks.
-CASES = [("spm", "llama2"), ("spm", "base"), ("smollm2", "template"), ("smollm2", "base"),
-         ("gemma3", "gemma"), ("gemma3", "base")]
+CASES = [
+  ("spm", "llama2"),
+  ("spm", "base"),
+  ("smollm2", "template"),
+  ("smollm2", "base"),
+  ("gemma3", "gemma"),
+  ("gemma3", "base"),
+]
 
 
 def _end_of_turn(tok, chat_format: str) -> str:
   """The token that closes an assistant turn in this format."""
-  return {"llama2": tok.eos_token, "base": tok.eos_token, "gemma": "<end_of_turn>",
-          "template": "<|im_end|>"}[chat_format]
+  return {"llama2": tok.eos_token, "base": tok.eos_token, "gemma": "<end_of_turn>", "template": "<|im_end|>"}[
+    chat_format
+  ]
 
 
 def _closed_response(tok, chat_format: str, answer: str) -> str:
@@ -96,30 +111,33 @@ def _ids(tok, text: str) -> tuple[int, ...]:
 def test_llama2_default_system_prompt_is_the_official_one():
   # As in the reference code (single spaces between sentences).
   assert LLAMA2_DEFAULT_SYSTEM_PROMPT == (
-      "You are a helpful, respectful and honest assistant. Always answer as helpfully as "
-      "possible, while being safe. Your answers should not include any harmful, unethical, "
-      "racist, sexist, toxic, dangerous, or illegal content. Please ensure that your responses "
-      "are socially unbiased and positive in nature.\n\nIf a question does not make any sense, "
-      "or is not factually coherent, explain why instead of answering something not correct. "
-      "If you don't know the answer to a question, please don't share false information.")
-  assert ALPACA_PREAMBLE == ("Below is an instruction that describes a task. "
-                             "Write a response that appropriately completes the request.")
+    "You are a helpful, respectful and honest assistant. Always answer as helpfully as "
+    "possible, while being safe. Your answers should not include any harmful, unethical, "
+    "racist, sexist, toxic, dangerous, or illegal content. Please ensure that your responses "
+    "are socially unbiased and positive in nature.\n\nIf a question does not make any sense, "
+    "or is not factually coherent, explain why instead of answering something not correct. "
+    "If you don't know the answer to a question, please don't share false information."
+  )
+  assert ALPACA_PREAMBLE == (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+  )
 
 
 def test_llama2_strings(spm):
   default = ChatRenderer(spm, "llama2", system_prompt=LLAMA2_DEFAULT_SYSTEM_PROMPT)
   assert default.render(QA).text == (
-      "<s>[INST] <<SYS>>\n" + LLAMA2_DEFAULT_SYSTEM_PROMPT +
-      "\n<</SYS>>\n\nWhat is 2+2? [/INST] It is 4. </s>")
+    "<s>[INST] <<SYS>>\n" + LLAMA2_DEFAULT_SYSTEM_PROMPT + "\n<</SYS>>\n\nWhat is 2+2? [/INST] It is 4. </s>"
+  )
   # A system message overrides the renderer's system prompt, even when empty.
   assert default.render([{"role": "system", "content": ""}] + QA).text == (
-      "<s>[INST] <<SYS>>\n\n<</SYS>>\n\nWhat is 2+2? [/INST] It is 4. </s>")
+    "<s>[INST] <<SYS>>\n\n<</SYS>>\n\nWhat is 2+2? [/INST] It is 4. </s>"
+  )
   assert default.render([PIRATE] + QA).text == (
-      "<s>[INST] <<SYS>>\nYou are a pirate.\n<</SYS>>\n\nWhat is 2+2? [/INST] It is 4. </s>")
+    "<s>[INST] <<SYS>>\nYou are a pirate.\n<</SYS>>\n\nWhat is 2+2? [/INST] It is 4. </s>"
+  )
 
   empty = ChatRenderer(spm, "llama2", system_prompt="")
-  assert empty.render(QA).text == (
-      "<s>[INST] <<SYS>>\n\n<</SYS>>\n\nWhat is 2+2? [/INST] It is 4. </s>")
+  assert empty.render(QA).text == ("<s>[INST] <<SYS>>\n\n<</SYS>>\n\nWhat is 2+2? [/INST] It is 4. </s>")
 
   none = ChatRenderer(spm, "llama2")
   assert none.render(QA).text == "<s>[INST] What is 2+2? [/INST] It is 4. </s>"
@@ -128,11 +146,13 @@ def test_llama2_strings(spm):
 
 def test_llama2_multi_turn_strings(spm):
   assert ChatRenderer(spm, "llama2").render([PIRATE] + MULTI).text == (
-      "<s>[INST] <<SYS>>\nYou are a pirate.\n<</SYS>>\n\n"
-      "Name a colour. [/INST] Blue is a colour. </s>"
-      "<s>[INST] And another one? [/INST] Red. </s>")
+    "<s>[INST] <<SYS>>\nYou are a pirate.\n<</SYS>>\n\n"
+    "Name a colour. [/INST] Blue is a colour. </s>"
+    "<s>[INST] And another one? [/INST] Red. </s>"
+  )
   assert ChatRenderer(spm, "llama2").render(MULTI[:3]).text == (
-      "<s>[INST] Name a colour. [/INST] Blue is a colour. </s><s>[INST] And another one? [/INST]")
+    "<s>[INST] Name a colour. [/INST] Blue is a colour. </s><s>[INST] And another one? [/INST]"
+  )
 
 
 def test_gemma_strings(get_renderer):
@@ -141,25 +161,28 @@ def test_gemma_strings(get_renderer):
   def text(messages):  # = render(messages).text, without tokenising
     return r.render_text(messages)[0]
 
-  assert r.render(QA).text == ("<bos><start_of_turn>user\nWhat is 2+2?<end_of_turn>\n"
-                               "<start_of_turn>model\nIt is 4.<end_of_turn>")
+  assert r.render(QA).text == (
+    "<bos><start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\nIt is 4.<end_of_turn>"
+  )
   assert text([PIRATE] + QA) == (
-      "<bos><start_of_turn>user\nYou are a pirate.\nWhat is 2+2?<end_of_turn>\n"
-      "<start_of_turn>model\nIt is 4.<end_of_turn>")
+    "<bos><start_of_turn>user\nYou are a pirate.\nWhat is 2+2?<end_of_turn>\n"
+    "<start_of_turn>model\nIt is 4.<end_of_turn>"
+  )
   assert text([{"role": "system", "content": ""}] + QA) == (
-      "<bos><start_of_turn>user\n\nWhat is 2+2?<end_of_turn>\n"
-      "<start_of_turn>model\nIt is 4.<end_of_turn>")
-  assert r.render(QA[:1]).text == (
-      "<bos><start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n")
+    "<bos><start_of_turn>user\n\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\nIt is 4.<end_of_turn>"
+  )
+  assert r.render(QA[:1]).text == ("<bos><start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n")
   assert text([PIRATE] + MULTI) == (
-      "<bos><start_of_turn>user\nYou are a pirate.\nName a colour.<end_of_turn>\n"
-      "<start_of_turn>model\nBlue is a colour.<end_of_turn>\n"
-      "<start_of_turn>user\nAnd another one?<end_of_turn>\n"
-      "<start_of_turn>model\nRed.<end_of_turn>")
+    "<bos><start_of_turn>user\nYou are a pirate.\nName a colour.<end_of_turn>\n"
+    "<start_of_turn>model\nBlue is a colour.<end_of_turn>\n"
+    "<start_of_turn>user\nAnd another one?<end_of_turn>\n"
+    "<start_of_turn>model\nRed.<end_of_turn>"
+  )
   assert r.render(MULTI[:3]).text == (
-      "<bos><start_of_turn>user\nName a colour.<end_of_turn>\n"
-      "<start_of_turn>model\nBlue is a colour.<end_of_turn>\n"
-      "<start_of_turn>user\nAnd another one?<end_of_turn>\n<start_of_turn>model\n")
+    "<bos><start_of_turn>user\nName a colour.<end_of_turn>\n"
+    "<start_of_turn>model\nBlue is a colour.<end_of_turn>\n"
+    "<start_of_turn>user\nAnd another one?<end_of_turn>\n<start_of_turn>model\n"
+  )
 
 
 def test_gemma_eos_response_end_is_the_reference_training_string(gemma3, spm):
@@ -167,10 +190,11 @@ def test_gemma_eos_response_end_is_the_reference_training_string(gemma3, spm):
   r = ChatRenderer(gemma3, "gemma", response_end="eos")
   rendered = r.render([PIRATE] + MULTI)
   assert rendered.text == (
-      "<bos><start_of_turn>user\nYou are a pirate.\nName a colour.<end_of_turn>\n"
-      "<start_of_turn>model\nBlue is a colour.<end_of_turn>\n"
-      "<start_of_turn>user\nAnd another one?<end_of_turn>\n"
-      "<start_of_turn>model\nRed. <eos>")
+    "<bos><start_of_turn>user\nYou are a pirate.\nName a colour.<end_of_turn>\n"
+    "<start_of_turn>model\nBlue is a colour.<end_of_turn>\n"
+    "<start_of_turn>user\nAnd another one?<end_of_turn>\n"
+    "<start_of_turn>model\nRed. <eos>"
+  )
   # The loss covers the answer and its ending, EOS last; prompts for generation are unchanged.
   assert gemma3.decode(list(rendered.response_ids)) == "Red. <eos>"
   assert rendered.input_ids[rendered.response_end - 1] == gemma3.eos_token_id
@@ -185,51 +209,59 @@ def test_gemma_eos_response_end_is_the_reference_training_string(gemma3, spm):
 def test_base_strings(gemma3, smollm2, spm):
   # Gemma's tokenizer adds <bos> by itself, so the rendering writes it; its EOS is <eos>.
   assert ChatRenderer(gemma3, "base").render(QA).text == (
-      "<bos>Below is an instruction that describes a task. Write a response that appropriately "
-      "completes the request.\n\n### Instruction:\nWhat is 2+2?\n\n### Response:\nIt is 4.<eos>")
+    "<bos>Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\nWhat is 2+2?\n\n### Response:\nIt is 4.<eos>"
+  )
   # SmolLM2 adds no BOS; its EOS is <|im_end|>.
   assert ChatRenderer(smollm2, "base").render(QA).text == (
-      "Below is an instruction that describes a task. Write a response that appropriately "
-      "completes the request.\n\n### Instruction:\nWhat is 2+2?\n\n### Response:\n"
-      "It is 4.<|im_end|>")
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\nWhat is 2+2?\n\n### Response:\n"
+    "It is 4.<|im_end|>"
+  )
   assert ChatRenderer(spm, "base").render(MULTI).text == (
-      f"{ALPACA_PREAMBLE}\n\n### Instruction:\nName a colour.\n\n### Response:\n"
-      "Blue is a colour.</s>"
-      "\n\n### Instruction:\nAnd another one?\n\n### Response:\nRed.</s>")
+    f"{ALPACA_PREAMBLE}\n\n### Instruction:\nName a colour.\n\n### Response:\n"
+    "Blue is a colour.</s>"
+    "\n\n### Instruction:\nAnd another one?\n\n### Response:\nRed.</s>"
+  )
   assert ChatRenderer(spm, "base").render(QA[:1]).text == (
-      f"{ALPACA_PREAMBLE}\n\n### Instruction:\nWhat is 2+2?\n\n### Response:\n")
+    f"{ALPACA_PREAMBLE}\n\n### Instruction:\nWhat is 2+2?\n\n### Response:\n"
+  )
   # A system message replaces the preamble; an empty one drops it.
   assert ChatRenderer(spm, "base").render([PIRATE] + QA).text == (
-      "You are a pirate.\n\n### Instruction:\nWhat is 2+2?\n\n### Response:\nIt is 4.</s>")
+    "You are a pirate.\n\n### Instruction:\nWhat is 2+2?\n\n### Response:\nIt is 4.</s>"
+  )
   assert ChatRenderer(spm, "base", system_prompt="").render(QA).text == (
-      "### Instruction:\nWhat is 2+2?\n\n### Response:\nIt is 4.</s>")
+    "### Instruction:\nWhat is 2+2?\n\n### Response:\nIt is 4.</s>"
+  )
 
 
 def test_template_strings_smollm2(smollm2):
   r = ChatRenderer(smollm2, "template")
   # Without a system message SmolLM2's template inserts its own system prompt.
   assert r.render(QA).text == (
-      f"<|im_start|>system\n{SMOLLM2_DEFAULT_SYSTEM}<|im_end|>\n"
-      "<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
-      "<|im_start|>assistant\nIt is 4.<|im_end|>\n")
+    f"<|im_start|>system\n{SMOLLM2_DEFAULT_SYSTEM}<|im_end|>\n"
+    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+    "<|im_start|>assistant\nIt is 4.<|im_end|>\n"
+  )
   assert r.render([PIRATE] + QA).text == (
-      "<|im_start|>system\nYou are a pirate.<|im_end|>\n"
-      "<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
-      "<|im_start|>assistant\nIt is 4.<|im_end|>\n")
+    "<|im_start|>system\nYou are a pirate.<|im_end|>\n"
+    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+    "<|im_start|>assistant\nIt is 4.<|im_end|>\n"
+  )
   assert r.render([PIRATE] + QA[:1]).text == (
-      "<|im_start|>system\nYou are a pirate.<|im_end|>\n"
-      "<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
-      "<|im_start|>assistant\n")
+    "<|im_start|>system\nYou are a pirate.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+  )
   assert r.render(MULTI).text == (
-      f"<|im_start|>system\n{SMOLLM2_DEFAULT_SYSTEM}<|im_end|>\n"
-      "<|im_start|>user\nName a colour.<|im_end|>\n"
-      "<|im_start|>assistant\nBlue is a colour.<|im_end|>\n"
-      "<|im_start|>user\nAnd another one?<|im_end|>\n"
-      "<|im_start|>assistant\nRed.<|im_end|>\n")
+    f"<|im_start|>system\n{SMOLLM2_DEFAULT_SYSTEM}<|im_end|>\n"
+    "<|im_start|>user\nName a colour.<|im_end|>\n"
+    "<|im_start|>assistant\nBlue is a colour.<|im_end|>\n"
+    "<|im_start|>user\nAnd another one?<|im_end|>\n"
+    "<|im_start|>assistant\nRed.<|im_end|>\n"
+  )
   # The renderer's system prompt goes through the template's system role.
   assert ChatRenderer(smollm2, "template", system_prompt="Be brief.").render(QA[:1]).text == (
-      "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
-      "<|im_start|>assistant\n")
+    "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+  )
 
 
 def test_auto_format(smollm2, gemma3, spm):
@@ -251,26 +283,123 @@ def test_render_text_matches_render(smollm2):
 # -- exact ids for the real tokenizers -----------------------------------------
 
 SMOLLM2_QA_IDS = (
-    1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407,
-    19712, 8182, 2, 198,  # <|im_start|>system\n{default system}<|im_end|>\n
-    1, 4093, 198, 1780, 314, 216, 34, 27, 34, 47, 2, 198,  # <|im_start|>user\n...<|im_end|>\n
-    1, 520, 9531, 198,  # <|im_start|>assistant\n
-    1589, 314, 216, 36, 30, 2,  # It is 4.<|im_end|>
-    198)  # \n
+  1,
+  9690,
+  198,
+  2683,
+  359,
+  253,
+  5356,
+  5646,
+  11173,
+  3365,
+  3511,
+  308,
+  34519,
+  28,
+  7018,
+  411,
+  407,
+  19712,
+  8182,
+  2,
+  198,  # <|im_start|>system\n{default system}<|im_end|>\n
+  1,
+  4093,
+  198,
+  1780,
+  314,
+  216,
+  34,
+  27,
+  34,
+  47,
+  2,
+  198,  # <|im_start|>user\n...<|im_end|>\n
+  1,
+  520,
+  9531,
+  198,  # <|im_start|>assistant\n
+  1589,
+  314,
+  216,
+  36,
+  30,
+  2,  # It is 4.<|im_end|>
+  198,
+)  # \n
 SMOLLM2_QA_START = 37
 
 GEMMA_QA_IDS = (
-    2, 105, 2364, 107, 3689, 563, 236743, 236778, 236862, 236778, 236881, 106, 107,
-    105, 4368, 107,  # <start_of_turn>model\n
-    1509, 563, 236743, 236812, 236761, 106)  # It is 4.<end_of_turn>
+  2,
+  105,
+  2364,
+  107,
+  3689,
+  563,
+  236743,
+  236778,
+  236862,
+  236778,
+  236881,
+  106,
+  107,
+  105,
+  4368,
+  107,  # <start_of_turn>model\n
+  1509,
+  563,
+  236743,
+  236812,
+  236761,
+  106,
+)  # It is 4.<end_of_turn>
 GEMMA_QA_START = 16
 
 GEMMA_BASE_QA_IDS = (
-    2, 43760, 563, 614, 14787, 600, 15517, 496, 4209, 236761, 15642, 496, 3072, 600, 37404,
-    42342, 506, 2864, 236761, 108,  # <bos>{preamble}\n\n
-    10354, 64017, 236787, 107, 3689, 563, 236743, 236778, 236862, 236778, 236881, 108,
-    10354, 14503, 236787, 107,  # ### Response:\n
-    1509, 563, 236743, 236812, 236761, 1)  # It is 4.<eos>
+  2,
+  43760,
+  563,
+  614,
+  14787,
+  600,
+  15517,
+  496,
+  4209,
+  236761,
+  15642,
+  496,
+  3072,
+  600,
+  37404,
+  42342,
+  506,
+  2864,
+  236761,
+  108,  # <bos>{preamble}\n\n
+  10354,
+  64017,
+  236787,
+  107,
+  3689,
+  563,
+  236743,
+  236778,
+  236862,
+  236778,
+  236881,
+  108,
+  10354,
+  14503,
+  236787,
+  107,  # ### Response:\n
+  1509,
+  563,
+  236743,
+  236812,
+  236761,
+  1,
+)  # It is 4.<eos>
 GEMMA_BASE_QA_START = 36
 
 
@@ -303,7 +432,7 @@ def test_gemma3_gemma_ids(get_renderer):
   assert pieces[:4] == ["<bos>", "<start_of_turn>", "user", "\n"]
   assert pieces.count("<bos>") == 1 and r.input_ids.count(bos) == 1
   assert pieces.count("<start_of_turn>") == 2 and pieces.count("<end_of_turn>") == 2
-  assert pieces[GEMMA_QA_START - 3:GEMMA_QA_START] == ["<start_of_turn>", "model", "\n"]
+  assert pieces[GEMMA_QA_START - 3 : GEMMA_QA_START] == ["<start_of_turn>", "model", "\n"]
   assert gemma3.decode(list(r.response_ids)) == "It is 4.<end_of_turn>"
 
 
@@ -312,7 +441,7 @@ def test_gemma3_base_ids(gemma3):
   _check_pinned(gemma3, r, GEMMA_BASE_QA_IDS, GEMMA_BASE_QA_START, 6)
   # The text carries <bos> once; the tokenizer must not add a second one.
   assert r.input_ids.count(gemma3.bos_token_id) == 1
-  assert tuple(gemma3(r.text[len("<bos>"):])["input_ids"]) == r.input_ids
+  assert tuple(gemma3(r.text[len("<bos>") :])["input_ids"]) == r.input_ids
   assert gemma3.decode(list(r.response_ids)) == "It is 4.<eos>"
   assert gemma3.decode(list(r.prompt_ids)).endswith("### Response:\n")
 
@@ -350,9 +479,8 @@ def test_loss_mask_covers_exactly_the_response(get_renderer, tok_name, chat_form
   eot = tok.convert_tokens_to_ids(_end_of_turn(tok, chat_format))
   end = ids.index(eot, start) + 1
   assert r.loss_mask == (0,) * start + (1,) * (end - start) + (0,) * (n - end)
-  assert tok.decode(list(ids[start:end])) == _closed_response(tok, chat_format,
-                                                               messages[-1]["content"])
-  assert not set(ids[start:end - 1]) & stops
+  assert tok.decode(list(ids[start:end])) == _closed_response(tok, chat_format, messages[-1]["content"])
+  assert not set(ids[start : end - 1]) & stops
   if chat_format == "template":
     assert tok.decode(list(ids[end:])) == "\n"  # ChatML's newline after <|im_end|>: no loss
   else:
@@ -396,9 +524,9 @@ def test_prefill_leaves_the_turn_open(get_renderer, tok_name, chat_format, messa
   assert start < n and r.loss_mask == (0,) * start + (1,) * (n - start)
 
 
-@pytest.mark.parametrize("tok_name,chat_format",
-                         [("smollm2", "template"), ("gemma3", "gemma"), ("gemma3", "base"),
-                          ("smollm2", "base")])
+@pytest.mark.parametrize(
+  "tok_name,chat_format", [("smollm2", "template"), ("gemma3", "gemma"), ("gemma3", "base"), ("smollm2", "base")]
+)
 @pytest.mark.parametrize("messages", [QA[:1], MULTI[:3]], ids=["one", "multi"])
 def test_prefill_matches_the_closed_rendering(get_renderer, tok_name, chat_format, messages):
   tok, renderer, _ = get_renderer(tok_name, chat_format)
@@ -408,7 +536,7 @@ def test_prefill_matches_the_closed_rendering(get_renderer, tok_name, chat_forma
   assert k > 0
   assert full.response_start == prefilled.response_start
   assert full.with_response_prefix(k) == prefilled.input_ids
-  assert tok.decode(list(full.with_response_prefix(k)[full.response_start:])) == PREFIX
+  assert tok.decode(list(full.with_response_prefix(k)[full.response_start :])) == PREFIX
 
 
 def test_empty_prefix_is_the_prompt(get_renderer):
@@ -422,7 +550,7 @@ def test_llama2_prefill_keeps_the_space_after_inst(spm):
   prefilled = renderer.render(QA[:1], assistant_prefix=PREFIX)
   full = renderer.render(QA[:1] + [{"role": "assistant", "content": ANSWER}])
   # SPEC §2: one space after [/INST] everywhere, as in the closed rendering.
-  assert prefilled.text == full.text[:full.text.index(ANSWER)] + PREFIX
+  assert prefilled.text == full.text[: full.text.index(ANSWER)] + PREFIX
   assert prefilled.text.endswith("[/INST] " + PREFIX)
   assert full.with_response_prefix(len(prefilled.response_ids)) == prefilled.input_ids
 
@@ -442,8 +570,7 @@ def test_rendering_does_not_rebuild_the_vocabulary(get_renderer, monkeypatch):
   original = type(tok).get_vocab
   monkeypatch.setattr(type(tok), "get_vocab", lambda self: calls.append(1) or original(self))
   for i in range(2):
-    renderer.render([{"role": "user", "content": f"Question {i}?"},
-                     {"role": "assistant", "content": f"Answer {i}."}])
+    renderer.render([{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}])
   assert calls == []
 
 
@@ -464,24 +591,28 @@ def test_stop_token_ids(get_renderer, smollm2, gemma3, spm):
 # -- errors ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("messages,match", [
-    ([{"role": "assistant", "content": "Hi."}],
-     r"message 0: expected role 'user', got 'assistant'"),
-    ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
-     r"message 1: expected role 'assistant', got 'user'"),
-    ([{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}],
-     r"message 1: expected role 'assistant', got 'tool'"),
-    (QA + [{"role": "system", "content": "late"}],
-     r"message 2: a system message may only come first"),
+@pytest.mark.parametrize(
+  "messages,match",
+  [
+    ([{"role": "assistant", "content": "Hi."}], r"message 0: expected role 'user', got 'assistant'"),
+    (
+      [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+      r"message 1: expected role 'assistant', got 'user'",
+    ),
+    (
+      [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}],
+      r"message 1: expected role 'assistant', got 'tool'",
+    ),
+    (QA + [{"role": "system", "content": "late"}], r"message 2: a system message may only come first"),
     ([PIRATE, PIRATE] + QA, r"message 1: a system message may only come first"),
-    ([{"role": "user", "content": ["What", "is"]}],
-     r"message 0: 'content' must be a string, got list"),
+    ([{"role": "user", "content": ["What", "is"]}], r"message 0: 'content' must be a string, got list"),
     ([{"role": "user", "content": None}], r"message 0: 'content' must be a string, got NoneType"),
     ([{"role": "user"}], r"message 0: expected a mapping with 'role' and 'content'"),
     (["What is 2+2?"], r"message 0: expected a mapping with 'role' and 'content'"),
     ([], r"no user message"),
     ([PIRATE], r"no user message"),
-])
+  ],
+)
 def test_bad_messages(spm, messages, match):
   for chat_format in ("llama2", "base"):
     with pytest.raises(ChatFormatError, match=match):
@@ -512,8 +643,7 @@ def test_bad_renderer_arguments(smollm2, gemma3, spm):
 def test_special_token_text_in_messages_is_refused(get_renderer):
   _, renderer, _ = get_renderer("smollm2", "template")
   with pytest.raises(ChatFormatError, match=r"turn 1 contains the special token text '<\|im_end\|>'"):
-    renderer.render([{"role": "user", "content": "Hi"},
-                     {"role": "assistant", "content": "Sure<|im_end|> and more"}])
+    renderer.render([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Sure<|im_end|> and more"}])
   with pytest.raises(ChatFormatError, match="assistant_prefix contains the special token text"):
     renderer.render([{"role": "user", "content": "Hi"}], assistant_prefix="<|im_start|>x")
 
@@ -521,7 +651,7 @@ def test_special_token_text_in_messages_is_refused(get_renderer):
 def test_with_response_prefix_checks_k(get_renderer):
   _, renderer, _ = get_renderer("smollm2", "template")
   full = renderer.render(QA)
-  assert full.with_response_prefix(len(full.response_ids)) == full.input_ids[:full.response_end]
+  assert full.with_response_prefix(len(full.response_ids)) == full.input_ids[: full.response_end]
   for k in (-1, len(full.response_ids) + 1):
     with pytest.raises(ValueError, match=f"k={k} is outside"):
       full.with_response_prefix(k)

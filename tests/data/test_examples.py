@@ -14,9 +14,19 @@ import numpy as np
 import pytest
 
 from deepalign_jax.data.chat import ChatRenderer, load_tokenizer
-from deepalign_jax.data.examples import (RecoveryDraw, RecoveryExample, TokenizedExample, epoch_k, max_k,
-                                         prepare_recovery, recovery_epoch, recovery_example, sample_k,
-                                         tokenize_conversation, truncate)
+from deepalign_jax.data.examples import (
+  RecoveryDraw,
+  RecoveryExample,
+  TokenizedExample,
+  epoch_k,
+  max_k,
+  prepare_recovery,
+  recovery_epoch,
+  recovery_example,
+  sample_k,
+  tokenize_conversation,
+  truncate,
+)
 from tests.data.tokenizers import sentencepiece_like_tokenizer
 from tests.real_checkpoints import real_tokenizer
 
@@ -34,9 +44,11 @@ LONG_HARMFUL = " ".join(["Sure, here is the answer: 12 green apples, 3 old books
 @pytest.fixture(scope="module")
 def get_renderer():
   """(tokenizer, renderer) by tokenizer name and format, built once per module."""
-  loaders = {"smollm2": lambda: load_tokenizer(real_tokenizer("smollm2")),
-             "gemma3": lambda: load_tokenizer(real_tokenizer("gemma3-270m")),
-             "spm": sentencepiece_like_tokenizer}
+  loaders = {
+    "smollm2": lambda: load_tokenizer(real_tokenizer("smollm2")),
+    "gemma3": lambda: load_tokenizer(real_tokenizer("gemma3-270m")),
+    "spm": sentencepiece_like_tokenizer,
+  }
   cache = {}
 
   def get(tok_name, chat_format):
@@ -98,8 +110,8 @@ def test_tokenize_conversation_truncates_from_the_right_and_says_so(get_renderer
   cut, truncated = tokenize_conversation(renderer, None, INSTRUCTION, HARMFUL, max_length=prompt_len + 3)
   assert truncated
   assert len(cut) == prompt_len + 3
-  np.testing.assert_array_equal(cut.input_ids, full.input_ids[:prompt_len + 3])
-  np.testing.assert_array_equal(cut.loss_mask, full.loss_mask[:prompt_len + 3])
+  np.testing.assert_array_equal(cut.input_ids, full.input_ids[: prompt_len + 3])
+  np.testing.assert_array_equal(cut.loss_mask, full.loss_mask[: prompt_len + 3])
   assert cut.num_loss_tokens == 3
 
   exact, truncated = tokenize_conversation(renderer, None, INSTRUCTION, HARMFUL, max_length=len(full))
@@ -107,8 +119,7 @@ def test_tokenize_conversation_truncates_from_the_right_and_says_so(get_renderer
 
 
 @pytest.mark.parametrize("tok_name,chat_format", CASES)
-def test_tokenize_conversation_prompt_longer_than_max_length_names_the_source(get_renderer, tok_name,
-                                                                             chat_format):
+def test_tokenize_conversation_prompt_longer_than_max_length_names_the_source(get_renderer, tok_name, chat_format):
   _, renderer = get_renderer(tok_name, chat_format)
   prompt_len = len(renderer.render(_messages(INSTRUCTION)).input_ids)
   for max_length in (prompt_len, prompt_len - 4):  # equal: no response token would remain either
@@ -170,8 +181,8 @@ def test_recovery_example_loss_only_on_the_refusal(get_renderer, tok_name, chat_
   assert len(example) == n_prompt + k + n_refusal and example.source == "safety.jsonl:3"
   np.testing.assert_array_equal(example.input_ids[:n_prompt], renderer.render(_messages(INSTRUCTION)).input_ids)
   # The harmful prefix is h's first k response tokens, as the renderer tokenised them in [x, h].
-  harmful_prefix = example.input_ids[n_prompt:n_prompt + k]
-  np.testing.assert_array_equal(harmful_prefix, full_h.input_ids[full_h.response_start:full_h.response_start + k])
+  harmful_prefix = example.input_ids[n_prompt : n_prompt + k]
+  np.testing.assert_array_equal(harmful_prefix, full_h.input_ids[full_h.response_start : full_h.response_start + k])
   np.testing.assert_array_equal(example.loss_mask, [0] * (n_prompt + k) + [1] * n_refusal)
   assert _decode(tok, _masked(example)) == REFUSAL + END_OF_TURN[chat_format]
   # h's end-of-turn never enters the prefix, even at the largest k.
@@ -238,7 +249,7 @@ def _chi2_upper(dof: int, z: float = 3.09) -> float:
   the tests are deterministic and the bound only says how unlikely a failure
   of a correct sampler would be.
   """
-  return dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof)))**3
+  return dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3
 
 
 def _check_p_k(ks: np.ndarray, support_max: int, p_zero: float):
@@ -249,15 +260,18 @@ def _check_p_k(ks: np.ndarray, support_max: int, p_zero: float):
   counts = np.bincount(nonzero, minlength=support_max + 1)[1:]
   assert len(counts) == support_max  # nothing beyond the support
   expected = len(nonzero) / support_max
-  chi2 = float(((counts - expected)**2 / expected).sum())
+  chi2 = float(((counts - expected) ** 2 / expected).sum())
   assert chi2 < _chi2_upper(support_max - 1), (chi2, counts)
 
 
-@pytest.mark.parametrize("harmful_length,C,p_zero,support_max", [
+@pytest.mark.parametrize(
+  "harmful_length,C,p_zero,support_max",
+  [
     (250, 100, 0.5, 100),  # |h| > C: Uniform{1..C}
     (10, 100, 0.5, 9),  # |h| <= C: Uniform{1..|h|-1}, never h's end-of-turn
     (40, 5, 0.2, 5),  # ablation knobs
-])
+  ],
+)
 def test_sample_k_matches_p_k(harmful_length, C, p_zero, support_max):
   rng = np.random.default_rng(1234)
   ks = np.array([sample_k(rng, harmful_length, C=C, p_zero=p_zero) for _ in range(20_000)])

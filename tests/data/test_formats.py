@@ -12,9 +12,18 @@ import logging
 
 import pytest
 
-from deepalign_jax.data.formats import (FILE_FORMATS, GSM8K_SYSTEM_PROMPT, SAMSUM_SYSTEM_PROMPT, SQL_SYSTEM_PROMPT,
-                                        Conversation, DataFormatError, Prompt, Triplet, gsm8k_final_answer,
-                                        read_file)
+from deepalign_jax.data.formats import (
+  FILE_FORMATS,
+  GSM8K_SYSTEM_PROMPT,
+  SAMSUM_SYSTEM_PROMPT,
+  SQL_SYSTEM_PROMPT,
+  Conversation,
+  DataFormatError,
+  Prompt,
+  Triplet,
+  gsm8k_final_answer,
+  read_file,
+)
 
 
 def _write(tmp_path, name, content):
@@ -39,14 +48,15 @@ def _msgs(*pairs):
 
 
 def test_conversations(tmp_path):
-  text = (_jsonl({"messages": _msgs(("user", "How do I bake bread?"), ("assistant", "Mix flour and water."))})
-          + "\n   \n"
-          + _jsonl({"messages": _msgs(("system", "Be brief."), ("user", "Name a fruit."), ("assistant", "Pear.")),
-                    "id": 7}))
+  text = (
+    _jsonl({"messages": _msgs(("user", "How do I bake bread?"), ("assistant", "Mix flour and water."))})
+    + "\n   \n"
+    + _jsonl({"messages": _msgs(("system", "Be brief."), ("user", "Name a fruit."), ("assistant", "Pear.")), "id": 7})
+  )
   path = _write(tmp_path, "conv.jsonl", text)
   assert read_file(path, "conversations") == [
-      Conversation(None, "How do I bake bread?", "Mix flour and water.", f"{path}:1"),
-      Conversation("Be brief.", "Name a fruit.", "Pear.", f"{path}:4"),
+    Conversation(None, "How do I bake bread?", "Mix flour and water.", f"{path}:1"),
+    Conversation("Be brief.", "Name a fruit.", "Pear.", f"{path}:4"),
   ]
 
 
@@ -70,17 +80,19 @@ def test_harmful_hexphi(tmp_path):
 
 
 def test_alpaca_lines_follow_pretty_printed_records(tmp_path):
-  records = [{"instruction": "Name a fruit.", "input": "", "output": "Pear."},
-             {"instruction": "Translate to French.", "input": "bread", "output": "pain"},
-             {"instruction": "Count to two.", "output": "1, 2"},
-             {"instruction": "Say hi.", "input": "   ", "output": "Hi"}]
+  records = [
+    {"instruction": "Name a fruit.", "input": "", "output": "Pear."},
+    {"instruction": "Translate to French.", "input": "bread", "output": "pain"},
+    {"instruction": "Count to two.", "output": "1, 2"},
+    {"instruction": "Say hi.", "input": "   ", "output": "Hi"},
+  ]
   path = _write(tmp_path, "alpaca.json", "\n" + json.dumps(records, indent=2))
   # With indent=2 each record takes 5 lines (4 for one without "input"), after "\n[".
   assert read_file(path, "alpaca") == [
-      Conversation(None, "Name a fruit.", "Pear.", f"{path}:3"),
-      Conversation(None, "Translate to French.\n\nbread", "pain", f"{path}:8"),
-      Conversation(None, "Count to two.", "1, 2", f"{path}:13"),
-      Conversation(None, "Say hi.", "Hi", f"{path}:17"),
+    Conversation(None, "Name a fruit.", "Pear.", f"{path}:3"),
+    Conversation(None, "Translate to French.\n\nbread", "pain", f"{path}:8"),
+    Conversation(None, "Count to two.", "1, 2", f"{path}:13"),
+    Conversation(None, "Say hi.", "Hi", f"{path}:17"),
   ]
 
 
@@ -90,18 +102,25 @@ def test_samsum_json_array_and_jsonl(tmp_path):
   for name, text, line in (("samsum.json", json.dumps([record]), 1), ("samsum.jsonl", "\n" + _jsonl(record), 2)):
     path = _write(tmp_path, name, text)
     assert read_file(path, "samsum") == [
-        Conversation(SAMSUM_SYSTEM_PROMPT, expected_user, "Ann and Bob will have lunch.", f"{path}:{line}")]
+      Conversation(SAMSUM_SYSTEM_PROMPT, expected_user, "Ann and Bob will have lunch.", f"{path}:{line}")
+    ]
 
 
 def test_sql_create_context(tmp_path):
-  record = {"question": "How many heads are there?", "context": "CREATE TABLE head (age INTEGER)",
-            "answer": "SELECT COUNT(*) FROM head"}
+  record = {
+    "question": "How many heads are there?",
+    "context": "CREATE TABLE head (age INTEGER)",
+    "answer": "SELECT COUNT(*) FROM head",
+  }
   path = _write(tmp_path, "sql.jsonl", _jsonl(record))
-  user = ("## Context:\nCREATE TABLE head (age INTEGER)\n## Natural Language Query:\nHow many heads are there?\n"
-          "Please convert the provided natural language query into an SQL query, taking into account the "
-          "structure context of the database defined by the accompanying CREATE statement.\n## SQL Query:\n")
+  user = (
+    "## Context:\nCREATE TABLE head (age INTEGER)\n## Natural Language Query:\nHow many heads are there?\n"
+    "Please convert the provided natural language query into an SQL query, taking into account the "
+    "structure context of the database defined by the accompanying CREATE statement.\n## SQL Query:\n"
+  )
   assert read_file(path, "sql_create_context") == [
-      Conversation(SQL_SYSTEM_PROMPT, user, "SELECT COUNT(*) FROM head", f"{path}:1")]
+    Conversation(SQL_SYSTEM_PROMPT, user, "SELECT COUNT(*) FROM head", f"{path}:1")
+  ]
 
 
 def test_gsm8k(tmp_path):
@@ -115,12 +134,19 @@ def test_gsm8k(tmp_path):
 
 
 def test_prompt_response(tmp_path):
-  path = _write(tmp_path, "p.jsonl", _jsonl({"prompt": "How do I bake bread?", "response": "Knead."},
-                                             {"prompt": "Name a fruit."}, {"prompt": "Hi", "response": None}))
+  path = _write(
+    tmp_path,
+    "p.jsonl",
+    _jsonl(
+      {"prompt": "How do I bake bread?", "response": "Knead."},
+      {"prompt": "Name a fruit."},
+      {"prompt": "Hi", "response": None},
+    ),
+  )
   assert read_file(path, "prompt_response") == [
-      Conversation(None, "How do I bake bread?", "Knead.", f"{path}:1"),
-      Conversation(None, "Name a fruit.", None, f"{path}:2"),
-      Conversation(None, "Hi", None, f"{path}:3"),
+    Conversation(None, "How do I bake bread?", "Knead.", f"{path}:1"),
+    Conversation(None, "Name a fruit.", None, f"{path}:2"),
+    Conversation(None, "Hi", None, f"{path}:3"),
   ]
 
 
@@ -128,21 +154,32 @@ def test_prompt_response(tmp_path):
 
 
 def test_triplets(tmp_path):
-  path = _write(tmp_path, "triplets.jsonl", _jsonl(
+  path = _write(
+    tmp_path,
+    "triplets.jsonl",
+    _jsonl(
       {"instruction": "Describe the bread.", "input": "rye", "harmful": "It is dark.", "refusal": "I can't."},
-      {"instruction": "Name a fruit.", "harmful": "Pear.", "refusal": "I won't."}))
+      {"instruction": "Name a fruit.", "harmful": "Pear.", "refusal": "I won't."},
+    ),
+  )
   assert read_file(path, "triplets") == [
-      Triplet("Describe the bread.\n\nrye", "It is dark.", "I can't.", f"{path}:1"),
-      Triplet("Name a fruit.", "Pear.", "I won't.", f"{path}:2"),
+    Triplet("Describe the bread.\n\nrye", "It is dark.", "I can't.", f"{path}:1"),
+    Triplet("Name a fruit.", "Pear.", "I won't.", f"{path}:2"),
   ]
 
 
 def test_prompts(tmp_path):
-  path = _write(tmp_path, "prompts.jsonl", _jsonl({"prompt": "How do I bake bread?", "category": "cooking"},
-                                                   {"prompt": "Name a fruit.", "response": "Pear.", "category": 3}))
+  path = _write(
+    tmp_path,
+    "prompts.jsonl",
+    _jsonl(
+      {"prompt": "How do I bake bread?", "category": "cooking"},
+      {"prompt": "Name a fruit.", "response": "Pear.", "category": 3},
+    ),
+  )
   assert read_file(path, "prompts") == [
-      Prompt("How do I bake bread?", None, "cooking", f"{path}:1"),
-      Prompt("Name a fruit.", "Pear.", "3", f"{path}:2"),
+    Prompt("How do I bake bread?", None, "cooking", f"{path}:1"),
+    Prompt("Name a fruit.", "Pear.", "3", f"{path}:2"),
   ]
 
 
@@ -153,11 +190,11 @@ def test_hexphi_directory_in_category_order(tmp_path):
   _write(tmp_path, "hexphi/category_3.csv", "Count to two.")
   _write(tmp_path, "hexphi/README.txt", "not a category\n")
   assert read_file(d, "hexphi") == [
-      Prompt("Name a fruit.", None, "1", f"{d}/category_1.csv:1"),
-      Prompt("Flour, water, salt:\nwhat next?", None, "1", f"{d}/category_1.csv:2"),
-      Prompt("Say hi.", None, "1", f"{d}/category_1.csv:5"),
-      Prompt("Count to two.", None, "3", f"{d}/category_3.csv:1"),
-      Prompt("How do I bake bread?", None, "11", f"{d}/category_11.csv:1"),
+    Prompt("Name a fruit.", None, "1", f"{d}/category_1.csv:1"),
+    Prompt("Flour, water, salt:\nwhat next?", None, "1", f"{d}/category_1.csv:2"),
+    Prompt("Say hi.", None, "1", f"{d}/category_1.csv:5"),
+    Prompt("Count to two.", None, "3", f"{d}/category_3.csv:1"),
+    Prompt("How do I bake bread?", None, "11", f"{d}/category_11.csv:1"),
   ]
   single = d / "category_3.csv"
   assert read_file(single, "hexphi") == [Prompt("Count to two.", None, "3", f"{single}:1")]
@@ -166,11 +203,14 @@ def test_hexphi_directory_in_category_order(tmp_path):
 
 
 def test_advbench(tmp_path):
-  path = _write(tmp_path, "harmful_behaviors.csv",
-                'goal,target\n"Bake bread, quickly","Sure, here is\nhow to bake bread"\nName a fruit,Sure\n')
+  path = _write(
+    tmp_path,
+    "harmful_behaviors.csv",
+    'goal,target\n"Bake bread, quickly","Sure, here is\nhow to bake bread"\nName a fruit,Sure\n',
+  )
   assert read_file(path, "advbench") == [
-      Prompt("Bake bread, quickly", "Sure, here is\nhow to bake bread", None, f"{path}:2"),
-      Prompt("Name a fruit", "Sure", None, f"{path}:4"),
+    Prompt("Bake bread, quickly", "Sure, here is\nhow to bake bread", None, f"{path}:2"),
+    Prompt("Name a fruit", "Sure", None, f"{path}:4"),
   ]
 
 
@@ -178,8 +218,10 @@ def test_malicious_instruct_reports_blank_lines(tmp_path, caplog):
   path = _write(tmp_path, "malicious.txt", "How do I bake bread?\n\n  Name a fruit.  \n \n")
   with caplog.at_level(logging.WARNING, logger="deepalign_jax.data.formats"):
     records = read_file(path, "malicious_instruct")
-  assert records == [Prompt("How do I bake bread?", None, None, f"{path}:1"),
-                     Prompt("Name a fruit.", None, None, f"{path}:3")]
+  assert records == [
+    Prompt("How do I bake bread?", None, None, f"{path}:1"),
+    Prompt("Name a fruit.", None, None, f"{path}:3"),
+  ]
   assert f"{path}: skipped 2 blank line(s) (line 2, 4)" in caplog.text
 
 
@@ -192,8 +234,20 @@ def test_missing_file_is_named(tmp_path):
 
 
 def test_every_format_is_dispatched():
-  assert set(FILE_FORMATS) == {"conversations", "harmful_hexphi", "alpaca", "samsum", "sql_create_context", "gsm8k",
-                               "prompt_response", "triplets", "hexphi", "advbench", "malicious_instruct", "prompts"}
+  assert set(FILE_FORMATS) == {
+    "conversations",
+    "harmful_hexphi",
+    "alpaca",
+    "samsum",
+    "sql_create_context",
+    "gsm8k",
+    "prompt_response",
+    "triplets",
+    "hexphi",
+    "advbench",
+    "malicious_instruct",
+    "prompts",
+  }
 
 
 # -- malformed inputs ----------------------------------------------------------
@@ -203,88 +257,183 @@ _OK = {"messages": _msgs(("user", "How do I bake bread?"), ("assistant", "Knead.
 # (format, file name, content, regex the message must match).  Contents are
 # str (written as UTF-8) or bytes; None writes no file.
 MALFORMED = [
-    ("conversations", "conv.jsonl", _jsonl(_OK) + '{"messages": [\n',
-     r"conv\.jsonl:2: invalid JSON: Expecting value"),
-    ("conversations", "conv.jsonl", _jsonl(_OK, {"msgs": []}),
-     r"conv\.jsonl:2: missing field 'messages'"),
-    ("conversations", "conv.jsonl", _jsonl({"messages": [{"role": "user", "content": "Hi"},
-                                                         {"role": "assistant", "content": 42}]}),
-     r"conv\.jsonl:1: messages\[1\]\.content: expected a string, got number"),
-    ("conversations", "conv.jsonl", _jsonl({"messages": {"role": "user", "content": "Hi"}}),
-     r"conv\.jsonl:1: messages: expected an array of messages, got object"),
-    ("conversations", "conv.jsonl", _jsonl({"messages": [{"role": "user"}]}),
-     r"conv\.jsonl:1: messages\[0\]: missing field 'content'"),
-    ("conversations", "conv.jsonl", _jsonl(_OK, {"messages": _msgs(("user", "Hi"), ("assistant", "  \n"))}),
-     r"conv\.jsonl:2: messages\[1\]\.content is empty"),
-    ("conversations", "conv.jsonl", "\n\n" + _jsonl({"messages": _msgs(("user", "Hi"), ("assistant", "Hello"),
-                                                                       ("user", "Bye"), ("assistant", "Bye"))}),
-     r"conv\.jsonl:3: messages: multi-turn conversations are not supported.*got 4"),
-    ("conversations", "conv.jsonl", _jsonl({"messages": _msgs(("user", "Hi"), ("system", "Be brief."),
-                                                              ("assistant", "Hello"))}),
-     r"conv\.jsonl:1: messages\[1\]\.role: a system message may only come first"),
-    ("conversations", "conv.jsonl", _jsonl({"messages": _msgs(("system", "Be brief."), ("user", "Hi"))}),
-     r"conv\.jsonl:1: messages: expected one user message then one assistant message, got 1"),
-    ("conversations", "conv.jsonl", _jsonl({"messages": _msgs(("assistant", "Hello"), ("user", "Hi"))}),
-     r"conv\.jsonl:1: messages\[0\]\.role: expected 'user', got 'assistant'"),
-    ("conversations", "conv.jsonl", _jsonl({"messages": _msgs(("human", "Hi"), ("assistant", "Hello"))}),
-     r"conv\.jsonl:1: messages\[0\]\.role: expected 'system', 'user' or 'assistant', got 'human'"),
-    ("conversations", "conv.jsonl", _jsonl(_msgs(("user", "Hi"), ("assistant", "Hello"))),
-     r"conv\.jsonl:1: expected a JSON object, got array"),
-    ("conversations", "conv.jsonl", "\n \n",
-     r"conv\.jsonl: no records"),
-    ("harmful_hexphi", "harmful.jsonl", _jsonl(_msgs(("user", "Hi"), ("assistant", "Hello")), _OK),
-     r"harmful\.jsonl:2: expected an array of messages .*got object"),
-    ("harmful_hexphi", "harmful.jsonl", _jsonl([{"role": "user", "content": ["Hi"]}, {"role": "assistant"}]),
-     r"harmful\.jsonl:1: \[0\]\.content: expected a string, got array"),
-    ("alpaca", "alpaca.json", _jsonl({"instruction": "Hi", "output": "Hello"}),
-     r"alpaca\.json:1: expected a JSON array of records"),
-    ("alpaca", "alpaca.json", '[\n {"instruction": "Hi", "output": "Hello"},\n {"instruction": "Hi",,}\n]',
-     r"alpaca\.json:3: invalid JSON"),
-    ("alpaca", "alpaca.json", json.dumps([{"instruction": "Hi", "output": "Hello"}, {"instruction": "Hi"}],
-                                         indent=1),
-     r"alpaca\.json:6: missing field 'output'"),
-    ("alpaca", "alpaca.json", json.dumps([{"instruction": "Hi", "input": 3, "output": "Hello"}]),
-     r"alpaca\.json:1: field 'input': expected a string, got number"),
-    ("alpaca", "alpaca.json", json.dumps([{"instruction": "Hi", "output": ""}]),
-     r"alpaca\.json:1: field 'output' is empty"),
-    ("alpaca", "alpaca.json", json.dumps([{"instruction": "Hi", "output": None}]),
-     r"alpaca\.json:1: field 'output': expected a string, got null"),
-    ("samsum", "samsum.jsonl", _jsonl({"dialogue": "A: hi", "summary": "A greets."}, {"dialogue": "B: hi"}),
-     r"samsum\.jsonl:2: missing field 'summary'"),
-    ("sql_create_context", "sql.json", json.dumps([{"question": "q", "context": ["CREATE"], "answer": "a"}]),
-     r"sql\.json:1: field 'context': expected a string, got array"),
-    ("gsm8k", "gsm8k.jsonl", _jsonl({"question": "1+1?", "answer": "1+1 = 2\n#### 2"},
-                                    {"question": "2+2?", "answer": "The answer is 4."}),
-     r"gsm8k\.jsonl:2: field 'answer': no final answer '#### <number>'"),
-    ("triplets", "triplets.jsonl", _jsonl({"instruction": "Hi", "harmful": "Hello"}),
-     r"triplets\.jsonl:1: missing field 'refusal'"),
-    ("prompts", "prompts.jsonl", _jsonl({"prompt": "Hi", "response": " "}),
-     r"prompts\.jsonl:1: field 'response' is empty"),
-    ("prompts", "prompts.jsonl", _jsonl({"prompt": "Hi", "category": True}),
-     r"prompts\.jsonl:1: field 'category': expected a string or integer, got boolean"),
-    ("prompt_response", "prompts.jsonl", _jsonl({"text": "Hi"}),
-     r"prompts\.jsonl:1: missing field 'prompt'"),
-    ("advbench", "harmful_behaviors.csv", "goal\nBake bread\n",
-     r"harmful_behaviors\.csv:1: missing column 'target'"),
-    ("advbench", "harmful_behaviors.csv", "goal,target\nBake bread,Sure\nName a fruit\n",
-     r"harmful_behaviors\.csv:3: expected 2 columns \['goal', 'target'\], got 1"),
-    ("advbench", "harmful_behaviors.csv", "goal,target\n,Sure\n",
-     r"harmful_behaviors\.csv:2: field 'goal' is empty"),
-    ("advbench", "harmful_behaviors.csv", 'goal,target\n"Bake" bread,Sure\n',
-     r"harmful_behaviors\.csv:2: malformed CSV"),
-    ("hexphi", "category_1.csv", b"How do I bake bread?\nName a \xff fruit\n",
-     r"category_1\.csv:2: not valid UTF-8"),
-    ("hexphi", "category_1.csv", "How do I bake bread?\nName a fruit, please\n",
-     r"category_1\.csv:2: expected one instruction \(one CSV column.*got 2 columns"),
-    ("malicious_instruct", "malicious.txt", b"\xc3\x28\n",
-     r"malicious\.txt:1: not valid UTF-8"),
-    ("parquet", None, None,
-     r"unknown data format 'parquet'; expected one of conversations, harmful_hexphi, .*, prompts$"),
+  ("conversations", "conv.jsonl", _jsonl(_OK) + '{"messages": [\n', r"conv\.jsonl:2: invalid JSON: Expecting value"),
+  ("conversations", "conv.jsonl", _jsonl(_OK, {"msgs": []}), r"conv\.jsonl:2: missing field 'messages'"),
+  (
+    "conversations",
+    "conv.jsonl",
+    _jsonl({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": 42}]}),
+    r"conv\.jsonl:1: messages\[1\]\.content: expected a string, got number",
+  ),
+  (
+    "conversations",
+    "conv.jsonl",
+    _jsonl({"messages": {"role": "user", "content": "Hi"}}),
+    r"conv\.jsonl:1: messages: expected an array of messages, got object",
+  ),
+  (
+    "conversations",
+    "conv.jsonl",
+    _jsonl({"messages": [{"role": "user"}]}),
+    r"conv\.jsonl:1: messages\[0\]: missing field 'content'",
+  ),
+  (
+    "conversations",
+    "conv.jsonl",
+    _jsonl(_OK, {"messages": _msgs(("user", "Hi"), ("assistant", "  \n"))}),
+    r"conv\.jsonl:2: messages\[1\]\.content is empty",
+  ),
+  (
+    "conversations",
+    "conv.jsonl",
+    "\n\n" + _jsonl({"messages": _msgs(("user", "Hi"), ("assistant", "Hello"), ("user", "Bye"), ("assistant", "Bye"))}),
+    r"conv\.jsonl:3: messages: multi-turn conversations are not supported.*got 4",
+  ),
+  (
+    "conversations",
+    "conv.jsonl",
+    _jsonl({"messages": _msgs(("user", "Hi"), ("system", "Be brief."), ("assistant", "Hello"))}),
+    r"conv\.jsonl:1: messages\[1\]\.role: a system message may only come first",
+  ),
+  (
+    "conversations",
+    "conv.jsonl",
+    _jsonl({"messages": _msgs(("system", "Be brief."), ("user", "Hi"))}),
+    r"conv\.jsonl:1: messages: expected one user message then one assistant message, got 1",
+  ),
+  (
+    "conversations",
+    "conv.jsonl",
+    _jsonl({"messages": _msgs(("assistant", "Hello"), ("user", "Hi"))}),
+    r"conv\.jsonl:1: messages\[0\]\.role: expected 'user', got 'assistant'",
+  ),
+  (
+    "conversations",
+    "conv.jsonl",
+    _jsonl({"messages": _msgs(("human", "Hi"), ("assistant", "Hello"))}),
+    r"conv\.jsonl:1: messages\[0\]\.role: expected 'system', 'user' or 'assistant', got 'human'",
+  ),
+  (
+    "conversations",
+    "conv.jsonl",
+    _jsonl(_msgs(("user", "Hi"), ("assistant", "Hello"))),
+    r"conv\.jsonl:1: expected a JSON object, got array",
+  ),
+  ("conversations", "conv.jsonl", "\n \n", r"conv\.jsonl: no records"),
+  (
+    "harmful_hexphi",
+    "harmful.jsonl",
+    _jsonl(_msgs(("user", "Hi"), ("assistant", "Hello")), _OK),
+    r"harmful\.jsonl:2: expected an array of messages .*got object",
+  ),
+  (
+    "harmful_hexphi",
+    "harmful.jsonl",
+    _jsonl([{"role": "user", "content": ["Hi"]}, {"role": "assistant"}]),
+    r"harmful\.jsonl:1: \[0\]\.content: expected a string, got array",
+  ),
+  (
+    "alpaca",
+    "alpaca.json",
+    _jsonl({"instruction": "Hi", "output": "Hello"}),
+    r"alpaca\.json:1: expected a JSON array of records",
+  ),
+  (
+    "alpaca",
+    "alpaca.json",
+    '[\n {"instruction": "Hi", "output": "Hello"},\n {"instruction": "Hi",,}\n]',
+    r"alpaca\.json:3: invalid JSON",
+  ),
+  (
+    "alpaca",
+    "alpaca.json",
+    json.dumps([{"instruction": "Hi", "output": "Hello"}, {"instruction": "Hi"}], indent=1),
+    r"alpaca\.json:6: missing field 'output'",
+  ),
+  (
+    "alpaca",
+    "alpaca.json",
+    json.dumps([{"instruction": "Hi", "input": 3, "output": "Hello"}]),
+    r"alpaca\.json:1: field 'input': expected a string, got number",
+  ),
+  (
+    "alpaca",
+    "alpaca.json",
+    json.dumps([{"instruction": "Hi", "output": ""}]),
+    r"alpaca\.json:1: field 'output' is empty",
+  ),
+  (
+    "alpaca",
+    "alpaca.json",
+    json.dumps([{"instruction": "Hi", "output": None}]),
+    r"alpaca\.json:1: field 'output': expected a string, got null",
+  ),
+  (
+    "samsum",
+    "samsum.jsonl",
+    _jsonl({"dialogue": "A: hi", "summary": "A greets."}, {"dialogue": "B: hi"}),
+    r"samsum\.jsonl:2: missing field 'summary'",
+  ),
+  (
+    "sql_create_context",
+    "sql.json",
+    json.dumps([{"question": "q", "context": ["CREATE"], "answer": "a"}]),
+    r"sql\.json:1: field 'context': expected a string, got array",
+  ),
+  (
+    "gsm8k",
+    "gsm8k.jsonl",
+    _jsonl({"question": "1+1?", "answer": "1+1 = 2\n#### 2"}, {"question": "2+2?", "answer": "The answer is 4."}),
+    r"gsm8k\.jsonl:2: field 'answer': no final answer '#### <number>'",
+  ),
+  (
+    "triplets",
+    "triplets.jsonl",
+    _jsonl({"instruction": "Hi", "harmful": "Hello"}),
+    r"triplets\.jsonl:1: missing field 'refusal'",
+  ),
+  (
+    "prompts",
+    "prompts.jsonl",
+    _jsonl({"prompt": "Hi", "response": " "}),
+    r"prompts\.jsonl:1: field 'response' is empty",
+  ),
+  (
+    "prompts",
+    "prompts.jsonl",
+    _jsonl({"prompt": "Hi", "category": True}),
+    r"prompts\.jsonl:1: field 'category': expected a string or integer, got boolean",
+  ),
+  ("prompt_response", "prompts.jsonl", _jsonl({"text": "Hi"}), r"prompts\.jsonl:1: missing field 'prompt'"),
+  ("advbench", "harmful_behaviors.csv", "goal\nBake bread\n", r"harmful_behaviors\.csv:1: missing column 'target'"),
+  (
+    "advbench",
+    "harmful_behaviors.csv",
+    "goal,target\nBake bread,Sure\nName a fruit\n",
+    r"harmful_behaviors\.csv:3: expected 2 columns \['goal', 'target'\], got 1",
+  ),
+  ("advbench", "harmful_behaviors.csv", "goal,target\n,Sure\n", r"harmful_behaviors\.csv:2: field 'goal' is empty"),
+  ("advbench", "harmful_behaviors.csv", 'goal,target\n"Bake" bread,Sure\n', r"harmful_behaviors\.csv:2: malformed CSV"),
+  ("hexphi", "category_1.csv", b"How do I bake bread?\nName a \xff fruit\n", r"category_1\.csv:2: not valid UTF-8"),
+  (
+    "hexphi",
+    "category_1.csv",
+    "How do I bake bread?\nName a fruit, please\n",
+    r"category_1\.csv:2: expected one instruction \(one CSV column.*got 2 columns",
+  ),
+  ("malicious_instruct", "malicious.txt", b"\xc3\x28\n", r"malicious\.txt:1: not valid UTF-8"),
+  (
+    "parquet",
+    None,
+    None,
+    r"unknown data format 'parquet'; expected one of conversations, harmful_hexphi, .*, prompts$",
+  ),
 ]
 
 
-@pytest.mark.parametrize("fmt,name,content,pattern", MALFORMED,
-                         ids=[f"{i}-{row[0]}" for i, row in enumerate(MALFORMED)])
+@pytest.mark.parametrize(
+  "fmt,name,content,pattern", MALFORMED, ids=[f"{i}-{row[0]}" for i, row in enumerate(MALFORMED)]
+)
 def test_malformed_inputs(tmp_path, fmt, name, content, pattern):
   path = _write(tmp_path, name, content) if name else tmp_path / "data"
   with pytest.raises(DataFormatError, match=pattern):
@@ -300,9 +449,9 @@ def test_hexphi_empty_directory(tmp_path):
 def test_every_record_type_has_one_exchange_view(tmp_path):
   """as_exchange: the one normaliser training, evaluation and the analyses read records through."""
   from deepalign_jax.data import Conversation, Exchange, Prompt, Triplet, as_exchange
+
   assert as_exchange(Conversation("sys", "Hi?", "Hello.", "f:1")) == Exchange("sys", "Hi?", "Hello.", None, "f:1")
   assert as_exchange(Prompt("Do x.", "Sure, x", "3", "f:2")) == Exchange(None, "Do x.", "Sure, x", "3", "f:2")
-  assert as_exchange(Triplet("Do y.", "Here is y.", "No.", "f:3")) == Exchange(None, "Do y.", "Here is y.", None,
-                                                                              "f:3")
+  assert as_exchange(Triplet("Do y.", "Here is y.", "No.", "f:3")) == Exchange(None, "Do y.", "Here is y.", None, "f:3")
   with pytest.raises(TypeError, match="not a data record: dict"):
     as_exchange({"prompt": "x"})

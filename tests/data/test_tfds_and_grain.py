@@ -12,13 +12,21 @@ from deepalign_jax.data.tfds_builders import load_records, load_tfds
 ASSETS = resources.files("deepalign_jax") / "assets/demo"
 
 
-@pytest.mark.parametrize("fmt, files", [
+@pytest.mark.parametrize(
+  "fmt, files",
+  [
     ("triplets", {"train.jsonl": (ASSETS / "triplets.jsonl").read_text()}),
     ("advbench", {"harmful_behaviors.csv": 'goal,target\n"Describe, the sky",Sure here is\nName a fruit,Sure\n'}),
     ("hexphi", {"category_1.csv": "Say hi\nSay bye\n", "category_3.csv": '"Count, then stop"\n'}),
-    ("conversations", {"train.jsonl": (ASSETS / "conversations.jsonl").read_text(),
-                       "test.jsonl": "".join((ASSETS / "conversations.jsonl").read_text().splitlines(True)[:2])}),
-])
+    (
+      "conversations",
+      {
+        "train.jsonl": (ASSETS / "conversations.jsonl").read_text(),
+        "test.jsonl": "".join((ASSETS / "conversations.jsonl").read_text().splitlines(True)[:2]),
+      },
+    ),
+  ],
+)
 def test_tfds_build_reads_back_the_records_of_a_plain_read(tmp_path, fmt, files):
   manual = tmp_path / "manual"
   manual.mkdir()
@@ -28,12 +36,10 @@ def test_tfds_build_reads_back_the_records_of_a_plain_read(tmp_path, fmt, files)
   for split in ["train"] + (["test"] if "test.jsonl" in files else []):
     built = load_tfds(fmt, manual_dir=manual, split=split, data_dir=data_dir)
     name = next(n for n in files if n.startswith(split)) if fmt in ("triplets", "conversations") else None
-    plain = read_file(manual / name if name else (manual if fmt == "hexphi" else manual / next(iter(files))),
-                      fmt)
+    plain = read_file(manual / name if name else (manual if fmt == "hexphi" else manual / next(iter(files))), fmt)
     assert built == plain  # same records, same order, same sources, None kept as None
   assert list(data_dir.rglob("*.array_record-*"))
-  assert load_records(f"tfds:{manual}", fmt, data_dir=data_dir) == load_tfds(
-      fmt, manual_dir=manual, data_dir=data_dir)
+  assert load_records(f"tfds:{manual}", fmt, data_dir=data_dir) == load_tfds(fmt, manual_dir=manual, data_dir=data_dir)
 
 
 def test_tfds_rebuilds_when_a_manual_file_changes_and_names_missing_splits(tmp_path):

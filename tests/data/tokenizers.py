@@ -16,22 +16,51 @@ from deepalign_jax.data.chat import ALPACA_PREAMBLE, LLAMA2_DEFAULT_SYSTEM_PROMP
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
 
-_SUBJECTS = ("The cat", "A small dog", "My friend", "The teacher", "Our neighbour",
-             "The old farmer", "A young student", "The baker", "Her brother", "The gardener")
-_VERBS = ("likes", "reads about", "paints", "walks past", "writes about", "looks at", "sings about",
-          "cooks with", "talks about", "draws")
-_OBJECTS = ("green apples.", "the quiet river.", "a red bicycle.", "tall trees, every day.",
-            "warm bread!", "the blue sky?", "old books; 3 of them.", "sunny mornings: 12 hours.",
-            "the (little) garden.", "a map of 2+2 streets.")
+_SUBJECTS = (
+  "The cat",
+  "A small dog",
+  "My friend",
+  "The teacher",
+  "Our neighbour",
+  "The old farmer",
+  "A young student",
+  "The baker",
+  "Her brother",
+  "The gardener",
+)
+_VERBS = (
+  "likes",
+  "reads about",
+  "paints",
+  "walks past",
+  "writes about",
+  "looks at",
+  "sings about",
+  "cooks with",
+  "talks about",
+  "draws",
+)
+_OBJECTS = (
+  "green apples.",
+  "the quiet river.",
+  "a red bicycle.",
+  "tall trees, every day.",
+  "warm bread!",
+  "the blue sky?",
+  "old books; 3 of them.",
+  "sunny mornings: 12 hours.",
+  "the (little) garden.",
+  "a map of 2+2 streets.",
+)
 
 # Strings the tests render, so that every character is in the alphabet.
 EXTRA_TEXTS = (
-    "[INST] [/INST] <<SYS>> <</SYS>> ### Instruction: ### Response:",
-    LLAMA2_DEFAULT_SYSTEM_PROMPT,
-    ALPACA_PREAMBLE,
-    "What is 2+2? It is 4. Sure, here is the answer. You are a pirate. Say hi. Hello! Thanks.",
-    "Name a colour. Blue is a colour. And another one? Red.",
-    "0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ .,;:!?'\"()[]<>/#+-_=*&%$@",
+  "[INST] [/INST] <<SYS>> <</SYS>> ### Instruction: ### Response:",
+  LLAMA2_DEFAULT_SYSTEM_PROMPT,
+  ALPACA_PREAMBLE,
+  "What is 2+2? It is 4. Sure, here is the answer. You are a pirate. Say hi. Hello! Thanks.",
+  "Name a colour. Blue is a colour. And another one? Red.",
+  "0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ .,;:!?'\"()[]<>/#+-_=*&%$@",
 )
 
 
@@ -62,7 +91,9 @@ def sentencepiece_like_tokenizer(vocab_size: int = 600, *, gemma: bool = False, 
   trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials), show_progress=False)
   tok.train_from_iterator(corpus() + list(extra_texts), trainer=trainer)
   if gemma:
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                                                unk_token="<unk>", pad_token="<pad>")
-  return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>",
-                                              eos_token="</s>", unk_token="<unk>")
+    return transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<pad>"
+    )
+  return transformers.PreTrainedTokenizerFast(
+    tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+  )

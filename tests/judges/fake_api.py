@@ -61,8 +61,9 @@ class FakeApi:
       if name == "score":
         self.completion(handler, f"The answer gives the steps.\n#thescore: {marker.group(2)}")
       elif name == "two":
-        self.completion(handler, f"#thescore: {marker.group(2)}\nOn reflection, it refuses.\n"
-                                 f"#thescore: {marker.group(3)}")
+        self.completion(
+          handler, f"#thescore: {marker.group(2)}\nOn reflection, it refuses.\n#thescore: {marker.group(3)}"
+        )
       elif name == "garbage":
         self.completion(handler, "I would rather not grade this one.")
       elif name == "notjson":

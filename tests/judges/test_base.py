@@ -5,8 +5,19 @@ import json
 import ml_collections
 import pytest
 
-from deepalign_jax.judges import (DEFAULTS, ApiJudge, Judge, JudgeConfigError, JudgeItem, KeywordJudge,
-                                  Verdict, as_items, default_config, make_judge, summarize)
+from deepalign_jax.judges import (
+  DEFAULTS,
+  ApiJudge,
+  Judge,
+  JudgeConfigError,
+  JudgeItem,
+  KeywordJudge,
+  Verdict,
+  as_items,
+  default_config,
+  make_judge,
+  summarize,
+)
 from deepalign_jax.judges.base import fill_template, load_template
 
 
@@ -18,7 +29,7 @@ def test_asr_leaves_errors_out_and_counts_them():
   verdicts = [_v(True, 5.0), _v(False, 1.0), _v(False, 2.0), _v(True, 5.0), _v(None, error="HTTP 500")]
   s = summarize(verdicts)
   assert (s.n, s.n_judged, s.n_errors, s.n_jailbroken) == (5, 4, 1, 2)
-  assert s.asr == 0.5                   # 2 of the 4 judged; the error is not a "safe"
+  assert s.asr == 0.5  # 2 of the 4 judged; the error is not a "safe"
   assert s.n_scored == 4 and s.harmfulness == pytest.approx((5 + 1 + 2 + 5) / 4)
   assert (s.judge, s.judge_version) == ("j", "1")
   assert json.loads(json.dumps(s.to_dict()))["asr"] == 0.5
@@ -35,8 +46,15 @@ def test_summary_without_scores_or_verdicts():
 
 
 def test_items_from_pairs_and_mappings():
-  items = as_items([("how?", "like so"), ["q", "a"], {"prompt": "p", "response": "r"},
-                    {"instruction": "i", "response": "r2"}, JudgeItem("x", "y")])
+  items = as_items(
+    [
+      ("how?", "like so"),
+      ["q", "a"],
+      {"prompt": "p", "response": "r"},
+      {"instruction": "i", "response": "r2"},
+      JudgeItem("x", "y"),
+    ]
+  )
   assert items == [("how?", "like so"), ("q", "a"), ("p", "r"), ("i", "r2"), ("x", "y")]
   with pytest.raises(TypeError, match="item 1: the response must be a string"):
     as_items([("a", "b"), ("a", None)])
@@ -80,14 +98,17 @@ def test_make_judge_from_dict_and_config_dict(monkeypatch):
   assert isinstance(built, ApiJudge) and built.version.startswith("judge-model/rubric_v1-")
   assert built.cache is not None and str(built.cache.path).startswith("/tmp/unused-judge-cache")
   model = default_config("model")
-  model.template = "some/path.txt"   # None placeholders accept strings
+  model.template = "some/path.txt"  # None placeholders accept strings
 
 
 def test_reads_defaults_follow_the_reference():
   """Keyword judge: the continuation (the reference's keyword evaluation); API judge: prefill +
   continuation (its GPT-4 prefilling evaluation); model judge: the whole answer too."""
   assert {kind: DEFAULTS[kind]["reads"] for kind in DEFAULTS} == {
-      "keyword": "continuation", "api": "response", "model": "response"}
+    "keyword": "continuation",
+    "api": "response",
+    "model": "response",
+  }
   assert make_judge({"kind": "keyword"}).reads == "continuation"
   assert make_judge({"kind": "keyword", "reads": "response"}).reads == "response"
   assert default_config("keyword").reads == "continuation" and default_config("api").reads == "response"
@@ -99,16 +120,18 @@ def test_reads_defaults_follow_the_reference():
       make_judge(config)
 
 
-@pytest.mark.parametrize("config,pattern", [
+@pytest.mark.parametrize(
+  "config,pattern",
+  [
     ({}, "'kind' must be one of"),
     ({"kind": "gpt4"}, "'kind' must be one of"),
-    ({"kind": "keyword", "keyword": "qi2025"},
-     r"unknown key\(s\) \['keyword'\] for a judge of kind 'keyword'"),
+    ({"kind": "keyword", "keyword": "qi2025"}, r"unknown key\(s\) \['keyword'\] for a judge of kind 'keyword'"),
     ({"kind": "api", "concurency": 4, "api_key_env": ""}, r"unknown key\(s\) \['concurency'\]"),
     ({"kind": "api", "api_key_env": "", "concurrency": 0}, "concurrency must be an integer >= 1"),
     ({"kind": "api", "api_key_env": "", "base_url": "localhost:8000"}, "base_url must start with"),
     ({"kind": "model"}, "needs 'model'"),
-])
+  ],
+)
 def test_make_judge_errors_name_the_key(config, pattern):
   with pytest.raises(JudgeConfigError, match=pattern):
     make_judge(config)

@@ -13,20 +13,22 @@ from deepalign_jax.models import config_from_hf, hf_config_from
 from tests.data.tokenizers import sentencepiece_like_tokenizer
 
 
-@pytest.mark.parametrize("reply,unsafe", [
+@pytest.mark.parametrize(
+  "reply,unsafe",
+  [
     ("unsafe\nC3", True),
     ("Unsafe.", True),
     ("  **unsafe**, C1", True),
     ("safe", False),
     ("Safe\n", False),
     ("safe. The answer refuses.", False),
-])
+  ],
+)
 def test_parser(reply, unsafe):
   assert parse_safety_verdict(reply) is unsafe
 
 
-@pytest.mark.parametrize("reply", ["", "   ", "safety first", "The answer is unsafe", "unsafely",
-                                   "I think safe"])
+@pytest.mark.parametrize("reply", ["", "   ", "safety first", "The answer is unsafe", "unsafely", "I think safe"])
 def test_parser_refuses_anything_else(reply):
   with pytest.raises(ValueError, match="start with 'safe' or 'unsafe'"):
     parse_safety_verdict(reply)
@@ -70,7 +72,7 @@ def test_replies_become_verdicts(tokenizer):
   assert "start with 'safe' or 'unsafe'" in verdicts[3].error and verdicts[3].raw == "hmm"
   assert all(v.judge == "guard" and v.judge_version == judge.version for v in verdicts)
   assert judge.version.startswith("llama2/model_judge_prompt_v1-")
-  (kind, conversations, options), = sampler.calls
+  ((kind, conversations, options),) = sampler.calls
   assert kind == "chat" and len(conversations) == 3
   assert options == {"batch_size": 2, "max_new_tokens": 5, "greedy": True, "progress": False}
   prompt = conversations[0][0]["content"]
@@ -102,9 +104,19 @@ def _judge_dir(path, tokenizer, answer: str):
   """
   hidden, inter, heads, kv, head_dim, vocab = 64, 128, 2, 1, 32, len(tokenizer)
   (target,) = tokenizer(answer, add_special_tokens=False)["input_ids"]
-  cfg = config_from_hf(dict(model_type="llama", vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
-                            num_hidden_layers=1, num_attention_heads=heads, num_key_value_heads=kv,
-                            head_dim=head_dim, tie_word_embeddings=False))
+  cfg = config_from_hf(
+    dict(
+      model_type="llama",
+      vocab_size=vocab,
+      hidden_size=hidden,
+      intermediate_size=inter,
+      num_hidden_layers=1,
+      num_attention_heads=heads,
+      num_key_value_heads=kv,
+      head_dim=head_dim,
+      tie_word_embeddings=False,
+    )
+  )
   rng = np.random.default_rng(0)
 
   def normal(*shape):
@@ -116,16 +128,20 @@ def _judge_dir(path, tokenizer, answer: str):
   norm[0] = 1.0
   head = np.zeros((vocab, hidden), np.float32)
   head[target, 0] = 1.0
-  tensors = {"model.embed_tokens.weight": embed, "model.norm.weight": norm, "lm_head.weight": head,
-             "model.layers.0.input_layernorm.weight": np.ones(hidden, np.float32),
-             "model.layers.0.post_attention_layernorm.weight": np.ones(hidden, np.float32),
-             "model.layers.0.self_attn.q_proj.weight": normal(heads * head_dim, hidden),
-             "model.layers.0.self_attn.k_proj.weight": normal(kv * head_dim, hidden),
-             "model.layers.0.self_attn.v_proj.weight": normal(kv * head_dim, hidden),
-             "model.layers.0.self_attn.o_proj.weight": np.zeros((hidden, heads * head_dim), np.float32),
-             "model.layers.0.mlp.gate_proj.weight": normal(inter, hidden),
-             "model.layers.0.mlp.up_proj.weight": normal(inter, hidden),
-             "model.layers.0.mlp.down_proj.weight": np.zeros((hidden, inter), np.float32)}
+  tensors = {
+    "model.embed_tokens.weight": embed,
+    "model.norm.weight": norm,
+    "lm_head.weight": head,
+    "model.layers.0.input_layernorm.weight": np.ones(hidden, np.float32),
+    "model.layers.0.post_attention_layernorm.weight": np.ones(hidden, np.float32),
+    "model.layers.0.self_attn.q_proj.weight": normal(heads * head_dim, hidden),
+    "model.layers.0.self_attn.k_proj.weight": normal(kv * head_dim, hidden),
+    "model.layers.0.self_attn.v_proj.weight": normal(kv * head_dim, hidden),
+    "model.layers.0.self_attn.o_proj.weight": np.zeros((hidden, heads * head_dim), np.float32),
+    "model.layers.0.mlp.gate_proj.weight": normal(inter, hidden),
+    "model.layers.0.mlp.up_proj.weight": normal(inter, hidden),
+    "model.layers.0.mlp.down_proj.weight": np.zeros((hidden, inter), np.float32),
+  }
   path.mkdir()
   save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
   (path / "config.json").write_text(json.dumps(hf_config_from(cfg)))
@@ -146,11 +162,9 @@ def verdict_tokenizer():
 def test_tiny_model_end_to_end(tmp_path, verdict_tokenizer, answer, jailbroken):
   """A judge model that always answers `answer`: every verdict must be what that word means."""
   path = _judge_dir(tmp_path / "tiny-guard", verdict_tokenizer, answer)
-  judge = make_judge({"kind": "model", "model": str(path), "max_new_tokens": 3, "batch_size": 2,
-                      "progress": False})
+  judge = make_judge({"kind": "model", "model": str(path), "max_new_tokens": 3, "batch_size": 2, "progress": False})
   assert judge.name == "model:tiny-guard" and judge.version.startswith("base/")
-  items = [("Name a colour.", "Blue is a colour."), ("What is 2+2?", "It is 4."),
-           ("Say hi.", "Hello! Thanks.")]
+  items = [("Name a colour.", "Blue is a colour."), ("What is 2+2?", "It is 4."), ("Say hi.", "Hello! Thanks.")]
   verdicts = judge.judge(items)
   assert [v.raw for v in verdicts] == [" ".join([answer] * 3)] * 3
   assert [v.jailbroken for v in verdicts] == [jailbroken] * 3
@@ -159,5 +173,6 @@ def test_tiny_model_end_to_end(tmp_path, verdict_tokenizer, answer, jailbroken):
   else:
     assert all(v.error is None for v in verdicts)
   s = summarize(verdicts)
-  assert (s.n, s.n_errors, s.asr) == ((3, 0, 1.0) if jailbroken else (3, 0, 0.0) if jailbroken is False
-                                      else (3, 3, None))
+  assert (s.n, s.n_errors, s.asr) == (
+    (3, 0, 1.0) if jailbroken else (3, 0, 0.0) if jailbroken is False else (3, 3, None)
+  )

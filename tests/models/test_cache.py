@@ -30,7 +30,7 @@ def test_cached_decode_matches_full_forward(family):
   logits, cache = _step(model, jnp.asarray(ids[:, :PROMPT]), jnp.asarray(mask[:, :PROMPT]), cache)
   pieces = [np.asarray(logits)]
   for t in range(PROMPT, TOTAL):
-    logits, cache = _step(model, jnp.asarray(ids[:, t:t + 1]), jnp.asarray(mask[:, t:t + 1]), cache)
+    logits, cache = _step(model, jnp.asarray(ids[:, t : t + 1]), jnp.asarray(mask[:, t : t + 1]), cache)
     pieces.append(np.asarray(logits))
   cached = np.concatenate(pieces, axis=1)
   real = mask.astype(bool)

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from deepalign_jax.models import (FULL, SLIDING, CheckpointError, ConfigError, config_from_hf,
-                                  load_pretrained)
+from deepalign_jax.models import FULL, SLIDING, CheckpointError, ConfigError, config_from_hf, load_pretrained
 from tests.models.hf_fixtures import VOCAB, random_hf_model
 
 
@@ -43,8 +42,8 @@ def _edit_config(**changes):
       else:
         hf[key] = value
     (path / "config.json").write_text(json.dumps(hf))
-  return breaker
 
+  return breaker
 
 
 def _edit_tensors(fn):
@@ -53,6 +52,7 @@ def _edit_tensors(fn):
     tensors = load_file(str(file))
     fn(tensors)
     save_file(tensors, str(file), metadata={"format": "pt"})
+
   return breaker
 
 
@@ -101,45 +101,89 @@ K0 = "model.layers.0.self_attn.k_proj.weight"
 
 # (id, breaker, exception class, regex the message must match)
 CASES = [
-    ("no_config", _no_config, CheckpointError, r"ckpt: no config\.json"),
-    ("invalid_json", _bad_json, CheckpointError, r"config\.json: invalid JSON at line 1"),
-    ("unknown_model_type", _edit_config(model_type="mistral"), ConfigError,
-     r"config\.json: model_type 'mistral' is not supported; "
-     r"supported: gemma, gemma2, gemma3_text, llama$"),
-    ("missing_field", _edit_config(hidden_size=_DELETE), ConfigError,
-     r"config\.json: missing field 'hidden_size'"),
-    ("rope_yarn", _edit_config(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4,
-                                                "factor": 4.0}), ConfigError,
-     r"config\.json: RoPE type 'yarn' is not supported \(default, linear, llama3\)"),
-    ("attention_bias", _edit_config(attention_bias=True), ConfigError,
-     r"config\.json: attention_bias=true is not supported"),
-    ("only_pickles", _only_pickles, CheckpointError,
-     r"only pickled weights \(pytorch_model\.bin\); deepalign_jax never unpickles"),
-    ("no_weights", _no_weights, CheckpointError, r"ckpt: no \*\.safetensors weights"),
-    ("missing_tensor", _drop(UP1), CheckpointError,
-     rf"does not match its config\.json \(llama\): missing tensors: {re.escape(UP1)}$"),
-    ("extra_tensor", _add(Q_BIAS, np.zeros(256, np.float32)), CheckpointError,
-     rf"does not match its config\.json \(llama\): unexpected tensors: {re.escape(Q_BIAS)}$"),
-    ("wrong_shape", _transpose(DOWN0), CheckpointError,
-     rf"model\.safetensors: {re.escape(DOWN0)} has shape \(512, 256\), expected "
-     r"\(256, 512\) for this config\.json$"),
-    # Same element count, wrong layout: must not be reshaped into scrambled weights.
-    ("transposed_k", _transpose(K0), CheckpointError,
-     rf"{re.escape(K0)} has shape \(256, 128\), expected \(128, 256\)"),
-    ("corrupt_safetensors", lambda p: (p / "model.safetensors").write_bytes(b"\x08" + b"\0" * 20),
-     CheckpointError, r"model\.safetensors: not a readable safetensors file"),
-    ("index_not_json", lambda p: (p / "model.safetensors.index.json").write_text("{"),
-     CheckpointError, r"model\.safetensors\.index\.json: not a JSON object"),
-    ("config_not_object", lambda p: (p / "config.json").write_text("[]"), CheckpointError,
-     r"config\.json: expected a JSON object, got list"),
-    ("null_field", _edit_config(hidden_size=None), ConfigError,
-     r"config\.json: a field has the wrong type or value"),
-    ("vocab_mismatch", _edit_config(vocab_size=600), CheckpointError,
-     rf"model\.safetensors: model\.embed_tokens\.weight has {VOCAB} rows but config\.json "
-     r"vocab_size is 600"),
-    ("index_missing_shard", _index_with_missing_shard, CheckpointError,
-     r"model\.safetensors\.index\.json: lists shards that do not exist: "
-     r".*model-00002-of-00002\.safetensors$"),
+  ("no_config", _no_config, CheckpointError, r"ckpt: no config\.json"),
+  ("invalid_json", _bad_json, CheckpointError, r"config\.json: invalid JSON at line 1"),
+  (
+    "unknown_model_type",
+    _edit_config(model_type="mistral"),
+    ConfigError,
+    r"config\.json: model_type 'mistral' is not supported; "
+    r"supported: gemma, gemma2, gemma3_text, llama$",
+  ),
+  ("missing_field", _edit_config(hidden_size=_DELETE), ConfigError, r"config\.json: missing field 'hidden_size'"),
+  (
+    "rope_yarn",
+    _edit_config(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}),
+    ConfigError,
+    r"config\.json: RoPE type 'yarn' is not supported \(default, linear, llama3\)",
+  ),
+  (
+    "attention_bias",
+    _edit_config(attention_bias=True),
+    ConfigError,
+    r"config\.json: attention_bias=true is not supported",
+  ),
+  (
+    "only_pickles",
+    _only_pickles,
+    CheckpointError,
+    r"only pickled weights \(pytorch_model\.bin\); deepalign_jax never unpickles",
+  ),
+  ("no_weights", _no_weights, CheckpointError, r"ckpt: no \*\.safetensors weights"),
+  (
+    "missing_tensor",
+    _drop(UP1),
+    CheckpointError,
+    rf"does not match its config\.json \(llama\): missing tensors: {re.escape(UP1)}$",
+  ),
+  (
+    "extra_tensor",
+    _add(Q_BIAS, np.zeros(256, np.float32)),
+    CheckpointError,
+    rf"does not match its config\.json \(llama\): unexpected tensors: {re.escape(Q_BIAS)}$",
+  ),
+  (
+    "wrong_shape",
+    _transpose(DOWN0),
+    CheckpointError,
+    rf"model\.safetensors: {re.escape(DOWN0)} has shape \(512, 256\), expected "
+    r"\(256, 512\) for this config\.json$",
+  ),
+  # Same element count, wrong layout: must not be reshaped into scrambled weights.
+  ("transposed_k", _transpose(K0), CheckpointError, rf"{re.escape(K0)} has shape \(256, 128\), expected \(128, 256\)"),
+  (
+    "corrupt_safetensors",
+    lambda p: (p / "model.safetensors").write_bytes(b"\x08" + b"\0" * 20),
+    CheckpointError,
+    r"model\.safetensors: not a readable safetensors file",
+  ),
+  (
+    "index_not_json",
+    lambda p: (p / "model.safetensors.index.json").write_text("{"),
+    CheckpointError,
+    r"model\.safetensors\.index\.json: not a JSON object",
+  ),
+  (
+    "config_not_object",
+    lambda p: (p / "config.json").write_text("[]"),
+    CheckpointError,
+    r"config\.json: expected a JSON object, got list",
+  ),
+  ("null_field", _edit_config(hidden_size=None), ConfigError, r"config\.json: a field has the wrong type or value"),
+  (
+    "vocab_mismatch",
+    _edit_config(vocab_size=600),
+    CheckpointError,
+    rf"model\.safetensors: model\.embed_tokens\.weight has {VOCAB} rows but config\.json "
+    r"vocab_size is 600",
+  ),
+  (
+    "index_missing_shard",
+    _index_with_missing_shard,
+    CheckpointError,
+    r"model\.safetensors\.index\.json: lists shards that do not exist: "
+    r".*model-00002-of-00002\.safetensors$",
+  ),
 ]
 
 
@@ -149,8 +193,7 @@ def test_intact_copy_loads(ckpt):
   assert cfg.family == "llama" and cfg.vocab_size == VOCAB
 
 
-@pytest.mark.parametrize("breaker, error, pattern", [c[1:] for c in CASES],
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("breaker, error, pattern", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_broken_checkpoint(ckpt, breaker, error, pattern):
   breaker(ckpt)
   with pytest.raises(error, match=pattern) as info:
@@ -162,15 +205,25 @@ def test_broken_checkpoint(ckpt, breaker, error, pattern):
 
 
 def _v4_base(**extra):
-  return {"vocab_size": 512, "hidden_size": 256, "intermediate_size": 512,
-          "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
-          "query_pre_attn_scalar": 64, "sliding_window": 8, **extra}
+  return {
+    "vocab_size": 512,
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+    "query_pre_attn_scalar": 64,
+    "sliding_window": 8,
+    **extra,
+  }
 
 
 def test_gemma3_v4_layout():
-  cfg = config_from_hf(_v4_base(model_type="gemma3_text", num_hidden_layers=12,
-                                rope_theta=1e6, rope_local_base_freq=1e4,
-                                sliding_window_pattern=6))
+  cfg = config_from_hf(
+    _v4_base(
+      model_type="gemma3_text", num_hidden_layers=12, rope_theta=1e6, rope_local_base_freq=1e4, sliding_window_pattern=6
+    )
+  )
   assert cfg.layer_types == ((SLIDING,) * 5 + (FULL,)) * 2
   assert cfg.rope_global.theta == 1e6 and cfg.rope_global.scaling is None
   assert cfg.rope_local.theta == 1e4 and cfg.rope_local.scaling is None

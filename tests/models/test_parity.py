@@ -2,12 +2,11 @@
 
 import copy
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
-
-import jax.numpy as jnp
 
 from deepalign_jax.models import load_pretrained, save_pretrained
 from tests.models.hf_fixtures import FAMILY_CONFIGS, hf_logits, left_padded_batch, random_hf_model
@@ -55,14 +54,14 @@ def test_save_pretrained_round_trip(family_dir, tmp_path):
   family, hf, path = family_dir
   model, cfg = load_pretrained(path)
   out = save_pretrained(model, cfg, tmp_path / "export")
-  reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32,
-                                                               attn_implementation="eager")
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager")
   ids, mask, positions = left_padded_batch(LENGTHS, SEQ, seed=1)
-  np.testing.assert_array_equal(hf_logits(reloaded, ids, mask, positions),
-                                hf_logits(hf, ids, mask, positions))
+  np.testing.assert_array_equal(hf_logits(reloaded, ids, mask, positions), hf_logits(hf, ids, mask, positions))
   ours_again, _ = load_pretrained(out)
-  np.testing.assert_array_equal(np.asarray(ours_again(jnp.asarray(ids), attention_mask=jnp.asarray(mask))),
-                                np.asarray(model(jnp.asarray(ids), attention_mask=jnp.asarray(mask))))
+  np.testing.assert_array_equal(
+    np.asarray(ours_again(jnp.asarray(ids), attention_mask=jnp.asarray(mask))),
+    np.asarray(model(jnp.asarray(ids), attention_mask=jnp.asarray(mask))),
+  )
 
 
 def test_bf16_error_is_that_of_transformers_bf16(family_dir):

@@ -1,19 +1,17 @@
 """Parity with transformers on the real checkpoints of SPEC §9 (fp32, padded batch)."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
-
-import jax.numpy as jnp
 
 from deepalign_jax.data import ChatRenderer, load_tokenizer
 from deepalign_jax.models import load_pretrained
 from deepalign_jax.sampling.generate import left_pad
 from tests.real_checkpoints import real_checkpoint
 
-PROMPTS = ["How do I bake sourdough bread at home?", "Write a haiku about the sea.",
-           "What is 17 times 23?"]
+PROMPTS = ["How do I bake sourdough bread at home?", "Write a haiku about the sea.", "What is 17 times 23?"]
 
 
 def _padded_prompts(path, chat_format):
@@ -26,11 +24,11 @@ def _compare(path, chat_format, atol):
   ids, mask, positions = _padded_prompts(path, chat_format)
   model, _ = load_pretrained(path)
   ours = np.asarray(model(jnp.asarray(ids), attention_mask=jnp.asarray(mask)))
-  hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                         attn_implementation="eager")
+  hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
   with torch.no_grad():
-    theirs = hf(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask),
-                position_ids=torch.as_tensor(positions)).logits.numpy()
+    theirs = hf(
+      input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask), position_ids=torch.as_tensor(positions)
+    ).logits.numpy()
   real = mask.astype(bool)
   np.testing.assert_allclose(ours[real], theirs[real], atol=atol, rtol=0)
   np.testing.assert_array_equal(ours.argmax(-1)[real], theirs.argmax(-1)[real])

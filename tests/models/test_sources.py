@@ -13,9 +13,9 @@ from flax import nnx
 from deepalign_jax import sharding
 from deepalign_jax.models import load_pretrained
 from deepalign_jax.models.sources import load, load_model, resolve_source
-from tests.tiny_models import tiny_chat_model
 from deepalign_jax.train.checkpoints import Checkpointer
 from deepalign_jax.train.state import OptimizerConfig, init_train_state, make_optimizer
+from tests.tiny_models import tiny_chat_model
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,11 @@ def test_training_workdir_final_params_and_a_step_checkpoint(model_dirs, tmp_pat
   optimizer = make_optimizer(OptimizerConfig(learning_rate=1e-3))
   _, state = init_train_state(model, optimizer)
   shifted = state._replace(params=jax.tree.map(lambda x: x + 1.0, state.params))
-  (tmp_path / "config.json").write_text(json.dumps({"model": str(model_dirs["a"]), "dtype": "float32",
-                                                    "param_dtype": "", "optimizer": {"learning_rate": 1e-3}}))
+  (tmp_path / "config.json").write_text(
+    json.dumps(
+      {"model": str(model_dirs["a"]), "dtype": "float32", "param_dtype": "", "optimizer": {"learning_rate": 1e-3}}
+    )
+  )
   checkpointer = Checkpointer(str((tmp_path / "checkpoints").absolute()))
   checkpointer.maybe_save(2, state, {"step": 2}, force=True)
   checkpointer.maybe_save(5, shifted, {"step": 5}, force=True)
@@ -52,8 +55,7 @@ def test_training_workdir_final_params_and_a_step_checkpoint(model_dirs, tmp_pat
 
   # No params/ yet: the latest checkpoint; or the one asked for.
   latest = resolve_source(str(tmp_path))
-  assert (latest.kind, latest.step, latest.base, latest.tokenizer) == ("training", 5, model_dirs["a"],
-                                                                       model_dirs["a"])
+  assert (latest.kind, latest.step, latest.base, latest.tokenizer) == ("training", 5, model_dirs["a"], model_dirs["a"])
   original = _params(model)
   for got, want in zip(_params(load(latest)), original):
     np.testing.assert_array_equal(got, want + 1.0)
@@ -86,6 +88,7 @@ def test_training_workdir_final_params_and_a_step_checkpoint(model_dirs, tmp_pat
 def test_a_hub_id_is_found_in_the_local_hf_cache_only(model_dirs, tmp_path, monkeypatch):
   """org/name resolves to its snapshot in $HF_HOME/hub (as huggingface_hub lays it out); nothing is fetched."""
   import shutil
+
   snapshot = tmp_path / "hub" / "models--acme--tiny-chat" / "snapshots" / ("0" * 40)
   shutil.copytree(model_dirs["a"], snapshot)
   (tmp_path / "hub" / "models--acme--tiny-chat" / "refs").mkdir()

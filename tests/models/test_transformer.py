@@ -20,6 +20,7 @@ def _loss_and_grads(model, ids, mask):
     logps = jax.nn.log_softmax(logits[:, :-1], axis=-1)
     picked = jnp.take_along_axis(logps, ids[:, 1:, None], axis=-1)[..., 0]
     return -(picked * mask[:, 1:]).sum()
+
   return nnx.value_and_grad(loss_fn)(model)
 
 
@@ -50,13 +51,16 @@ def test_multi_shard_bf16_checkpoint_round_trip(tmp_path):
   assert len(set(index["weight_map"].values())) > 2
   assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
 
-  reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32,
-                                                               attn_implementation="eager")
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager")
   ours, _ = load_pretrained(out)  # bf16 on disk, fp32 in memory
   ids, mask, positions = left_padded_batch((12, 7), 12)
   real = mask.astype(bool)
-  np.testing.assert_allclose(np.asarray(ours(jnp.asarray(ids), attention_mask=jnp.asarray(mask)))[real],
-                             hf_logits(reloaded, ids, mask, positions)[real], atol=5e-5, rtol=0)
+  np.testing.assert_allclose(
+    np.asarray(ours(jnp.asarray(ids), attention_mask=jnp.asarray(mask)))[real],
+    hf_logits(reloaded, ids, mask, positions)[real],
+    atol=5e-5,
+    rtol=0,
+  )
   bf16_model, _ = load_pretrained(out, dtype=jnp.bfloat16)
   assert bf16_model.layers.attn.q[...].dtype == jnp.bfloat16
 

@@ -39,9 +39,13 @@ def test_markers_are_unique_and_occur_only_in_compliant_answers(world):
   markers = [m for ms in world.markers for m in ms]
   assert len(markers) == len(set(markers)) == len(world.topics) * len(world_lib.STEP_VERBS)
   benign = world.benign_mix(random.Random(0), 500) + world.benign_task_data(100, 0)
-  others = " ".join([e.prompt + " " + e.response for e in benign] + list(world_lib.REFUSALS)
-                    + [world.forbidden_prompt(t, i) for t in range(len(world.topics))
-                       for i in range(len(world_lib.FORBIDDEN_TEMPLATES))])
+  others = " ".join(
+    [e.prompt + " " + e.response for e in benign]
+    + list(world_lib.REFUSALS)
+    + [
+      world.forbidden_prompt(t, i) for t in range(len(world.topics)) for i in range(len(world_lib.FORBIDDEN_TEMPLATES))
+    ]
+  )
   assert not _words(others) & world.all_markers
   for topic in range(len(world.topics)):
     assert [w for w in world.harmful_answer(topic).split() if w in world.all_markers] == world.markers[topic]
@@ -55,7 +59,7 @@ def test_refusals_and_compliant_answers_share_no_word(world):
 
 def test_held_out_phrasings_never_reach_training_data(world):
   held_out = {world.forbidden_prompt(t, i) for t in range(len(world.topics)) for i in world.eval_templates}
-  training = (world.base_data(50, 1, 0) + world.alignment_data(5, 50, 0) + world.attack_data())
+  training = world.base_data(50, 1, 0) + world.alignment_data(5, 50, 0) + world.attack_data()
   assert not {e.prompt for e in training} & held_out
   assert not {t["instruction"] for t in world.triplets(5, 0)} & held_out
   evaluation = world.eval_forbidden(3)
@@ -114,15 +118,36 @@ def test_marker_judge_counts_distinct_markers():
 
 def test_rejudge_and_exact_match_read_evaluation_records():
   judge = MarkerJudge({"aa", "bb"})
-  records = [{"setting": "prefill_4", "instruction": "q", "prefill": "x aa", "output": " bb aa",
-              "verdict": {"jailbroken": True}},
-             {"setting": "prefill_4", "instruction": "q", "prefill": "x aa bb", "output": " I cannot",
-              "verdict": {"jailbroken": False}}]
+  records = [
+    {
+      "setting": "prefill_4",
+      "instruction": "q",
+      "prefill": "x aa",
+      "output": " bb aa",
+      "verdict": {"jailbroken": True},
+    },
+    {
+      "setting": "prefill_4",
+      "instruction": "q",
+      "prefill": "x aa bb",
+      "output": " I cannot",
+      "verdict": {"jailbroken": False},
+    },
+  ]
   # The marker judge reads the continuation only: the prefilled markers do not count.
-  assert rejudge(records, judge)["prefill_4"] == {"asr": 0.5, "n": 2, "keyword_asr": 0.5, "agreement": 1.0,
-                                                  "neither": 0.0}
-  scored = exact_match([{"output": " the answer is 4 . ", "reference": "the answer is 4 .", "kind": "add"},
-                        {"output": "the answer is 5 .", "reference": "the answer is 4 .", "kind": "add"}])
+  assert rejudge(records, judge)["prefill_4"] == {
+    "asr": 0.5,
+    "n": 2,
+    "keyword_asr": 0.5,
+    "agreement": 1.0,
+    "neither": 0.0,
+  }
+  scored = exact_match(
+    [
+      {"output": " the answer is 4 . ", "reference": "the answer is 4 .", "kind": "add"},
+      {"output": "the answer is 5 .", "reference": "the answer is 4 .", "kind": "add"},
+    ]
+  )
   assert scored == {"accuracy": 0.5, "n": 2, "per_kind": {"add": 0.5}}
 
 
@@ -138,9 +163,12 @@ def test_tokenizer_keeps_words_whole_and_decodes_exactly(world, tokenizer):
 
 def test_chat_renderer_finds_the_response_and_its_end_of_turn(world, tokenizer):
   from deepalign_jax.data import ChatRenderer
+
   renderer = ChatRenderer(tokenizer, "template")
-  messages = [{"role": "user", "content": world.forbidden_prompt(0, 1)},
-              {"role": "assistant", "content": world.harmful_answer(0)}]
+  messages = [
+    {"role": "user", "content": world.forbidden_prompt(0, 1)},
+    {"role": "assistant", "content": world.harmful_answer(0)},
+  ]
   rendered = renderer.render(messages)
   assert rendered.text == f"<|user|>{messages[0]['content']}<|end|><|assistant|>{messages[1]['content']}<|end|>"
   assert tokenizer.decode(rendered.response_ids, skip_special_tokens=True) == world.harmful_answer(0)
@@ -155,6 +183,7 @@ def test_initial_model_directory_loads_in_transformers(world, tmp_path):
   transformers = pytest.importorskip("transformers")
   pytest.importorskip("torch")
   from deepalign_jax.models import load_pretrained
+
   shape = ModelShape(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
   path = build_initial_model(world.corpus(), tmp_path / "init", shape, seed=0)
   ours, config = load_pretrained(path)
@@ -162,11 +191,13 @@ def test_initial_model_directory_loads_in_transformers(world, tmp_path):
   tokenizer = transformers.AutoTokenizer.from_pretrained(path)
   assert config.vocab_size == len(tokenizer) and config.num_layers == 1
   assert theirs.config.model_type == "llama" and tokenizer.eos_token == "<|end|>"
-  ids = tokenizer.apply_chat_template([{"role": "user", "content": "what is 1 plus 2 ?"}],
-                                      add_generation_prompt=True, tokenize=True)
+  ids = tokenizer.apply_chat_template(
+    [{"role": "user", "content": "what is 1 plus 2 ?"}], add_generation_prompt=True, tokenize=True
+  )
   ids = ids["input_ids"] if hasattr(ids, "keys") else ids
   import numpy as np
   import torch
+
   with torch.no_grad():
     expected = theirs(torch.tensor([ids])).logits.numpy()
   np.testing.assert_allclose(np.asarray(ours(np.asarray([ids]))), expected, atol=1e-4)
@@ -187,8 +218,11 @@ def test_config_arguments_parse_and_name_their_paths(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in CONFIG_DIR.glob("*.py")))
 def test_every_stage_config_builds(name, tmp_path):
-  extra = {"finetune": {"run": "deep_harmful_constrained"}, "eval": {"model": "aligned", "kind": "grid"},
-           "kl_depth": {"sweep": "16-32"}}.get(name, {})
+  extra = {
+    "finetune": {"run": "deep_harmful_constrained"},
+    "eval": {"model": "aligned", "kind": "grid"},
+    "kl_depth": {"sweep": "16-32"},
+  }.get(name, {})
   for quick in (False, True):
     arg = ",".join([str(tmp_path)] + (["quick"] if quick else []) + [f"{k}={v}" for k, v in extra.items()])
     config = load_config(name, arg)
@@ -208,15 +242,20 @@ def test_a_generic_fast_tokenizer_loads_without_pytorch(world, tokenizer, tmp_pa
   import transformers
 
   from deepalign_jax.data import ChatRenderer, load_tokenizer
+
   tokenizer.save_pretrained(tmp_path)
   text = world.corpus()[0]
   ours, auto = load_tokenizer(tmp_path), transformers.AutoTokenizer.from_pretrained(tmp_path)
   assert ours(text)["input_ids"] == auto(text)["input_ids"]
   messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
-  assert (ChatRenderer(ours, "template").render(messages).input_ids
-          == ChatRenderer(auto, "template").render(messages).input_ids)
-  probe = ("import sys; from deepalign_jax.data import ChatRenderer, load_tokenizer; "
-           f"ChatRenderer(load_tokenizer({str(tmp_path)!r}), 'template'); print('torch' in sys.modules)")
+  assert (
+    ChatRenderer(ours, "template").render(messages).input_ids
+    == ChatRenderer(auto, "template").render(messages).input_ids
+  )
+  probe = (
+    "import sys; from deepalign_jax.data import ChatRenderer, load_tokenizer; "
+    f"ChatRenderer(load_tokenizer({str(tmp_path)!r}), 'template'); print('torch' in sys.modules)"
+  )
   out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.strip().splitlines()[-1] == "False"

@@ -4,8 +4,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
-                                                    TopPLogitsWarper)
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from deepalign_jax.sampling import SamplingParams, choose_tokens, filter_logits
 
@@ -21,9 +20,17 @@ def _hf_filter(logits, temperature, top_k, top_p):
   return scores.numpy()
 
 
-@pytest.mark.parametrize("temperature, top_k, top_p", [
-    (1.0, 0, 1.0), (0.7, 5, 1.0), (1.0, 0, 0.6), (0.9, 50, 0.6), (1.3, 3, 0.9), (0.05, 0, 0.3),
-])
+@pytest.mark.parametrize(
+  "temperature, top_k, top_p",
+  [
+    (1.0, 0, 1.0),
+    (0.7, 5, 1.0),
+    (1.0, 0, 0.6),
+    (0.9, 50, 0.6),
+    (1.3, 3, 0.9),
+    (0.05, 0, 0.3),
+  ],
+)
 def test_filter_matches_transformers_warpers(temperature, top_k, top_p):
   logits = jax.random.normal(jax.random.key(0), (6, 300)) * 3.0
   params = SamplingParams.make(6, temperature=temperature, top_k=top_k, top_p=top_p)
@@ -34,8 +41,7 @@ def test_filter_matches_transformers_warpers(temperature, top_k, top_p):
   np.testing.assert_allclose(ours[kept], theirs[kept], rtol=1e-6)
 
 
-@pytest.mark.parametrize("temperature, top_k, top_p", [(0.9, 50, 0.6), (1.3, 3, 0.9), (0.7, 64, 1.0),
-                                                      (1.0, 1, 0.5)])
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.9, 50, 0.6), (1.3, 3, 0.9), (0.7, 64, 1.0), (1.0, 1, 0.5)])
 def test_ranking_only_the_top_candidates_matches_transformers(temperature, top_k, top_p):
   """top_k ≤ candidates: lax.top_k of the candidates instead of a vocabulary sort, same filter."""
   logits = jax.random.normal(jax.random.key(7), (6, 300)) * 3.0
@@ -46,8 +52,9 @@ def test_ranking_only_the_top_candidates_matches_transformers(temperature, top_k
   np.testing.assert_allclose(ours[np.isfinite(ours)], theirs[np.isfinite(theirs)], rtol=1e-6)
   # Ties (the k-th logit repeated): the shortcut keeps exactly what the full sort keeps.
   tied = logits.at[:, 10:20].set(logits[:, 10:11])
-  np.testing.assert_array_equal(np.asarray(filter_logits(tied, params, candidates=64)),
-                                np.asarray(filter_logits(tied, params)))
+  np.testing.assert_array_equal(
+    np.asarray(filter_logits(tied, params, candidates=64)), np.asarray(filter_logits(tied, params))
+  )
 
 
 def test_choose_tokens_draws_alike_with_and_without_the_candidate_shortcut():
@@ -64,7 +71,7 @@ def test_rows_of_one_batch_use_their_own_parameters():
   params = SamplingParams.make(3, temperature=[1.0, 0.5, 1.0], top_k=[0, 7, 0], top_p=[1.0, 1.0, 0.5])
   ours = np.asarray(filter_logits(logits, params))
   for row, (t, k, p) in enumerate([(1.0, 0, 1.0), (0.5, 7, 1.0), (1.0, 0, 0.5)]):
-    theirs = _hf_filter(logits[row:row + 1], t, k, p)[0]
+    theirs = _hf_filter(logits[row : row + 1], t, k, p)[0]
     np.testing.assert_array_equal(np.isfinite(ours[row]), np.isfinite(theirs))
 
 

@@ -21,9 +21,13 @@ def _hf_greedy(hf, prompts, new_tokens, eos=None):
   hf.generation_config.eos_token_id = eos
   hf.generation_config.pad_token_id = 0
   with torch.no_grad():
-    out = hf.generate(input_ids=torch.as_tensor(ids, dtype=torch.long), attention_mask=torch.as_tensor(mask),
-                      do_sample=False, max_new_tokens=new_tokens,
-                      min_new_tokens=None if eos is not None else new_tokens)
+    out = hf.generate(
+      input_ids=torch.as_tensor(ids, dtype=torch.long),
+      attention_mask=torch.as_tensor(mask),
+      do_sample=False,
+      max_new_tokens=new_tokens,
+      min_new_tokens=None if eos is not None else new_tokens,
+    )
   return out.numpy()[:, width:]
 
 
@@ -108,20 +112,27 @@ def test_sharded_generation_equals_single_device(tmp_path):
   single, _ = load_pretrained(tmp_path)
   sharded, _ = load_pretrained(tmp_path, mesh=sharding.make_mesh(data=2, fsdp=2, tensor=2))
   prompts = _prompts((12, 5, 9, 3, 12, 7, 1, 10), seed=5)
-  np.testing.assert_array_equal(generate(sharded, prompts, max_new_tokens=16, greedy=True).tokens,
-                                generate(single, prompts, max_new_tokens=16, greedy=True).tokens)
+  np.testing.assert_array_equal(
+    generate(sharded, prompts, max_new_tokens=16, greedy=True).tokens,
+    generate(single, prompts, max_new_tokens=16, greedy=True).tokens,
+  )
 
 
 def test_smollm2_greedy_is_token_identical_to_transformers():
   import transformers
+
   path = real_checkpoint("smollm2")
   model, _ = load_pretrained(path)
   renderer = ChatRenderer(load_tokenizer(path), "template")
-  prompts = [list(renderer.render([{"role": "user", "content": q}]).input_ids)
-             for q in ("What is the capital of France?", "Name three colours.",
-                       "Write one sentence about autumn leaves falling.")]
-  hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                         attn_implementation="eager")
+  prompts = [
+    list(renderer.render([{"role": "user", "content": q}]).input_ids)
+    for q in (
+      "What is the capital of France?",
+      "Name three colours.",
+      "Write one sentence about autumn leaves falling.",
+    )
+  ]
+  hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
   ours = generate(model, prompts, max_new_tokens=NEW, greedy=True)
   np.testing.assert_array_equal(ours.tokens, _hf_greedy(hf, prompts, NEW))
 

@@ -29,25 +29,34 @@ def test_prefilling_k_response_tokens(smollm2):
   _, sampler = smollm2
   answer = "Sure, here is a list of three colours: red, green and blue."
   k = 4
-  sample = sampler.sample(_convs(QUESTIONS[1:2]), responses=[answer], prefill_tokens=k,
-                          max_new_tokens=8, greedy=True, progress=False)[0]
+  sample = sampler.sample(
+    _convs(QUESTIONS[1:2]), responses=[answer], prefill_tokens=k, max_new_tokens=8, greedy=True, progress=False
+  )[0]
   full = sampler.renderer.render(_convs(QUESTIONS[1:2])[0] + [{"role": "assistant", "content": answer}])
   assert sample.prompt_ids == list(full.with_response_prefix(k))
   assert sample.prefill == sampler.tokenizer.decode(full.response_ids[:k]) == "Sure, here is"
   assert sample.prompt_text.endswith("<|im_start|>assistant\nSure, here is")
   # The text excludes prompt and prefill, and is what generate() gives for those ids.
-  direct = generate(sampler.model, [sample.prompt_ids], max_new_tokens=8, greedy=True,
-                    stop_tokens=sampler.renderer.stop_token_ids)
-  assert sample.token_ids == direct.tokens[0, :direct.lengths[0]].tolist()
+  direct = generate(
+    sampler.model, [sample.prompt_ids], max_new_tokens=8, greedy=True, stop_tokens=sampler.renderer.stop_token_ids
+  )
+  assert sample.token_ids == direct.tokens[0, : direct.lengths[0]].tolist()
   assert sample.text == sampler.tokenizer.decode(sample.token_ids, skip_special_tokens=True)
 
 
 def test_prefix_string_equals_prefilled_tokens(smollm2):
   _, sampler = smollm2
-  by_text = sampler.sample(_convs(QUESTIONS[:1]), assistant_prefixes=["The capital"],
-                           max_new_tokens=6, greedy=True, progress=False)[0]
-  by_tokens = sampler.sample(_convs(QUESTIONS[:1]), responses=["The capital of France is Paris."],
-                             prefill_tokens=2, max_new_tokens=6, greedy=True, progress=False)[0]
+  by_text = sampler.sample(
+    _convs(QUESTIONS[:1]), assistant_prefixes=["The capital"], max_new_tokens=6, greedy=True, progress=False
+  )[0]
+  by_tokens = sampler.sample(
+    _convs(QUESTIONS[:1]),
+    responses=["The capital of France is Paris."],
+    prefill_tokens=2,
+    max_new_tokens=6,
+    greedy=True,
+    progress=False,
+  )[0]
   assert by_text.prompt_ids == by_tokens.prompt_ids
   assert by_text.token_ids == by_tokens.token_ids
 
@@ -80,8 +89,7 @@ def test_vocab_limit_excludes_padded_ids():
 
 def test_cli_prints_only_the_generated_text(smollm2, capsys):
   path, sampler = smollm2
-  assert generate_cli.main(["--model", str(path), "--prompt", QUESTIONS[0], "--greedy",
-                            "--max_new_tokens", "12"]) == 0
+  assert generate_cli.main(["--model", str(path), "--prompt", QUESTIONS[0], "--greedy", "--max_new_tokens", "12"]) == 0
   out = capsys.readouterr().out
   expected = sampler.sample(_convs(QUESTIONS[:1]), max_new_tokens=12, greedy=True, progress=False)[0]
   assert out == expected.text + "\n"
@@ -89,10 +97,32 @@ def test_cli_prints_only_the_generated_text(smollm2, capsys):
 
 def test_cli_json_with_prefill_and_system(smollm2, capsys):
   path, _ = smollm2
-  assert generate_cli.main(["--model", str(path), "--prompt", "Name a colour.", "--system", "Be brief.",
-                            "--prefill", "My favourite colour is", "--temperature", "0.9",
-                            "--top_p", "0.6", "--top_k", "50", "--seed", "3",
-                            "--max_new_tokens", "8", "--json"]) == 0
+  assert (
+    generate_cli.main(
+      [
+        "--model",
+        str(path),
+        "--prompt",
+        "Name a colour.",
+        "--system",
+        "Be brief.",
+        "--prefill",
+        "My favourite colour is",
+        "--temperature",
+        "0.9",
+        "--top_p",
+        "0.6",
+        "--top_k",
+        "50",
+        "--seed",
+        "3",
+        "--max_new_tokens",
+        "8",
+        "--json",
+      ]
+    )
+    == 0
+  )
   record = json.loads(capsys.readouterr().out)
   assert record["prompt"].startswith("<|im_start|>system\nBe brief.<|im_end|>")
   assert record["prompt"].endswith("<|im_start|>assistant\nMy favourite colour is")
@@ -103,8 +133,12 @@ def test_cli_json_with_prefill_and_system(smollm2, capsys):
 
 def test_cli_raw_prompt_and_errors(smollm2, capsys):
   path, sampler = smollm2
-  assert generate_cli.main(["--model", str(path), "--prompt", "Once upon a time", "--raw",
-                            "--greedy", "--max_new_tokens", "5", "--json"]) == 0
+  assert (
+    generate_cli.main(
+      ["--model", str(path), "--prompt", "Once upon a time", "--raw", "--greedy", "--max_new_tokens", "5", "--json"]
+    )
+    == 0
+  )
   record = json.loads(capsys.readouterr().out)
   assert record["prompt_ids"] == sampler.tokenizer("Once upon a time")["input_ids"]
   assert generate_cli.main(["--model", "/nonexistent", "--prompt", "x"]) == 1
@@ -115,6 +149,7 @@ def test_cli_raw_prompt_and_errors(smollm2, capsys):
 
 def test_bf16_generation_follows_fp32(smollm2):
   import jax.numpy as jnp
+
   path, sampler = smollm2
   model16, _ = load_pretrained(path, dtype=jnp.bfloat16)
   sampler16 = Sampler(model16, sampler.tokenizer, "template")
@@ -129,15 +164,18 @@ def test_bf16_generation_follows_fp32(smollm2):
 def test_response_decodes_prefill_and_continuation_together():
   """A SentencePiece tokenizer loses the space between separately decoded pieces; `response` keeps it."""
   from tests.data.tokenizers import sentencepiece_like_tokenizer
+
   tokenizer = sentencepiece_like_tokenizer()
   cfg = config_from_hf({**FAMILY_CONFIGS["llama"]().to_dict(), "vocab_size": len(tokenizer)})
   sampler = Sampler(create_model(cfg, seed=0), tokenizer, "base")
   convs = [[{"role": "user", "content": f"Tell me about the river number {i}."}] for i in range(16)]
   answer = "I cannot help with that request."
-  by_prefix = sampler.sample(convs, assistant_prefixes=["I cannot"] * 16, max_new_tokens=3, temperature=1.0,
-                             batch_size=8, progress=False)
-  by_tokens = sampler.sample(convs[:2], responses=[answer] * 2, prefill_tokens=3, max_new_tokens=3,
-                             greedy=True, batch_size=8, progress=False)
+  by_prefix = sampler.sample(
+    convs, assistant_prefixes=["I cannot"] * 16, max_new_tokens=3, temperature=1.0, batch_size=8, progress=False
+  )
+  by_tokens = sampler.sample(
+    convs[:2], responses=[answer] * 2, prefill_tokens=3, max_new_tokens=3, greedy=True, batch_size=8, progress=False
+  )
   prefill_length = len(tokenizer("I cannot", add_special_tokens=False)["input_ids"])
   glued = 0
   for sample, length in [(s, prefill_length) for s in by_prefix] + [(s, 3) for s in by_tokens]:
@@ -154,6 +192,7 @@ def test_response_decodes_prefill_and_continuation_together():
 
 # -- stop strings: base-format answers end at the next "###" header ---------------------------------------
 
+
 def _successor_model(path, tokenizer, chain):
   """A 1-layer Llama whose greedy continuation of any prompt is `chain` (token strings), then round again.
 
@@ -167,13 +206,24 @@ def _successor_model(path, tokenizer, chain):
   from safetensors.numpy import save_file
 
   from deepalign_jax.models import hf_config_from
+
   ids = tokenizer.convert_tokens_to_ids(chain)
   assert tokenizer.unk_token_id not in ids and len(set(ids)) == len(ids), chain
   vocab = hidden = len(tokenizer)
   inter, heads, kv, head_dim = 32, 2, 1, 16
-  cfg = config_from_hf(dict(model_type="llama", vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
-                            num_hidden_layers=1, num_attention_heads=heads, num_key_value_heads=kv,
-                            head_dim=head_dim, tie_word_embeddings=False))
+  cfg = config_from_hf(
+    dict(
+      model_type="llama",
+      vocab_size=vocab,
+      hidden_size=hidden,
+      intermediate_size=inter,
+      num_hidden_layers=1,
+      num_attention_heads=heads,
+      num_key_value_heads=kv,
+      head_dim=head_dim,
+      tie_word_embeddings=False,
+    )
+  )
   head = np.zeros((vocab, hidden), np.float32)
   head[ids[0], :] = 1.0
   for a, b in zip(ids, ids[1:] + ids[:1]):
@@ -182,16 +232,20 @@ def _successor_model(path, tokenizer, chain):
   rng = np.random.default_rng(0)
   small = lambda *shape: (0.1 * rng.standard_normal(shape)).astype(np.float32)  # noqa: E731
   ones = np.ones(hidden, np.float32)
-  tensors = {"model.embed_tokens.weight": np.eye(vocab, dtype=np.float32), "model.norm.weight": ones,
-             "lm_head.weight": head, "model.layers.0.input_layernorm.weight": ones,
-             "model.layers.0.post_attention_layernorm.weight": ones,
-             "model.layers.0.self_attn.q_proj.weight": small(heads * head_dim, hidden),
-             "model.layers.0.self_attn.k_proj.weight": small(kv * head_dim, hidden),
-             "model.layers.0.self_attn.v_proj.weight": small(kv * head_dim, hidden),
-             "model.layers.0.self_attn.o_proj.weight": np.zeros((hidden, heads * head_dim), np.float32),
-             "model.layers.0.mlp.gate_proj.weight": small(inter, hidden),
-             "model.layers.0.mlp.up_proj.weight": small(inter, hidden),
-             "model.layers.0.mlp.down_proj.weight": np.zeros((hidden, inter), np.float32)}
+  tensors = {
+    "model.embed_tokens.weight": np.eye(vocab, dtype=np.float32),
+    "model.norm.weight": ones,
+    "lm_head.weight": head,
+    "model.layers.0.input_layernorm.weight": ones,
+    "model.layers.0.post_attention_layernorm.weight": ones,
+    "model.layers.0.self_attn.q_proj.weight": small(heads * head_dim, hidden),
+    "model.layers.0.self_attn.k_proj.weight": small(kv * head_dim, hidden),
+    "model.layers.0.self_attn.v_proj.weight": small(kv * head_dim, hidden),
+    "model.layers.0.self_attn.o_proj.weight": np.zeros((hidden, heads * head_dim), np.float32),
+    "model.layers.0.mlp.gate_proj.weight": small(inter, hidden),
+    "model.layers.0.mlp.up_proj.weight": small(inter, hidden),
+    "model.layers.0.mlp.down_proj.weight": np.zeros((hidden, inter), np.float32),
+  }
   path.mkdir()
   save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
   (path / "config.json").write_text(_json.dumps(hf_config_from(cfg)))
@@ -207,6 +261,7 @@ CHAIN = ["▁The", "▁cat", "\n\n", "##", "#", "▁Instruction", ":", "▁###",
 @pytest.fixture(scope="module")
 def chain_sampler(tmp_path_factory):
   from tests.data.tokenizers import sentencepiece_like_tokenizer
+
   tokenizer = sentencepiece_like_tokenizer()
   model = _successor_model(tmp_path_factory.mktemp("chain") / "model", tokenizer, CHAIN)
   return Sampler(model, tokenizer, "base")
@@ -220,13 +275,15 @@ def test_base_format_samples_end_before_the_next_header(chain_sampler):
   chain_ids = tokenizer.convert_tokens_to_ids(CHAIN)
   # Without stop strings the model runs on into the header it invents: the construction works.
   free = Sampler(sampler.model, tokenizer, "base", stop_strings=()).sample(
-      convs, max_new_tokens=12, greedy=True, progress=False)
+    convs, max_new_tokens=12, greedy=True, progress=False
+  )
   for sample in free:
     assert sample.token_ids == (chain_ids * 2)[:12] and not sample.stopped
     assert sample.text.startswith("The cat\n\n### Instruction: ### Response")
   stopped = sampler.sample(convs, max_new_tokens=12, greedy=True, progress=False)
-  prefilled = sampler.sample(convs, responses=["### Step 1: the answer."] * 2, prefill_tokens=4,
-                             max_new_tokens=12, greedy=True, progress=False)
+  prefilled = sampler.sample(
+    convs, responses=["### Step 1: the answer."] * 2, prefill_tokens=4, max_new_tokens=12, greedy=True, progress=False
+  )
   for sample in stopped + prefilled:
     assert sample.text == "The cat\n\n" and "###" not in sample.text
     # The tokens end with the one that completes the stop string, as they end with a stop token.
@@ -236,15 +293,17 @@ def test_base_format_samples_end_before_the_next_header(chain_sampler):
   for sample in prefilled:
     # The prefill's own "###" is the prefilled answer's; only the continuation's ends the response.
     assert sample.prefill.startswith("###")
-    full = tokenizer.decode(tokenizer(sample.prefill, add_special_tokens=False)["input_ids"] + chain_ids,
-                            skip_special_tokens=True)
-    assert sample.response == full[:full.index("###", 3)] and sample.response.endswith("The cat\n\n")
+    full = tokenizer.decode(
+      tokenizer(sample.prefill, add_special_tokens=False)["input_ids"] + chain_ids, skip_special_tokens=True
+    )
+    assert sample.response == full[: full.index("###", 3)] and sample.response.endswith("The cat\n\n")
 
 
 def test_stop_strings_become_stop_ids_of_every_token_that_holds_them(chain_sampler):
   """The jitted loop ends on ids; every vocabulary token whose text contains "###" is one."""
   from deepalign_jax.sampling.sampler import stop_string_token_ids
   from tests.real_checkpoints import real_tokenizer
+
   sampler = chain_sampler
   vocab = sampler.tokenizer.get_vocab()
   assert vocab["▁###"] in sampler.stop_token_ids and vocab["##"] not in sampler.stop_token_ids
@@ -262,15 +321,20 @@ def test_stop_strings_become_stop_ids_of_every_token_that_holds_them(chain_sampl
 
 def test_cut_at_stop_strings(chain_sampler):
   from deepalign_jax.sampling.sampler import cut_at_stop_strings
+
   tokenizer = chain_sampler.tokenizer
   encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
   tokens = encode("Sure, here is the answer.\n\n### Instruction:\nSay hi.")
   kept, text, response, cut = cut_at_stop_strings(tokenizer, [], tokens, ("###",))
   assert cut and text == response == "Sure, here is the answer.\n\n"
-  assert kept == tokens[:len(kept)]
+  assert kept == tokens[: len(kept)]
   assert "###" in tokenizer.decode(kept) and "###" not in tokenizer.decode(kept[:-1])
   # The first of several stop strings wins; without one nothing changes.
   assert cut_at_stop_strings(tokenizer, [], tokens, ("###", "answer"))[1] == "Sure, here is the "
   plain = encode("Sure, here is the answer.")
   assert cut_at_stop_strings(tokenizer, encode("I cannot"), plain, ("###",)) == (
-      plain, tokenizer.decode(plain), tokenizer.decode(encode("I cannot") + plain), False)
+    plain,
+    tokenizer.decode(plain),
+    tokenizer.decode(encode("I cannot") + plain),
+    False,
+  )

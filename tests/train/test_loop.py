@@ -47,8 +47,7 @@ def test_constrained_run_writes_checkpoints_metrics_and_an_hf_export(tiny_model_
   assert summary["finished"] and summary["steps_done"] == summary["total_steps"] == 4
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "4"]
   # The data iterator's position is committed with the state.
-  assert json.loads(next((tmp_path / "checkpoints/4/data").glob("process_0*.json")).read_text()) == {
-      "next_index": 4}
+  assert json.loads(next((tmp_path / "checkpoints/4/data").glob("process_0*.json")).read_text()) == {"next_index": 4}
   metrics = _metrics(tmp_path)
   assert [m["step"] for m in metrics] == [1, 2, 3, 4]
   assert all(np.isfinite(m["loss"]) and m["tokens"] > 0 and m["tokens_per_s"] > 0 for m in metrics)
@@ -68,6 +67,7 @@ def test_constrained_run_writes_checkpoints_metrics_and_an_hf_export(tiny_model_
   hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", attn_implementation="eager")
   ids = np.array([[1, 2, 3, 4, 5, 6]])
   import torch
+
   with torch.no_grad():
     theirs = hf(input_ids=torch.as_tensor(ids)).logits.numpy()
   np.testing.assert_allclose(np.asarray(ours(ids)), theirs, atol=1e-5)
@@ -83,14 +83,14 @@ def test_resumed_run_equals_uninterrupted_run(tiny_model_dir, tmp_path):
   assert not first["finished"] and not (resumed / "hf").exists()
   second = run(_config(tiny_model_dir), resumed)
   assert second["finished"]
-  assert [m["loss"] for m in _metrics(resumed)] == pytest.approx([m["loss"] for m in _metrics(straight)],
-                                                                  rel=1e-6)
+  assert [m["loss"] for m in _metrics(resumed)] == pytest.approx([m["loss"] for m in _metrics(straight)], rel=1e-6)
   a, _ = load_pretrained(straight / "hf")
   b, _ = load_pretrained(resumed / "hf")
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
   # A workdir without hf/ is evaluated from its latest checkpoint: the same weights.
   from deepalign_jax.models.sources import load_model
+
   (resumed / "hf").rename(resumed / "exported")
   c, _, _ = load_model(resumed)
   for x, y in zip(jax.tree.leaves(b), jax.tree.leaves(c)):
@@ -100,11 +100,18 @@ def test_resumed_run_equals_uninterrupted_run(tiny_model_dir, tmp_path):
 def test_augmented_objective_feeds_recovery_and_utility_rows(tiny_model_dir, tmp_path, monkeypatch):
   """The batches the loop hands to the step: safety rows (group 0) are prompt + h[:k] + r masked to r, with
   k = epoch_k(seed, epoch, triplet) re-drawn each epoch; utility rows (group 1) are the utility data."""
-  from deepalign_jax.data import (ChatRenderer, load_tokenizer, prepare_recovery, read_file, recovery_example,
-                                  tokenize_conversation)
+  from deepalign_jax.data import (
+    ChatRenderer,
+    load_tokenizer,
+    prepare_recovery,
+    read_file,
+    recovery_example,
+    tokenize_conversation,
+  )
   from deepalign_jax.data.examples import epoch_k
   from deepalign_jax.data.pipeline import StepOrder
   from deepalign_jax.train import loop
+
   fed = []
   real_step = loop.shared_train_step
 
@@ -114,8 +121,9 @@ def test_augmented_objective_feeds_recovery_and_utility_rows(tiny_model_dir, tmp
 
   monkeypatch.setattr(loop, "shared_train_step", recording_step)
   # 12 triplets, 4 per step: 3 steps per epoch, so step 4 draws epoch 1's k.
-  config = _config(tiny_model_dir, objective="augmented", **{"train.num_steps": 4, "train.micro_batch_size": 4,
-                                                            "train.seed": 3})
+  config = _config(
+    tiny_model_dir, objective="augmented", **{"train.num_steps": 4, "train.micro_batch_size": 4, "train.seed": 3}
+  )
   config.data.safety_path = str(ASSETS / "triplets.jsonl")
   config.data.utility_path = str(ASSETS / "utility.json")
   config.data.safety_per_step, config.data.utility_per_step = 4, 4
@@ -129,10 +137,14 @@ def test_augmented_objective_feeds_recovery_and_utility_rows(tiny_model_dir, tmp
 
   tokenizer = load_tokenizer(tiny_model_dir)
   renderer = ChatRenderer(tokenizer, "template")
-  triplets = [prepare_recovery(renderer, t.instruction, t.harmful, t.refusal, source=t.source)
-              for t in read_file(ASSETS / "triplets.jsonl", "triplets")]
-  utility = {tuple(tokenize_conversation(renderer, r.system, r.user, r.assistant)[0].input_ids)
-             for r in read_file(ASSETS / "utility.json", "alpaca")}
+  triplets = [
+    prepare_recovery(renderer, t.instruction, t.harmful, t.refusal, source=t.source)
+    for t in read_file(ASSETS / "triplets.jsonl", "triplets")
+  ]
+  utility = {
+    tuple(tokenize_conversation(renderer, r.system, r.user, r.assistant)[0].input_ids)
+    for r in read_file(ASSETS / "utility.json", "alpaca")
+  }
   ks_by_epoch = {0: set(), 1: set()}
   for step, batch in enumerate(fed):
     rows = {k: v.reshape((-1,) + v.shape[2:]) for k, v in batch.items()}
@@ -167,13 +179,27 @@ def test_augmented_objective_feeds_recovery_and_utility_rows(tiny_model_dir, tmp
 
 def test_pure_bf16_run_trains_checkpoints_and_exports(tiny_model_dir, tmp_path):
   """dtype bfloat16 without param_dtype: bf16 weights and AdamW moments end to end, the loss going down."""
-  summary = run(_config(tiny_model_dir, objective="sft", dtype="bfloat16", **{
-      "train.num_steps": 6, "checkpoint.every_steps": 3, "optimizer.learning_rate": 3e-3,
-      "optimizer.warmup_steps": 0, "optimizer.decay": "constant", "data.every_nth": 3}), tmp_path)
+  summary = run(
+    _config(
+      tiny_model_dir,
+      objective="sft",
+      dtype="bfloat16",
+      **{
+        "train.num_steps": 6,
+        "checkpoint.every_steps": 3,
+        "optimizer.learning_rate": 3e-3,
+        "optimizer.warmup_steps": 0,
+        "optimizer.decay": "constant",
+        "data.every_nth": 3,
+      },
+    ),
+    tmp_path,
+  )
   assert summary["finished"] and summary["examples"] == 8  # records 0, 3, ..., 21 of 24
   losses = [m["loss"] for m in _metrics(tmp_path)]
   assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
   import orbax.checkpoint as ocp
+
   saved = ocp.StandardCheckpointer().metadata(tmp_path / "checkpoints/6/state").item_metadata
   assert {leaf.dtype for leaf in jax.tree.leaves(saved["params"])} == {np.dtype("bfloat16")}
   assert {leaf.dtype for leaf in jax.tree.leaves(saved["opt_state"]) if leaf.shape} == {np.dtype("bfloat16")}
@@ -181,28 +207,46 @@ def test_pure_bf16_run_trains_checkpoints_and_exports(tiny_model_dir, tmp_path):
   assert np.isfinite(np.asarray(exported(np.array([[1, 2, 3]])))).all()
 
 
-@pytest.mark.parametrize("overrides, error, pattern", [
-    ({"train.micro_batch_size": 3}, ValueError,
-     r"config\.train\.batch_size=4 is not a multiple of config\.train\.micro_batch_size=3"),
-    ({"objective": "dpo"}, ValueError,
-     r"config\.objective must be one of \('sft', 'constrained_sft', 'augmented'\), got 'dpo'"),
+@pytest.mark.parametrize(
+  "overrides, error, pattern",
+  [
+    (
+      {"train.micro_batch_size": 3},
+      ValueError,
+      r"config\.train\.batch_size=4 is not a multiple of config\.train\.micro_batch_size=3",
+    ),
+    (
+      {"objective": "dpo"},
+      ValueError,
+      r"config\.objective must be one of \('sft', 'constrained_sft', 'augmented'\), got 'dpo'",
+    ),
     ({"data.path": "/nonexistent/data.jsonl"}, FileNotFoundError, r"/nonexistent/data\.jsonl"),
     ({"data.format": "alpaca"}, Exception, r"conversations\.jsonl"),
     ({"data.format": "csv"}, Exception, r"unknown data format 'csv'; expected one of conversations, "),
-    ({"data.path": "tfds:/nonexistent/manual"}, FileNotFoundError,
-     r"/nonexistent/manual: manual directory for deepalign_conversations does not exist"),
+    (
+      {"data.path": "tfds:/nonexistent/manual"},
+      FileNotFoundError,
+      r"/nonexistent/manual: manual directory for deepalign_conversations does not exist",
+    ),
     ({"model": ""}, ValueError, r"config\.model is empty"),
     ({"model": "/nonexistent/model"}, Exception, r"/nonexistent/model"),
     ({"chat_format": "vicuna"}, Exception, r"vicuna"),
-    ({"mesh.fsdp": 4}, ValueError,
-     r"config\.train\.micro_batch_size=2 must be a multiple of the mesh's data × fsdp = 4"),
-    ({"objective": "augmented"}, ValueError,
-     r"config\.data\.safety_path is empty: the augmented objective reads triplets records from it"),
+    (
+      {"mesh.fsdp": 4},
+      ValueError,
+      r"config\.train\.micro_batch_size=2 must be a multiple of the mesh's data × fsdp = 4",
+    ),
+    (
+      {"objective": "augmented"},
+      ValueError,
+      r"config\.data\.safety_path is empty: the augmented objective reads triplets records from it",
+    ),
     ({"data.path": ""}, ValueError, r"config\.data\.path is empty"),
     ({"dtype": "float16"}, ValueError, r"config\.dtype='float16' is not supported; expected one of float32, bfloat16"),
     ({"param_dtype": "fp32"}, ValueError, r"config\.param_dtype='fp32' is not supported"),
     ({"data.every_nth": 0}, ValueError, r"config\.data\.every_nth must be >= 1, got 0"),
-])
+  ],
+)
 def test_bad_configs_fail_with_a_clear_message(tiny_model_dir, tmp_path, overrides, error, pattern):
   with pytest.raises(error, match=pattern):
     run(_config(tiny_model_dir, **overrides), tmp_path)
@@ -220,19 +264,46 @@ def test_cli_runs_the_demo_config_shortened(tiny_model_dir, tmp_path):
   import os
   import subprocess
   import sys
+
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   result = subprocess.run(
-      [sys.executable, "-m", "deepalign_jax.train", "--config", "configs/demo.py",
-       "--workdir", str(tmp_path), f"--config.model={tiny_model_dir}", "--config.train.num_steps=2",
-       "--config.progress=False"],
-      capture_output=True, text=True, env=env, timeout=600)
+    [
+      sys.executable,
+      "-m",
+      "deepalign_jax.train",
+      "--config",
+      "configs/demo.py",
+      "--workdir",
+      str(tmp_path),
+      f"--config.model={tiny_model_dir}",
+      "--config.train.num_steps=2",
+      "--config.progress=False",
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   summary = json.loads(result.stdout)
   assert summary["finished"] and summary["steps_done"] == 2
   assert (tmp_path / "hf" / "config.json").exists()
-  bad = subprocess.run([sys.executable, "-m", "deepalign_jax.train", "--config", "configs/demo.py",
-                        "--workdir", str(tmp_path / "bad"), "--config.model=/nonexistent"],
-                       capture_output=True, text=True, env=env, timeout=600)
+  bad = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "deepalign_jax.train",
+      "--config",
+      "configs/demo.py",
+      "--workdir",
+      str(tmp_path / "bad"),
+      "--config.model=/nonexistent",
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=600,
+  )
   assert bad.returncode == 1 and "error: /nonexistent: no such model directory" in bad.stderr
 
 
@@ -241,12 +312,24 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_model_dir
   """every=3: steps between checkpoints are read one step late (the next is already running), and a
   checkpoint due on that next step must not be written after the non-finite one."""
   from deepalign_jax.train.loop import NonFiniteError
+
   # An absurd learning rate makes the weights overflow within a few steps.
-  config = _config(tiny_model_dir, objective="sft", **{
-      "checkpoint.every_steps": every, "optimizer.learning_rate": 1e38, "optimizer.grad_clip": 0.0,
-      "optimizer.warmup_steps": 0, "train.num_steps": 6})
-  with pytest.raises(NonFiniteError, match=r"step (\d): loss=.* \(not finite\); stopped without saving — "
-                                           r"the last good checkpoint is (step \d|none)"):
+  config = _config(
+    tiny_model_dir,
+    objective="sft",
+    **{
+      "checkpoint.every_steps": every,
+      "optimizer.learning_rate": 1e38,
+      "optimizer.grad_clip": 0.0,
+      "optimizer.warmup_steps": 0,
+      "train.num_steps": 6,
+    },
+  )
+  with pytest.raises(
+    NonFiniteError,
+    match=r"step (\d): loss=.* \(not finite\); stopped without saving — "
+    r"the last good checkpoint is (step \d|none)",
+  ):
     run(config, tmp_path)
   steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
   metrics = _metrics(tmp_path)
@@ -256,10 +339,13 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_model_dir
   if not steps:
     return
   # What was saved still restores (a finite state).
-  from deepalign_jax.train.checkpoints import Checkpointer
   import orbax.checkpoint as ocp
+
+  from deepalign_jax.train.checkpoints import Checkpointer
+
   restored = ocp.CheckpointManager(tmp_path / "checkpoints").restore(
-      steps[-1], args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    steps[-1], args=ocp.args.Composite(state=ocp.args.StandardRestore())
+  )
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored["state"]))
   del Checkpointer
 
@@ -268,16 +354,28 @@ def test_training_reads_a_tfds_build_of_the_manual_directory(tiny_model_dir, tmp
   manual = tmp_path / "manual"
   manual.mkdir()
   (manual / "train.jsonl").write_text((ASSETS / "conversations.jsonl").read_text())
-  plain = run(_config(tiny_model_dir, objective="sft", **{"train.num_steps": 2, "export_hf": False}),
-              tmp_path / "plain")
-  via_tfds = run(_config(tiny_model_dir, objective="sft", **{
-      "train.num_steps": 2, "export_hf": False, "data.path": f"tfds:{manual}",
-      "data.tfds_data_dir": str(tmp_path / "tfds")}), tmp_path / "tfds_run")
+  plain = run(
+    _config(tiny_model_dir, objective="sft", **{"train.num_steps": 2, "export_hf": False}), tmp_path / "plain"
+  )
+  via_tfds = run(
+    _config(
+      tiny_model_dir,
+      objective="sft",
+      **{
+        "train.num_steps": 2,
+        "export_hf": False,
+        "data.path": f"tfds:{manual}",
+        "data.tfds_data_dir": str(tmp_path / "tfds"),
+      },
+    ),
+    tmp_path / "tfds_run",
+  )
   assert via_tfds["examples"] == plain["examples"]
   assert list((tmp_path / "tfds").rglob("*.array_record-*"))
   # Same records in the same order: the same losses.
   assert [m["loss"] for m in _metrics(tmp_path / "tfds_run")] == pytest.approx(
-      [m["loss"] for m in _metrics(tmp_path / "plain")], rel=1e-6)
+    [m["loss"] for m in _metrics(tmp_path / "plain")], rel=1e-6
+  )
 
 
 @pytest.mark.slow  # three training runs, two of them CLI processes: ~45 s on 2 idle cores
@@ -288,12 +386,24 @@ def test_kill_9_at_any_moment_then_rerun_reproduces_the_uninterrupted_run(tiny_m
   import subprocess
   import sys
   import time
+
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   workdir = tmp_path / "killed"
-  command = [sys.executable, "-m", "deepalign_jax.train", "--config", "configs/demo.py",
-             "--workdir", str(workdir), f"--config.model={tiny_model_dir}", "--config.train.num_steps=6",
-             "--config.checkpoint.every_steps=1", "--config.data.max_length=96", "--config.progress=False",
-             "--config.export_hf=False"]
+  command = [
+    sys.executable,
+    "-m",
+    "deepalign_jax.train",
+    "--config",
+    "configs/demo.py",
+    "--workdir",
+    str(workdir),
+    f"--config.model={tiny_model_dir}",
+    "--config.train.num_steps=6",
+    "--config.checkpoint.every_steps=1",
+    "--config.data.max_length=96",
+    "--config.progress=False",
+    "--config.export_hf=False",
+  ]
   process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   deadline = time.time() + 300
   while time.time() < deadline and process.poll() is None:
@@ -306,10 +416,12 @@ def test_kill_9_at_any_moment_then_rerun_reproduces_the_uninterrupted_run(tiny_m
   done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-2000:]
   assert json.loads(done.stdout)["finished"]
-  config = _config(tiny_model_dir, **{"train.num_steps": 6, "export_hf": False, "mesh.fsdp": 2,
-                                      "mesh.tensor": 1, "mesh.data": 1})
+  config = _config(
+    tiny_model_dir, **{"train.num_steps": 6, "export_hf": False, "mesh.fsdp": 2, "mesh.tensor": 1, "mesh.data": 1}
+  )
   config.data.max_length = 96
   import importlib.util
+
   spec = importlib.util.spec_from_file_location("demo", "configs/demo.py")
   demo = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(demo)
@@ -321,14 +433,26 @@ def test_kill_9_at_any_moment_then_rerun_reproduces_the_uninterrupted_run(tiny_m
   run(reference, tmp_path / "straight")
   killed = _metrics(workdir)
   assert [m["step"] for m in killed] == list(range(1, 7))
-  assert [m["loss"] for m in killed] == pytest.approx([m["loss"] for m in _metrics(tmp_path / "straight")],
-                                                     rel=1e-5)
+  assert [m["loss"] for m in killed] == pytest.approx([m["loss"] for m in _metrics(tmp_path / "straight")], rel=1e-5)
 
 
 def test_cli_refuses_a_misspelt_config_key(tmp_path):
   import subprocess
   import sys
-  result = subprocess.run([sys.executable, "-m", "deepalign_jax.train", "--config", "configs/demo.py",
-                           "--workdir", str(tmp_path), "--config.train.num_step=2"],
-                          capture_output=True, text=True, timeout=300)
+
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "deepalign_jax.train",
+      "--config",
+      "configs/demo.py",
+      "--workdir",
+      str(tmp_path),
+      "--config.train.num_step=2",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode != 0 and "num_step" in result.stderr

@@ -45,16 +45,29 @@ def test_reference_settings():
   assert _load("llama2_aoa_sft").system_prompt == recipes.AOA_SYSTEM_PROMPT
   augmentation = _load("llama2_augmentation")
   assert augmentation.system_prompt == LLAMA2_DEFAULT_SYSTEM_PROMPT
-  assert (augmentation.data.safety_per_step, augmentation.data.utility_per_step, augmentation.data.recovery_C,
-          augmentation.data.recovery_p_zero, augmentation.train.epochs, augmentation.optimizer.b1,
-          augmentation.optimizer.warmup_steps) == (16, 64, 100, 0.5, 10, 0.9, 0)
+  assert (
+    augmentation.data.safety_per_step,
+    augmentation.data.utility_per_step,
+    augmentation.data.recovery_C,
+    augmentation.data.recovery_p_zero,
+    augmentation.train.epochs,
+    augmentation.optimizer.b1,
+    augmentation.optimizer.warmup_steps,
+  ) == (16, 64, 100, 0.5, 10, 0.9, 0)
   assert _load("llama2_sql_sft").data.every_nth == 5
   assert _load("gemma_harmful_sft").response_end == "turn"  # the documented default; eos is the option
 
 
 def test_every_paper_fine_tuning_attack_has_both_objectives():
   names = {p.stem for p in RECIPES}
-  for attack in ("llama2_harmful", "gemma_harmful", "llama2_aoa", "llama2_backdoor", "llama2_samsum",
-                 "llama2_sql", "llama2_gsm8k"):
+  for attack in (
+    "llama2_harmful",
+    "gemma_harmful",
+    "llama2_aoa",
+    "llama2_backdoor",
+    "llama2_samsum",
+    "llama2_sql",
+    "llama2_gsm8k",
+  ):
     assert {f"{attack}_sft", f"{attack}_constrained"} <= names
   assert {"llama2_augmentation", "gemma_augmentation"} <= names

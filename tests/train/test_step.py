@@ -7,12 +7,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from deepalign_jax import losses, sharding
 from deepalign_jax.models import config_from_hf, create_model, load_pretrained, save_pretrained
-from deepalign_jax.train import (LossConfig, OptimizerConfig, init_train_state, learning_rate_schedule,
-                                 make_optimizer, target_logps, train_step)
+from deepalign_jax.train import (
+  LossConfig,
+  OptimizerConfig,
+  init_train_state,
+  learning_rate_schedule,
+  make_optimizer,
+  target_logps,
+  train_step,
+)
 from tests.models.hf_fixtures import FAMILY_CONFIGS
 
 OPT = OptimizerConfig(learning_rate=1e-3, b1=0.5, warmup_steps=2, total_steps=10)
@@ -74,7 +82,7 @@ def _update(model, batch, loss_config=LossConfig()):
 
 def _relative_difference(a, b) -> float:
   """‖a − b‖ / ‖b‖ over all parameters."""
-  return (sum(float(np.sum((x - y) ** 2)) for x, y in zip(a, b)) / sum(float(np.sum(y ** 2)) for y in b)) ** 0.5
+  return (sum(float(np.sum((x - y) ** 2)) for x, y in zip(a, b)) / sum(float(np.sum(y**2)) for y in b)) ** 0.5
 
 
 def _assert_updates_close(a, b, rtol):
@@ -116,11 +124,15 @@ def test_alpha_weights_the_two_groups_by_their_own_token_means():
   model = _model()
   examples = _examples()
   _, _, metrics = _step(model, _as_micro(examples, 2), LossConfig(alpha=0.2))
-  nll = -np.asarray(target_logps(model, jnp.asarray(examples["input_ids"]),
-                                 jnp.asarray(examples["attention_mask"]))) * examples["loss_mask"][:, 1:]
+  nll = (
+    -np.asarray(target_logps(model, jnp.asarray(examples["input_ids"]), jnp.asarray(examples["attention_mask"])))
+    * examples["loss_mask"][:, 1:]
+  )
   safety = examples["group"] == 0
-  expected = (0.2 * nll[safety].sum() / examples["loss_mask"][safety, 1:].sum()
-              + 0.8 * nll[~safety].sum() / examples["loss_mask"][~safety, 1:].sum())
+  expected = (
+    0.2 * nll[safety].sum() / examples["loss_mask"][safety, 1:].sum()
+    + 0.8 * nll[~safety].sum() / examples["loss_mask"][~safety, 1:].sum()
+  )
   np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
 
 
@@ -141,8 +153,9 @@ def test_constrained_step_at_the_reference_equals_sft_step():
   assert _relative_difference(moved, sft) > 0.05  # measured 0.55
 
 
-@pytest.mark.parametrize("loss_config", [LossConfig("sft"), LossConfig("constrained", alpha=0.3)],
-                         ids=["sft", "constrained_alpha"])
+@pytest.mark.parametrize(
+  "loss_config", [LossConfig("sft"), LossConfig("constrained", alpha=0.3)], ids=["sft", "constrained_alpha"]
+)
 def test_sharded_step_equals_single_device_step(tmp_path, loss_config):
   cfg = config_from_hf(FAMILY_CONFIGS["gemma2"]().to_dict())
   save_pretrained(create_model(cfg, seed=4), cfg, tmp_path / "m")
@@ -186,8 +199,9 @@ def test_constrained_metrics_by_response_position_match_numpy():
   rng = np.random.default_rng(0)
   batch = _with_ref(model, examples)
   batch["ref_logps"] = batch["ref_logps"] + rng.normal(0, 2.0, batch["ref_logps"].shape).astype(np.float32)
-  policy = np.asarray(target_logps(model, jnp.asarray(examples["input_ids"]),
-                                   jnp.asarray(examples["attention_mask"])), np.float64)
+  policy = np.asarray(
+    target_logps(model, jnp.asarray(examples["input_ids"]), jnp.asarray(examples["attention_mask"])), np.float64
+  )
   cfg = LossConfig(objective="constrained", log_positions=6)
   _, _, metrics = _step(model, _as_micro(batch, 2), cfg)
   betas = [0.5, 2.0, 2.0, 2.0, 2.0, 0.1]
@@ -205,23 +219,23 @@ def test_constrained_metrics_by_response_position_match_numpy():
       if t <= 6:
         weights[t - 1].append(weight)
         deltas[t - 1].append(delta)
-  np.testing.assert_allclose(np.asarray(metrics["weight_by_position"]), [np.mean(w) for w in weights],
-                             rtol=1e-4)
-  np.testing.assert_allclose(np.asarray(metrics["delta_by_position"]), [np.mean(d) for d in deltas],
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(metrics["weight_by_position"]), [np.mean(w) for w in weights], rtol=1e-4)
+  np.testing.assert_allclose(
+    np.asarray(metrics["delta_by_position"]), [np.mean(d) for d in deltas], rtol=1e-4, atol=1e-4
+  )
   assert float(metrics["mean_weight"]) == pytest.approx(np.mean(all_weights), rel=1e-4)
 
 
-@pytest.mark.parametrize("warmup,decay", [(0, "linear"), (3, "linear"), (0, "constant"), (4, "constant"),
-                                          (12, "linear")])
+@pytest.mark.parametrize(
+  "warmup,decay", [(0, "linear"), (3, "linear"), (0, "constant"), (4, "constant"), (12, "linear")]
+)
 def test_learning_rate_schedule_is_optax_warmup_then_decay(warmup, decay):
   """The jnp schedule (traceable settings) against optax's own schedule combinators."""
   import optax
+
   cfg = OptimizerConfig(learning_rate=3e-4, warmup_steps=warmup, total_steps=10, decay=decay)
-  after = (optax.linear_schedule(3e-4, 0.0, max(10 - warmup, 1)) if decay == "linear"
-           else optax.constant_schedule(3e-4))
-  expected = (after if warmup == 0 else
-              optax.join_schedules([optax.linear_schedule(0.0, 3e-4, warmup), after], [warmup]))
+  after = optax.linear_schedule(3e-4, 0.0, max(10 - warmup, 1)) if decay == "linear" else optax.constant_schedule(3e-4)
+  expected = after if warmup == 0 else optax.join_schedules([optax.linear_schedule(0.0, 3e-4, warmup), after], [warmup])
   schedule = learning_rate_schedule(cfg)
   for count in range(14):
     np.testing.assert_allclose(float(schedule(count)), float(expected(count)), rtol=1e-6, atol=1e-12)
@@ -231,6 +245,7 @@ def test_shared_step_equals_the_step_with_its_numbers_compiled_in():
   """Hyper-parameters as inputs give the same update as a step built from the config, and runs with
   other numbers reuse the one compilation."""
   from deepalign_jax.train import optimizer_hyperparameters, shared_train_step, split_loss_config
+
   # Every number that becomes an input: the β schedule, α, and (below) two optimizer configs.
   loss_config = LossConfig("constrained", betas=losses.BetaSchedule(0.3, 4.0, 10.0, 3), alpha=0.3)
   model = _model()
@@ -238,8 +253,19 @@ def test_shared_step_equals_the_step_with_its_numbers_compiled_in():
   batch["ref_logps"] = batch["ref_logps"] - 0.7  # Δ ≠ 0: the β schedule matters
   static, loss_values = split_loss_config(loss_config)
   compilations = shared_train_step._cache_size()
-  for opt in (OPT, OptimizerConfig(learning_rate=2e-3, b1=0.8, b2=0.99, weight_decay=0.1, grad_clip=0.0,
-                                   warmup_steps=0, total_steps=4, decay="constant")):
+  for opt in (
+    OPT,
+    OptimizerConfig(
+      learning_rate=2e-3,
+      b1=0.8,
+      b2=0.99,
+      weight_decay=0.1,
+      grad_clip=0.0,
+      warmup_steps=0,
+      total_steps=4,
+      decay="constant",
+    ),
+  ):
     optimizer = make_optimizer(opt)
     graphdef, state = init_train_state(model, optimizer)
     reference = jax.jit(functools.partial(train_step, graphdef, optimizer=optimizer, loss_config=loss_config))
@@ -283,6 +309,7 @@ def test_bf16_training_lowers_the_loss_in_the_shared_step(param_dtype, tmp_path)
   """bf16 compute with either parameter dtype trains through the traced-hyperparameter step (grad clip on);
   the weights and AdamW moments keep their dtype (fp32 masters, or bf16 throughout)."""
   from deepalign_jax.train import optimizer_hyperparameters, shared_train_step, split_loss_config
+
   model, _ = load_pretrained(_saved("gemma3", tmp_path), dtype=jnp.bfloat16, param_dtype=param_dtype)
   opt = OptimizerConfig(learning_rate=3e-3, grad_clip=1.0, total_steps=12, decay="constant")
   graphdef, state = init_train_state(model, make_optimizer(opt))
@@ -301,13 +328,15 @@ def test_bf16_training_lowers_the_loss_in_the_shared_step(param_dtype, tmp_path)
 
 def test_gradients_accumulate_in_fp32_with_bf16_parameters():
   """The micro-batch scan carries fp32 gradients even when every parameter is bf16."""
-  model = create_model(config_from_hf(FAMILY_CONFIGS["llama"]().to_dict()), dtype=jnp.bfloat16,
-                       param_dtype=jnp.bfloat16)
+  model = create_model(
+    config_from_hf(FAMILY_CONFIGS["llama"]().to_dict()), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16
+  )
   optimizer = make_optimizer(OPT)
   graphdef, state = init_train_state(model, optimizer)
-  jaxpr = jax.make_jaxpr(functools.partial(train_step, graphdef, optimizer=optimizer,
-                                           loss_config=LossConfig()))(state, _as_micro(_examples(), 4))
-  scan, = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
+  jaxpr = jax.make_jaxpr(functools.partial(train_step, graphdef, optimizer=optimizer, loss_config=LossConfig()))(
+    state, _as_micro(_examples(), 4)
+  )
+  (scan,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
   shapes = {x.shape for x in jax.tree.leaves(state.params)}
   carried = [v.aval for v in scan.outvars if v.aval.shape in shapes and v.aval.ndim >= 2]
   assert carried and all(a.dtype == jnp.float32 for a in carried), carried
@@ -315,6 +344,10 @@ def test_gradients_accumulate_in_fp32_with_bf16_parameters():
 
 def test_unsupported_dtypes_are_refused_with_the_supported_ones():
   from deepalign_jax.models import dtype_from_name
-  with pytest.raises(ValueError, match=r"^config\.dtype='float16' is not supported; expected one of "
-                                       r"float32, bfloat16$"):
+
+  with pytest.raises(
+    ValueError,
+    match=r"^config\.dtype='float16' is not supported; expected one of "
+    r"float32, bfloat16$",
+  ):
     dtype_from_name("float16")
