@@ -4,6 +4,12 @@
 (listed in `DEFAULTS`).  Unknown keys are refused by name, so a misspelt
 option fails at start-up rather than being silently ignored.
 
+`default_config()` — the `judge` section of an evaluation config — holds
+`kind` and every key of every kind, None meaning "that kind's default", so a
+command line can switch the kind and set its keys
+(`--config.judge.kind=api --config.judge.base_url=...`) in a locked config;
+a key set to a value that the chosen kind does not take is refused.
+
 Every kind has `reads`, what an evaluation hands the judge after a prefill;
 the defaults follow the reference code (SPEC §11): the keyword judge reads
 the continuation only, the API (GPT-4) judge prefill + continuation, and the
@@ -49,21 +55,28 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def default_config(kind: str):
-  """An `ml_collections.ConfigDict` with `kind` and the defaults of that judge.
+def _key_types() -> dict[str, type]:
+  """Every judge key with the type of its defaults (str where every default is None)."""
+  types: dict[str, type] = {}
+  for defaults in DEFAULTS.values():
+    for key, value in defaults.items():
+      if value is not None:
+        types.setdefault(key, type(value))
+      else:
+        types.setdefault(key, str)
+  return dict(sorted(types.items()))
 
-  Keys whose default is None (paths, names) are left as None placeholders
-  that accept a string.
-  """
+
+def default_config(kind: str = "keyword"):
+  """An `ml_collections.ConfigDict`: `kind` and every judge key as a typed None ("the kind's default")."""
   import ml_collections
 
   if kind not in DEFAULTS:
     raise JudgeConfigError(f"unknown judge kind {kind!r}; expected one of {sorted(DEFAULTS)}")
   config = ml_collections.ConfigDict()
   config.kind = kind
-  for key, value in DEFAULTS[kind].items():
-    # A None field of a ConfigDict would refuse a string later: declare its type.
-    config[key] = ml_collections.FieldReference(None, field_type=str) if value is None else value
+  for key, field_type in _key_types().items():
+    config[key] = ml_collections.FieldReference(None, field_type=field_type)
   return config
 
 
@@ -93,10 +106,16 @@ def make_judge(config: Any) -> Judge:
   kind = values.pop("kind", None)
   if kind not in DEFAULTS:
     raise JudgeConfigError(f"judge config: 'kind' must be one of {sorted(DEFAULTS)}, got {kind!r}")
-  unknown = sorted(set(values) - set(DEFAULTS[kind]))
+  unknown = sorted(k for k in values if k not in _key_types())
   if unknown:
+    raise JudgeConfigError(f"judge config: unknown key(s) {unknown}; a {kind!r} judge takes {sorted(DEFAULTS[kind])}")
+  # None is "this kind's default" (the keys of every kind live in one config section).
+  values = {k: v for k, v in values.items() if v is not None}
+  foreign = sorted(set(values) - set(DEFAULTS[kind]))
+  if foreign:
     raise JudgeConfigError(
-      f"judge config: unknown key(s) {unknown} for a judge of kind {kind!r}; expected some of {sorted(DEFAULTS[kind])}"
+      f"judge config: {foreign} set, but a judge of kind {kind!r} does not take them; it takes "
+      f"{sorted(DEFAULTS[kind])}"
     )
   args = {**DEFAULTS[kind], **values}
   if kind == "keyword":

@@ -111,7 +111,10 @@ def test_reads_defaults_follow_the_reference():
   }
   assert make_judge({"kind": "keyword"}).reads == "continuation"
   assert make_judge({"kind": "keyword", "reads": "response"}).reads == "response"
-  assert default_config("keyword").reads == "continuation" and default_config("api").reads == "response"
+  assert make_judge(default_config("keyword")).reads == "continuation"
+  api_config = default_config("api")
+  api_config.api_key_env = ""
+  assert make_judge(api_config).reads == "response"
   api = make_judge({"kind": "api", "api_key_env": ""})
   assert api.reads == "response"
   assert make_judge({"kind": "api", "api_key_env": "", "reads": "continuation"}).reads == "continuation"
@@ -125,7 +128,8 @@ def test_reads_defaults_follow_the_reference():
   [
     ({}, "'kind' must be one of"),
     ({"kind": "gpt4"}, "'kind' must be one of"),
-    ({"kind": "keyword", "keyword": "qi2025"}, r"unknown key\(s\) \['keyword'\] for a judge of kind 'keyword'"),
+    ({"kind": "keyword", "keyword": "qi2025"}, r"unknown key\(s\) \['keyword'\]; a 'keyword' judge takes \['keywords'"),
+    ({"kind": "keyword", "base_url": "http://x"}, r"\['base_url'\] set, but a judge of kind 'keyword' does not take"),
     ({"kind": "api", "concurency": 4, "api_key_env": ""}, r"unknown key\(s\) \['concurency'\]"),
     ({"kind": "api", "api_key_env": "", "concurrency": 0}, "concurrency must be an integer >= 1"),
     ({"kind": "api", "api_key_env": "", "base_url": "localhost:8000"}, "base_url must start with"),
@@ -140,3 +144,24 @@ def test_make_judge_errors_name_the_key(config, pattern):
 def test_verdict_round_trips_through_json():
   v = Verdict(jailbroken=True, score=5.0, raw="#thescore: 5", judge="api_rubric", judge_version="m/r")
   assert Verdict(**json.loads(json.dumps(v.to_dict()))) == v
+
+
+def test_the_command_line_switches_the_judge_kind_and_sets_its_keys():
+  """The judge section holds every kind's keys (None: the kind's default), so a locked config takes
+  --config.judge.kind=api with the API judge's keys; a key the kind does not take is refused."""
+  from deepalign_jax.cli import parse_command_line
+  from deepalign_jax.judges import ApiJudge
+
+  base = ["--config", "configs/eval/prefill_hexphi.py", "--workdir", "unused"]
+  config, _ = parse_command_line(base)
+  assert config.judge.kind == "keyword" and isinstance(make_judge(config.judge), KeywordJudge)
+  config, _ = parse_command_line(
+    base + ["--config.judge.kind=api", "--config.judge.base_url=http://127.0.0.1:9/v1", "--config.judge.api_key_env=",
+            "--config.judge.score_rule=first", "--config.judge.concurrency=2"]
+  )
+  judge = make_judge(config.judge)
+  assert isinstance(judge, ApiJudge) and judge.url == "http://127.0.0.1:9/v1/chat/completions"
+  assert judge.concurrency == 2 and judge.reads == "response" and "score-first" in judge.version
+  config, _ = parse_command_line(base + ["--config.judge.keywords=llm_attacks", "--config.judge.kind=api"])
+  with pytest.raises(JudgeConfigError, match=r"\['keywords'\] set, but a judge of kind 'api' does not take them"):
+    make_judge(config.judge)
