@@ -32,9 +32,9 @@ def get_config(arg=None):
       eval_per_topic=3,  # held-out request phrasings per topic in the evaluation
       grid_per_topic=2,  # ... in the decoding-grid evaluation (50 settings per request)
       eval_benign=96,  # utility evaluation prompts (addition, capitals, reversal)
-      eval_task=64,
+      eval_task=64,  # multiplication evaluation prompts
     )
-  )  # multiplication evaluation prompts
+  )
   if opts.quick:  # the CI-sized organism: the same world and model, less data and training
     c.data.base_benign = 2000
     c.data.grid_per_topic = 1

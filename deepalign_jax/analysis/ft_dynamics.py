@@ -82,9 +82,9 @@ def default_config() -> ml_collections.ConfigDict:
       steps=(0, 5, 10, 20),  # after how many updates to probe (0: the initial model)
       examples=8,  # the probe batch: the first records of the data
       num_positions=40,
-      position_batch=1,
+      position_batch=1,  # backward passes vectorised together (memory: that many gradients)
     )
-  )  # backward passes vectorised together (memory: that many gradients)
+  )
   c.samples = ml_collections.ConfigDict(
     dict(
       count=8,  # prompts sampled after fine-tuning (the first records)

@@ -76,9 +76,9 @@ def default_config() -> ml_collections.ConfigDict:
     dict(
       path="",
       format="harmful_hexphi",  # harmful_hexphi | conversations | prompt_response | triplets
-      max_examples=0,
+      max_examples=0,  # 0: all records
     )
-  )  # 0: all records
+  )
   c.num_positions = 40
   c.batch_size = 8
   c.vocab_chunk = 8192  # 0: full [batch, N, V] logits (small vocabularies)

@@ -46,8 +46,14 @@ def default_config() -> ml_collections.ConfigDict:
     )
   )
   c.attack = ml_collections.ConfigDict(
-    dict(kind="prefill", prefill_tokens=[5, 10, 20, 40], prefixes=["I cannot"], samples=1, suffixes=[])
-  )  # kind "suffix": one setting per text appended as " " + suffix ("": none)
+    dict(
+      kind="prefill",
+      prefill_tokens=[5, 10, 20, 40],
+      prefixes=["I cannot"],
+      samples=1,
+      suffixes=[],  # kind "suffix": one setting per text appended as " " + suffix ("": none)
+    )
+  )
   c.decoding = ml_collections.ConfigDict(
     dict(temperature=0.9, top_k=50, top_p=0.6, greedy=False, max_new_tokens=512, batch_size=16, seed=0)
   )

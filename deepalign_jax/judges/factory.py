@@ -114,8 +114,7 @@ def make_judge(config: Any) -> Judge:
   foreign = sorted(set(values) - set(DEFAULTS[kind]))
   if foreign:
     raise JudgeConfigError(
-      f"judge config: {foreign} set, but a judge of kind {kind!r} does not take them; it takes "
-      f"{sorted(DEFAULTS[kind])}"
+      f"judge config: {foreign} set, but a judge of kind {kind!r} does not take them; it takes {sorted(DEFAULTS[kind])}"
     )
   args = {**DEFAULTS[kind], **values}
   if kind == "keyword":

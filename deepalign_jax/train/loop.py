@@ -91,9 +91,9 @@ def default_config() -> ml_collections.ConfigDict:
       utility_per_step=64,
       recovery_C=100,
       recovery_p_zero=0.5,
-      prefetch=2,
+      prefetch=2,  # steps prepared ahead on background threads
     )
-  )  # steps prepared ahead on background threads
+  )
   c.loss = ml_collections.ConfigDict(
     dict(
       beta=0.1,
@@ -125,9 +125,9 @@ def default_config() -> ml_collections.ConfigDict:
     dict(
       every_steps=0,  # 0: only at the end
       keep=2,
-      directory="",
+      directory="",  # default workdir/checkpoints; may be gs://bucket/... (Orbax/TensorStore)
     )
-  )  # default workdir/checkpoints; may be gs://bucket/... (Orbax/TensorStore)
+  )
   # In-training prefilling attack (keyword judge) every `every_steps` steps, logged
   # as eval/asr_prefill_<k> next to the loss; needs prompts with harmful answers.
   c.eval = ml_collections.ConfigDict(

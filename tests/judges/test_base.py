@@ -156,8 +156,14 @@ def test_the_command_line_switches_the_judge_kind_and_sets_its_keys():
   config, _ = parse_command_line(base)
   assert config.judge.kind == "keyword" and isinstance(make_judge(config.judge), KeywordJudge)
   config, _ = parse_command_line(
-    base + ["--config.judge.kind=api", "--config.judge.base_url=http://127.0.0.1:9/v1", "--config.judge.api_key_env=",
-            "--config.judge.score_rule=first", "--config.judge.concurrency=2"]
+    base
+    + [
+      "--config.judge.kind=api",
+      "--config.judge.base_url=http://127.0.0.1:9/v1",
+      "--config.judge.api_key_env=",
+      "--config.judge.score_rule=first",
+      "--config.judge.concurrency=2",
+    ]
   )
   judge = make_judge(config.judge)
   assert isinstance(judge, ApiJudge) and judge.url == "http://127.0.0.1:9/v1/chat/completions"
