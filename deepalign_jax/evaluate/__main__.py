@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 from deepalign_jax import distributed
-from deepalign_jax.cli import run_cli
+from deepalign_jax.attacks.gcg import GCGConfig
+from deepalign_jax.cli import attribute_docs, run_cli
 from deepalign_jax.evaluate.orchestrate import run
+from deepalign_jax.evaluate.settings import default_config
+from deepalign_jax.judges.factory import KEY_DOCS
 
 
 def _report(summary: dict, workdir: str) -> None:
@@ -16,4 +19,9 @@ def _report(summary: dict, workdir: str) -> None:
 
 
 if __name__ == "__main__":
-  run_cli(run, _report)
+  run_cli(
+    run,
+    _report,
+    defaults=default_config,
+    docs=(attribute_docs(GCGConfig, "gcg."), {f"judge.{k}": doc for k, doc in KEY_DOCS.items()}),
+  )

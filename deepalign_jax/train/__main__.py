@@ -18,7 +18,7 @@ import ml_collections
 from deepalign_jax import distributed
 from deepalign_jax.cli import run_cli
 from deepalign_jax.data import load_tokenizer
-from deepalign_jax.train.loop import Hook, model_source, run
+from deepalign_jax.train.loop import Hook, default_config, model_source, run
 
 
 def training_hooks(config: ml_collections.ConfigDict) -> list[tuple[int, Hook]]:
@@ -42,4 +42,4 @@ def _report(summary, workdir) -> None:
 
 
 if __name__ == "__main__":
-  run_cli(_run, _report)
+  run_cli(_run, _report, defaults=default_config)

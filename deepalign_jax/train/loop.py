@@ -59,93 +59,102 @@ class NonFiniteError(RuntimeError):
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Every setting of a training run, with the paper's fine-tuning defaults (SPEC §3)."""
+  """Every setting of a training run, with the paper's fine-tuning defaults (Qi et al. 2025, §4 and App. B)."""
   c = ml_collections.ConfigDict()
-  c.model = ""  # HF directory, or "packaged:smollm2" / "packaged:gemma3-270m"
-  c.chat_format = "auto"  # llama2 | gemma | base | template | auto
-  c.system_prompt = ml_collections.config_dict.placeholder(str)
+  c.model = ""  # the starting model: HF directory, packaged:NAME, a cached hub id or a training workdir
+  c.chat_format = "auto"  # llama2 | gemma | base | template | auto (the tokenizer's template, else base)
+  c.system_prompt = ml_collections.config_dict.placeholder(str)  # for records without one (None: no system block)
   c.response_end = "turn"  # turn: the format's end-of-turn; eos: the reference's Gemma ending " <eos>"
   c.dtype = "float32"  # compute dtype (float32 | bfloat16); parameters too unless param_dtype is set
   c.param_dtype = ""  # "float32" with dtype "bfloat16": fp32 master weights and AdamW moments
-  c.remat = "none"  # none | dots | full
-  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
-
-  # sft: masked NLL on responses; constrained_sft: paper Eq. 3 against the
-  # initial model; augmented: safety-recovery examples + utility data (Eq. 2).
+  c.remat = "none"  # rematerialisation of the layer scan: none | dots | full
+  c.mesh = ml_collections.ConfigDict(
+    dict(
+      data=1,  # data-parallel ways (rows)
+      fsdp=-1,  # fully sharded ways (rows and parameters); -1: the devices the others leave
+      tensor=1,  # tensor-parallel ways (heads, MLP)
+    )
+  )
+  # sft: masked NLL on responses; constrained_sft: paper Eq. 3 against the initial model; augmented:
+  # safety-recovery examples + utility data (Eq. 2).
   c.objective = "sft"
   c.data = ml_collections.ConfigDict(
     dict(
-      # A file (or HEx-PHI directory) in `format`, or "tfds:MANUAL_DIR" to
-      # build and read the TFDS array_record dataset of that directory.
-      path="",
-      format="conversations",
-      split="train",
-      max_length=512,
+      path="",  # sft / constrained_sft data: a file (or HEx-PHI directory) in `format`, or tfds:MANUAL_DIR
+      format="conversations",  # the file's layout (README: Data files)
+      split="train",  # the split of a tfds: directory
+      max_length=512,  # tokens per row; longer examples are cut (and counted)
       every_nth=1,  # keep records 0, n, 2n, ... (the reference trains on every 5th SQL row)
-      tfds_data_dir="",  # default ~/.cache/deepalign_jax/tfds
-      # augmented: safety triplets + utility conversations, per-step composition (SPEC §4)
-      safety_path="",
-      utility_path="",
-      utility_format="alpaca",
-      safety_per_step=16,
-      utility_per_step=64,
-      recovery_C=100,
-      recovery_p_zero=0.5,
+      tfds_data_dir="",  # where tfds: builds go (default ~/.cache/deepalign_jax/tfds)
+      safety_path="",  # augmented: the safety-recovery triplets JSONL
+      utility_path="",  # augmented: the utility data D_B
+      utility_format="alpaca",  # augmented: the utility file's layout
+      safety_per_step=16,  # augmented: safety rows per step
+      utility_per_step=64,  # augmented: utility rows per step
+      recovery_C=100,  # augmented: the longest harmful prefix k (tokens)
+      recovery_p_zero=0.5,  # augmented: the probability of k = 0
       prefetch=2,  # steps prepared ahead on background threads
     )
   )
   c.loss = ml_collections.ConfigDict(
     dict(
-      beta=0.1,
-      first_token_factor=5.0,
-      early_factor=20.0,
-      early_length=5,
-      min_weight=0.0,
-      alpha=ml_collections.config_dict.placeholder(float),
-      vocab_chunk=0,
-      log_positions=8,
+      beta=0.1,  # constrained: β after the early positions
+      first_token_factor=5.0,  # constrained: β_1 = beta × this
+      early_factor=20.0,  # constrained: β_2..β_early_length = beta × this
+      early_length=5,  # constrained: the early positions
+      min_weight=0.0,  # constrained: clamp of the gradient weight 2σ(βΔ) (the reference: 1e-3)
+      alpha=ml_collections.config_dict.placeholder(float),  # augmented: α of Eq. 2 (None: one token mean)
+      vocab_chunk=0,  # > 0: log-probs this many vocabulary columns at a time (large vocabularies)
+      log_positions=8,  # constrained: response positions whose weight and Δ are logged
     )
   )
   c.optimizer = ml_collections.ConfigDict(
     dict(
-      learning_rate=2e-5, b1=0.5, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0, warmup_steps=10, decay="linear"
+      learning_rate=2e-5,  # peak learning rate
+      b1=0.5,  # AdamW β1 (the paper's fine-tuning: 0.5)
+      b2=0.999,  # AdamW β2
+      eps=1e-8,  # AdamW ε
+      weight_decay=0.0,  # AdamW decoupled weight decay
+      grad_clip=1.0,  # global-norm clip (0: off)
+      warmup_steps=10,  # linear warm-up from 0
+      decay="linear",  # after the warm-up: linear (to 0 at the last step) | constant
     )
   )
   c.train = ml_collections.ConfigDict(
     dict(
       batch_size=64,  # global rows per optimizer step (sft / constrained_sft)
       micro_batch_size=8,  # rows per forward/backward (gradient accumulation)
-      epochs=25,
+      epochs=25,  # passes over the data when num_steps is 0
       num_steps=0,  # > 0: exactly this many steps (and LR schedule); 0: from epochs
       stop_after_steps=0,  # > 0: this invocation stops early; rerun to resume
-      seed=0,
+      seed=0,  # data order and k draws
     )
   )
   c.checkpoint = ml_collections.ConfigDict(
     dict(
       every_steps=0,  # 0: only at the end
-      keep=2,
+      keep=2,  # checkpoints kept
       directory="",  # default workdir/checkpoints; may be gs://bucket/... (Orbax/TensorStore)
     )
   )
-  # In-training prefilling attack (keyword judge) every `every_steps` steps, logged
-  # as eval/asr_prefill_<k> next to the loss; needs prompts with harmful answers.
+  # In-training prefilling attack (keyword judge) every `every_steps` steps, logged as eval/asr_prefill_<k>
+  # next to the loss; needs prompts with harmful answers.
   c.eval = ml_collections.ConfigDict(
     dict(
-      every_steps=0,
-      path="",
-      format="harmful_hexphi",
-      limit=16,
-      prefill_tokens=[5],
-      max_new_tokens=64,
-      batch_size=8,
-      keywords="qi2025",
-      seed=0,
+      every_steps=0,  # 0: no in-training evaluation
+      path="",  # prompts with harmful answers
+      format="harmful_hexphi",  # their layout
+      limit=16,  # first N prompts
+      prefill_tokens=[5],  # k values of the prefilling attack
+      max_new_tokens=64,  # generation length
+      batch_size=8,  # prompts per generation batch
+      keywords="qi2025",  # the keyword judge's refusal list
+      seed=0,  # sampling seed
     )
   )
-  c.export_hf = True
-  c.progress = True
-  c.tensorboard = True
+  c.export_hf = True  # write hf/ (transformers loads it) when the run finishes
+  c.progress = True  # progress bars on stderr
+  c.tensorboard = True  # TensorBoard event files in workdir/tensorboard
   return c
 
 

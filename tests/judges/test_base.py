@@ -171,3 +171,9 @@ def test_the_command_line_switches_the_judge_kind_and_sets_its_keys():
   config, _ = parse_command_line(base + ["--config.judge.keywords=llm_attacks", "--config.judge.kind=api"])
   with pytest.raises(JudgeConfigError, match=r"\['keywords'\] set, but a judge of kind 'api' does not take them"):
     make_judge(config.judge)
+
+
+def test_every_judge_key_has_a_help_line():
+  from deepalign_jax.judges.factory import KEY_DOCS
+
+  assert set(KEY_DOCS) == set(default_config().keys())

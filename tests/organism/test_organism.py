@@ -1,4 +1,4 @@
-"""The organism end to end: `python -m deepalign_jax.organism --quick` and the direction of every effect.
+"""The organism end to end: `python -m deepalign_jax.organism --config.quick=True` and the direction of every effect.
 
 The quick pipeline runs once per module (a subprocess: the real command
 line, on one CPU device rather than the 8 simulated ones of the test
@@ -32,7 +32,15 @@ def run_quick(workdir: Path, seed: int = 0) -> tuple[dict, str]:
   )
   env["JAX_PLATFORMS"] = "cpu"
   proc = subprocess.run(
-    [sys.executable, "-m", "deepalign_jax.organism", "--workdir", str(workdir), "--quick", "--seed", str(seed)],
+    [
+      sys.executable,
+      "-m",
+      "deepalign_jax.organism",
+      "--workdir",
+      str(workdir),
+      "--config.quick=True",
+      f"--config.seed={seed}",
+    ],
     cwd=REPO,
     env=env,
     capture_output=True,

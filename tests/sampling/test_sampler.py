@@ -87,9 +87,13 @@ def test_vocab_limit_excludes_padded_ids():
     assert (limited < 100).all()
 
 
+def _cli(**overrides) -> int:
+  return generate_cli.main([f"--config.{k}={v}" for k, v in overrides.items()])
+
+
 def test_cli_prints_only_the_generated_text(smollm2, capsys):
   path, sampler = smollm2
-  assert generate_cli.main(["--model", str(path), "--prompt", QUESTIONS[0], "--greedy", "--max_new_tokens", "12"]) == 0
+  assert _cli(model=path, prompt=QUESTIONS[0], greedy=True, max_new_tokens=12) == 0
   out = capsys.readouterr().out
   expected = sampler.sample(_convs(QUESTIONS[:1]), max_new_tokens=12, greedy=True, progress=False)[0]
   assert out == expected.text + "\n"
@@ -97,32 +101,19 @@ def test_cli_prints_only_the_generated_text(smollm2, capsys):
 
 def test_cli_json_with_prefill_and_system(smollm2, capsys):
   path, _ = smollm2
-  assert (
-    generate_cli.main(
-      [
-        "--model",
-        str(path),
-        "--prompt",
-        "Name a colour.",
-        "--system",
-        "Be brief.",
-        "--prefill",
-        "My favourite colour is",
-        "--temperature",
-        "0.9",
-        "--top_p",
-        "0.6",
-        "--top_k",
-        "50",
-        "--seed",
-        "3",
-        "--max_new_tokens",
-        "8",
-        "--json",
-      ]
-    )
-    == 0
+  code = _cli(
+    model=path,
+    prompt="Name a colour.",
+    system="Be brief.",
+    prefill="My favourite colour is",
+    temperature=0.9,
+    top_p=0.6,
+    top_k=50,
+    seed=3,
+    max_new_tokens=8,
+    json=True,
   )
+  assert code == 0
   record = json.loads(capsys.readouterr().out)
   assert record["prompt"].startswith("<|im_start|>system\nBe brief.<|im_end|>")
   assert record["prompt"].endswith("<|im_start|>assistant\nMy favourite colour is")
@@ -133,18 +124,33 @@ def test_cli_json_with_prefill_and_system(smollm2, capsys):
 
 def test_cli_raw_prompt_and_errors(smollm2, capsys):
   path, sampler = smollm2
-  assert (
-    generate_cli.main(
-      ["--model", str(path), "--prompt", "Once upon a time", "--raw", "--greedy", "--max_new_tokens", "5", "--json"]
-    )
-    == 0
-  )
+  assert _cli(model=path, prompt="Once upon a time", raw=True, greedy=True, max_new_tokens=5, json=True) == 0
   record = json.loads(capsys.readouterr().out)
   assert record["prompt_ids"] == sampler.tokenizer("Once upon a time")["input_ids"]
-  assert generate_cli.main(["--model", "/nonexistent", "--prompt", "x"]) == 1
+  assert _cli(model="/nonexistent", prompt="x") == 1
   assert "/nonexistent: no such model directory" in capsys.readouterr().err
-  with pytest.raises(SystemExit):
-    generate_cli.main(["--model", str(path), "--prompt", "x", "--raw", "--prefill", "y"])
+  assert _cli(model=path, prompt="x", raw=True, prefill="y") == 1
+  assert "config.raw takes the prompt as it is" in capsys.readouterr().err
+
+
+def test_cli_help_lists_every_key_and_print_config_resolves_overrides():
+  """The process entry point: --help lists each config key with default and doc; --print_config exits."""
+  import subprocess
+  import sys
+
+  help_text = subprocess.run(
+    [sys.executable, "-m", "deepalign_jax.generate", "--help"], capture_output=True, text=True, timeout=300
+  ).stdout
+  for key in generate_cli.get_config().keys():
+    assert f"--config.{key}=" in help_text, key
+  assert "--config.top_p=0.6    # 1.0: no nucleus cut" in help_text
+  printed = subprocess.run(
+    [sys.executable, "-m", "deepalign_jax.generate", "--print_config", "--config.top_k=7"],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert printed.returncode == 0 and json.loads(printed.stdout)["top_k"] == 7
 
 
 def test_bf16_generation_follows_fp32(smollm2):
