@@ -13,7 +13,7 @@ setup(
   license="Apache-2.0",
   python_requires=">=3.10",
   packages=find_packages(include=["deepalign_jax", "deepalign_jax.*"]),
-  package_data={"deepalign_jax": ["assets/demo/*", "assets/demo/hexphi/*", "assets/judges/*"]},
+  package_data={"deepalign_jax": ["assets/demo/*", "assets/demo/hexphi/*", "assets/judges/*", "organism/*.md"]},
   # Lower bounds are the versions these machines install; GPU machines may
   # carry newer jax (0.11.x) and an older transformers (5.17).
   install_requires=[
