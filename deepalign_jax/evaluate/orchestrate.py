@@ -130,7 +130,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
   mesh = sharding.make_mesh(**config.mesh.to_dict())
   model, tokenizer, source = load_model(config.model, dtype=dtype_from_name(config.dtype), mesh=mesh)
   renderer_system = config.system_prompt
-  sampler = Sampler(model, tokenizer, config.chat_format, renderer_system)
+  # "auto" evaluates a fine-tuned model in the format it was trained with (the reference's practice).
+  chat_format = source.chat_format if config.chat_format == "auto" else config.chat_format
+  sampler = Sampler(model, tokenizer, chat_format, renderer_system)
   suffixes = (
     _gcg_suffixes(config, model, tokenizer, sampler.renderer, prompts, users, workdir)
     if config.attack.kind == "gcg"
@@ -236,6 +238,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
       "model_source": source.describe(),
       "benchmark": config.benchmark.path,
       "prompts": len(prompts),
+      "chat_format": sampler.renderer.chat_format,  # as rendered ("auto" resolved)
       "judge": {"name": judge.name, "version": judge.version, "reads": judge.reads},
       "config": config.to_dict(),
     }

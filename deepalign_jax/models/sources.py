@@ -62,6 +62,7 @@ class ModelSource:
       "path": str(self.path),
       "base": str(self.base),
       "step": self.step,
+      "chat_format": self.chat_format,
       "fingerprint": self.fingerprint(),
     }
 
@@ -79,6 +80,12 @@ class ModelSource:
       dtype_from_name(config["param_dtype"], f"{where}: param_dtype") if config.get("param_dtype") else dtype
     )
     return dtype, param_dtype
+
+  @property
+  def chat_format(self) -> str:
+    """The chat format the model expects: a training run's own ('auto' for an HF directory, where the
+    renderer picks the tokenizer's template or the base format)."""
+    return self.training_config().get("chat_format") or "auto"
 
   def fingerprint(self) -> str:
     """A short hash of what the weights are: the architecture, the weight files' names and sizes, and

@@ -45,7 +45,13 @@ def test_training_workdir_final_params_and_a_step_checkpoint(model_dirs, tmp_pat
   shifted = state._replace(params=jax.tree.map(lambda x: x + 1.0, state.params))
   (tmp_path / "config.json").write_text(
     json.dumps(
-      {"model": str(model_dirs["a"]), "dtype": "float32", "param_dtype": "", "optimizer": {"learning_rate": 1e-3}}
+      {
+        "model": str(model_dirs["a"]),
+        "dtype": "float32",
+        "param_dtype": "",
+        "chat_format": "template",
+        "optimizer": {"learning_rate": 1e-3},
+      }
     )
   )
   checkpointer = Checkpointer(str((tmp_path / "checkpoints").absolute()))
@@ -53,8 +59,9 @@ def test_training_workdir_final_params_and_a_step_checkpoint(model_dirs, tmp_pat
   checkpointer.maybe_save(5, shifted, {"step": 5}, force=True)
   checkpointer.close()
 
-  # No params/ yet: the latest checkpoint; or the one asked for.
+  # No params/ yet: the latest checkpoint; or the one asked for.  The run's chat format comes with it.
   latest = resolve_source(str(tmp_path))
+  assert latest.chat_format == "template" and resolve_source(str(model_dirs["a"])).chat_format == "auto"
   assert (latest.kind, latest.step, latest.base, latest.tokenizer) == ("training", 5, model_dirs["a"], model_dirs["a"])
   original = _params(model)
   for got, want in zip(_params(load(latest)), original):

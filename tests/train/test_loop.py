@@ -71,6 +71,11 @@ def test_constrained_run_writes_checkpoints_metrics_and_an_hf_export(tiny_model_
   with torch.no_grad():
     theirs = hf(input_ids=torch.as_tensor(ids)).logits.numpy()
   np.testing.assert_allclose(np.asarray(ours(ids)), theirs, atol=1e-5)
+  # The workdir as a model source: its final params, with the chat format it was trained in.
+  from deepalign_jax.models.sources import resolve_source
+
+  source = resolve_source(str(tmp_path))
+  assert (source.kind, source.step, source.chat_format) == ("training", None, "template")
   original, _ = load_pretrained(tiny_model_dir)
   assert not np.allclose(np.asarray(original(ids)), np.asarray(ours(ids)))  # training changed it
 
