@@ -48,6 +48,65 @@ def tiny_family_model(path, family: str, seed=0):
   return save_pretrained(create_model(cfg, seed=seed), cfg, path, tokenizer=tokenizer)
 
 
+def successor_model_dir(path, tokenizer, successors: dict[int, int], default: int):
+  """A 1-layer Llama directory whose greedy next token after token a is successors.get(a, default).
+
+  Known by construction, so a test knows what the model says: the attention and MLP output projections
+  are zero, so each position's hidden state is its token's one-hot embedding (hidden size = vocabulary
+  size), and the untied output head maps each token to its successor.  Written from numpy under the HF
+  names (building it through `create_model` would cost seconds).
+  """
+  import json
+
+  import numpy as np
+  from safetensors.numpy import save_file
+
+  from deepalign_jax.models import hf_config_from
+
+  vocab = hidden = len(tokenizer)
+  inter, heads, kv, head_dim = 32, 2, 1, 16
+  cfg = config_from_hf(
+    dict(
+      model_type="llama",
+      vocab_size=vocab,
+      hidden_size=hidden,
+      intermediate_size=inter,
+      num_hidden_layers=1,
+      num_attention_heads=heads,
+      num_key_value_heads=kv,
+      head_dim=head_dim,
+      tie_word_embeddings=False,
+    )
+  )
+  head = np.zeros((vocab, hidden), np.float32)
+  head[default, :] = 1.0
+  for a, b in successors.items():
+    head[:, a] = 0.0
+    head[b, a] = 1.0
+  rng = np.random.default_rng(0)
+  small = lambda *shape: (0.1 * rng.standard_normal(shape)).astype(np.float32)
+  ones = np.ones(hidden, np.float32)
+  tensors = {
+    "model.embed_tokens.weight": np.eye(vocab, dtype=np.float32),
+    "model.norm.weight": ones,
+    "lm_head.weight": head,
+    "model.layers.0.input_layernorm.weight": ones,
+    "model.layers.0.post_attention_layernorm.weight": ones,
+    "model.layers.0.self_attn.q_proj.weight": small(heads * head_dim, hidden),
+    "model.layers.0.self_attn.k_proj.weight": small(kv * head_dim, hidden),
+    "model.layers.0.self_attn.v_proj.weight": small(kv * head_dim, hidden),
+    "model.layers.0.self_attn.o_proj.weight": np.zeros((hidden, heads * head_dim), np.float32),
+    "model.layers.0.mlp.gate_proj.weight": small(inter, hidden),
+    "model.layers.0.mlp.up_proj.weight": small(inter, hidden),
+    "model.layers.0.mlp.down_proj.weight": np.zeros((hidden, inter), np.float32),
+  }
+  Path(path).mkdir(parents=True)
+  save_file(tensors, str(Path(path) / "model.safetensors"), metadata={"format": "pt"})
+  (Path(path) / "config.json").write_text(json.dumps(hf_config_from(cfg)))
+  tokenizer.save_pretrained(str(path))
+  return Path(path)
+
+
 def override(config, overrides):
   """Sets `{"a.b": value}` entries on a ConfigDict; returns it."""
   for key, value in overrides.items():

@@ -1,16 +1,13 @@
 """Offline model judge: the verdict parser, the wiring, and tiny models of known replies end to end."""
 
 import dataclasses
-import json
 
-import numpy as np
 import pytest
-from safetensors.numpy import save_file
 
 from deepalign_jax.data import ChatRenderer
 from deepalign_jax.judges import ModelJudge, make_judge, parse_safety_verdict, summarize
-from deepalign_jax.models import config_from_hf, hf_config_from
 from tests.data.tokenizers import sentencepiece_like_tokenizer
+from tests.tiny_models import successor_model_dir
 
 
 @pytest.mark.parametrize(
@@ -93,60 +90,9 @@ def test_raw_prompt_mode(tokenizer, tmp_path):
 
 
 def _judge_dir(path, tokenizer, answer: str):
-  """A 1-layer Llama directory whose greedy reply to any prompt is `answer` (one token) over and over.
-
-  Known by construction: the attention and MLP output projections are zero,
-  so the last hidden state is the last token's embedding; every embedding
-  has 1 in dimension 0, the final norm keeps only that dimension, and the
-  untied output head reads it into `answer`'s logit alone — positive there,
-  0 for every other token.  The safetensors file is written from numpy under
-  the HF names (building it through `create_model` would cost seconds).
-  """
-  hidden, inter, heads, kv, head_dim, vocab = 64, 128, 2, 1, 32, len(tokenizer)
+  """A judge model whose greedy reply to any prompt is `answer` (one token) over and over."""
   (target,) = tokenizer(answer, add_special_tokens=False)["input_ids"]
-  cfg = config_from_hf(
-    dict(
-      model_type="llama",
-      vocab_size=vocab,
-      hidden_size=hidden,
-      intermediate_size=inter,
-      num_hidden_layers=1,
-      num_attention_heads=heads,
-      num_key_value_heads=kv,
-      head_dim=head_dim,
-      tie_word_embeddings=False,
-    )
-  )
-  rng = np.random.default_rng(0)
-
-  def normal(*shape):
-    return (0.1 * rng.standard_normal(shape)).astype(np.float32)
-
-  embed = normal(vocab, hidden)
-  embed[:, 0] = 1.0
-  norm = np.zeros(hidden, np.float32)
-  norm[0] = 1.0
-  head = np.zeros((vocab, hidden), np.float32)
-  head[target, 0] = 1.0
-  tensors = {
-    "model.embed_tokens.weight": embed,
-    "model.norm.weight": norm,
-    "lm_head.weight": head,
-    "model.layers.0.input_layernorm.weight": np.ones(hidden, np.float32),
-    "model.layers.0.post_attention_layernorm.weight": np.ones(hidden, np.float32),
-    "model.layers.0.self_attn.q_proj.weight": normal(heads * head_dim, hidden),
-    "model.layers.0.self_attn.k_proj.weight": normal(kv * head_dim, hidden),
-    "model.layers.0.self_attn.v_proj.weight": normal(kv * head_dim, hidden),
-    "model.layers.0.self_attn.o_proj.weight": np.zeros((hidden, heads * head_dim), np.float32),
-    "model.layers.0.mlp.gate_proj.weight": normal(inter, hidden),
-    "model.layers.0.mlp.up_proj.weight": normal(inter, hidden),
-    "model.layers.0.mlp.down_proj.weight": np.zeros((hidden, inter), np.float32),
-  }
-  path.mkdir()
-  save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
-  (path / "config.json").write_text(json.dumps(hf_config_from(cfg)))
-  tokenizer.save_pretrained(str(path))
-  return path
+  return successor_model_dir(path, tokenizer, {}, default=target)
 
 
 @pytest.fixture(scope="module")

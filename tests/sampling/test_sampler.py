@@ -10,6 +10,7 @@ from deepalign_jax.models import config_from_hf, create_model, load_pretrained
 from deepalign_jax.sampling import Sampler, generate
 from tests.models.hf_fixtures import FAMILY_CONFIGS
 from tests.real_checkpoints import real_checkpoint
+from tests.tiny_models import successor_model_dir
 
 QUESTIONS = ["What is the capital of France?", "Name three colours.", "Count from one to five."]
 
@@ -200,63 +201,10 @@ def test_response_decodes_prefill_and_continuation_together():
 
 
 def _successor_model(path, tokenizer, chain):
-  """A 1-layer Llama whose greedy continuation of any prompt is `chain` (token strings), then round again.
-
-  Known by construction: the attention and MLP output projections are zero, so each step's hidden state is
-  the last token's one-hot embedding (hidden size = vocabulary size); the untied output head maps every
-  token to its successor — the next one of `chain`, and every token not in it to chain[0].
-  """
-  import json as _json
-
-  import numpy as np
-  from safetensors.numpy import save_file
-
-  from deepalign_jax.models import hf_config_from
-
+  """A model whose greedy continuation of any prompt is `chain` (token strings), then round again."""
   ids = tokenizer.convert_tokens_to_ids(chain)
   assert tokenizer.unk_token_id not in ids and len(set(ids)) == len(ids), chain
-  vocab = hidden = len(tokenizer)
-  inter, heads, kv, head_dim = 32, 2, 1, 16
-  cfg = config_from_hf(
-    dict(
-      model_type="llama",
-      vocab_size=vocab,
-      hidden_size=hidden,
-      intermediate_size=inter,
-      num_hidden_layers=1,
-      num_attention_heads=heads,
-      num_key_value_heads=kv,
-      head_dim=head_dim,
-      tie_word_embeddings=False,
-    )
-  )
-  head = np.zeros((vocab, hidden), np.float32)
-  head[ids[0], :] = 1.0
-  for a, b in zip(ids, ids[1:] + ids[:1]):
-    head[:, a] = 0.0
-    head[b, a] = 1.0
-  rng = np.random.default_rng(0)
-  small = lambda *shape: (0.1 * rng.standard_normal(shape)).astype(np.float32)  # noqa: E731
-  ones = np.ones(hidden, np.float32)
-  tensors = {
-    "model.embed_tokens.weight": np.eye(vocab, dtype=np.float32),
-    "model.norm.weight": ones,
-    "lm_head.weight": head,
-    "model.layers.0.input_layernorm.weight": ones,
-    "model.layers.0.post_attention_layernorm.weight": ones,
-    "model.layers.0.self_attn.q_proj.weight": small(heads * head_dim, hidden),
-    "model.layers.0.self_attn.k_proj.weight": small(kv * head_dim, hidden),
-    "model.layers.0.self_attn.v_proj.weight": small(kv * head_dim, hidden),
-    "model.layers.0.self_attn.o_proj.weight": np.zeros((hidden, heads * head_dim), np.float32),
-    "model.layers.0.mlp.gate_proj.weight": small(inter, hidden),
-    "model.layers.0.mlp.up_proj.weight": small(inter, hidden),
-    "model.layers.0.mlp.down_proj.weight": np.zeros((hidden, inter), np.float32),
-  }
-  path.mkdir()
-  save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
-  (path / "config.json").write_text(_json.dumps(hf_config_from(cfg)))
-  tokenizer.save_pretrained(str(path))
-  return load_pretrained(path)[0]
+  return load_pretrained(successor_model_dir(path, tokenizer, dict(zip(ids, ids[1:] + ids[:1])), default=ids[0]))[0]
 
 
 # "The cat\n\n### Instruction: ### Response": the first "###" spans two tokens ("##" + "#"), which no stop
