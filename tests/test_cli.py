@@ -13,6 +13,7 @@ def _clis():
   from deepalign_jax.evaluate import settings
   from deepalign_jax.models import gguf
   from deepalign_jax.organism import __main__ as organism
+  from deepalign_jax.scale import targets
   from deepalign_jax.train import loop
 
   judge = {f"judge.{k}": doc for k, doc in KEY_DOCS.items()}
@@ -25,6 +26,7 @@ def _clis():
     "demo": (demo.get_config, ()),
     "gguf": (gguf.get_config, ()),
     "organism": (organism.get_config, ()),
+    "scale.plan": (targets.example_plan, (targets.plan, targets.PLAN_KEY_DOCS)),
   }
 
 

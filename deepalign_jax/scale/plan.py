@@ -20,10 +20,11 @@ set to the plan's device count when it does not already have that many.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 from typing import Any
+
+from deepalign_jax.atomic import write_json
 
 GIB = 1024**3
 
@@ -160,27 +161,27 @@ HEADER = (
 )
 
 
+def run(plan, workdir=None) -> dict[str, Any]:
+  """Checks a plan (re-executing the process with its device count first, when needed)."""
+  del workdir
+  _ensure_devices(plan.devices)
+  result = check_plan(plan)
+  if plan.json:
+    write_json(plan.json, result)
+  return result
+
+
+def _report(result: dict[str, Any], workdir=None) -> None:
+  del workdir
+  print(HEADER)
+  print(format_row(result))
+
+
 def main() -> None:
-  from absl import app, flags
-  from ml_collections import config_flags
+  from deepalign_jax.cli import run_cli
+  from deepalign_jax.scale.targets import PLAN_KEY_DOCS, example_plan, plan
 
-  config_flag = config_flags.DEFINE_config_file("config", None, "a configs/scale/*.py plan", lock_config=True)
-  json_flag = flags.DEFINE_string("json", None, "also write the figures to this JSON file")
-
-  def _main(argv):
-    del argv
-    plan = config_flag.value
-    if plan is None:
-      raise app.UsageError("--config is required")
-    _ensure_devices(plan.devices)
-    result = check_plan(plan)
-    print(HEADER)
-    print(format_row(result))
-    if json_flag.value:
-      with open(json_flag.value, "w") as f:
-        json.dump(result, f, indent=2)
-
-  app.run(_main)
+  run_cli(run, _report, defaults=example_plan, docs=(plan, PLAN_KEY_DOCS), workdir=False, multi_process=False)
 
 
 if __name__ == "__main__":

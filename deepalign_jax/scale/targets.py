@@ -35,6 +35,14 @@ GEMMA_7B = dict(
   hidden_activation="gelu_pytorch_tanh",
 )
 
+# `--help` lines of the keys `plan` builds from its arguments.
+PLAN_KEY_DOCS = {
+  **{f"model.{k}": "the model's config.json field" for k in {**LLAMA2_7B, **GEMMA_7B}},
+  "mesh.data": "data-parallel ways",
+  "mesh.fsdp": "fully sharded ways",
+  "mesh.tensor": "tensor-parallel ways",
+}
+
 # chips per slice and HBM per chip (GiB)
 TARGETS = {
   "v4-32": dict(chip="TPU v4", devices=16, hbm_gib=32.0),
@@ -64,14 +72,33 @@ def plan(
   (the paper's recipes use 64 rows per step).
   """
   c = ml_collections.ConfigDict()
-  c.name = name
-  c.model = dict(model)
-  c.chip, c.devices, c.hbm_gib = TARGETS[target]["chip"], TARGETS[target]["devices"], TARGETS[target]["hbm_gib"]
+  c.name = name  # the plan's name in the table
+  c.model = dict(model)  # the model's config.json fields
+  c.chip = TARGETS[target]["chip"]  # the target accelerator
+  c.devices = TARGETS[target]["devices"]  # chips of the slice (simulated CPU devices when checking)
+  c.hbm_gib = TARGETS[target]["hbm_gib"]  # memory per chip
   c.usable_fraction = 0.9  # leave room for the runtime and fragmentation
   c.mesh = ml_collections.ConfigDict(mesh)
-  c.remat = remat
-  c.dtype, c.param_dtype = dtype, param_dtype
-  c.objective = "constrained"
-  c.micro_batch_size, c.num_micro_batches, c.seq_len = micro_batch_size, num_micro_batches, seq_len
-  c.vocab_chunk = vocab_chunk
+  c.remat = remat  # none | dots | full
+  c.dtype = dtype  # compute dtype
+  c.param_dtype = param_dtype  # parameter (master weight) dtype
+  c.objective = "constrained"  # the train step's loss: sft | constrained
+  c.micro_batch_size = micro_batch_size  # rows per forward/backward
+  c.num_micro_batches = num_micro_batches  # micro-batches per step (gradient accumulation)
+  c.seq_len = seq_len  # tokens per row
+  c.vocab_chunk = vocab_chunk  # > 0: log-probs this many vocabulary columns at a time
+  c.json = ""  # also write the figures to this JSON file
   return c
+
+
+def example_plan() -> ml_collections.ConfigDict:
+  """A plan with every key (what `--help` lists): Llama-2-7B on 8 H100s."""
+  return plan(
+    "llama2_7b_8xh100",
+    LLAMA2_7B,
+    "8xH100",
+    mesh=dict(data=1, fsdp=8, tensor=1),
+    remat="dots",
+    micro_batch_size=8,
+    num_micro_batches=8,
+  )
