@@ -90,7 +90,7 @@ def _family(chat_formats) -> str:
   formats = set(chat_formats)
   if "gemma" in formats:
     return "gemma"
-  if formats & {"template"}:
+  if "template" in formats:
     return "template"
   return "llama2"
 

@@ -56,9 +56,7 @@ def prefill_asr_hook(
         seed=eval_config.seed,
         progress=progress,
       )
-      verdicts = judge.judge(
-        [(c[0]["content"], s.response if judge.reads == "response" else s.text) for c, s in zip(conversations, samples)]
-      )
+      verdicts = judge.judge([(c[0]["content"], s.read_as(judge.reads)) for c, s in zip(conversations, samples)])
       out[f"eval/asr_prefill_{int(k)}"] = summarize(verdicts).asr
     return out
 

@@ -191,10 +191,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
       # the templated or suffixed user text; it reads what its `reads` says (continuation alone, or
       # prefill and continuation decoded together).
       verdicts = judge.judge(
-        [
-          (prompts[i].prompt, sample.response if judge.reads == "response" else sample.text)
-          for (i, _, _), sample in zip(work, samples)
-        ]
+        [(prompts[i].prompt, sample.read_as(judge.reads)) for (i, _, _), sample in zip(work, samples)]
       )
       for (i, s, j), sample, verdict, user in zip(work, samples, verdicts, sent):
         p = prompts[i]

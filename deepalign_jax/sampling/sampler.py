@@ -59,6 +59,10 @@ class Sample:
   token_ids: list[int]
   stopped: bool
 
+  def read_as(self, reads: str) -> str:
+    """What a judge with `reads` sees: 'continuation' (`text`) or 'response' (prefill and continuation)."""
+    return self.response if reads == "response" else self.text
+
 
 class RenderedPrompt(NamedTuple):
   """One prompt for `Sampler.run`: ids, prefill text, prompt text, and how many of the ids are the prefill."""

@@ -311,7 +311,7 @@ def test_recovery_epoch_redraws_k_each_epoch_and_reproduces_it(get_renderer):
   other_seed = recovery_epoch(items, epoch=0, seed=4)
   assert all(isinstance(d, RecoveryDraw) for d in first) and len(first) == 64
 
-  ks = lambda draws: np.array([d.k for d in draws])  # noqa: E731
+  ks = lambda draws: np.array([d.k for d in draws])
   # Same (seed, epoch): same k and the same arrays (a resumed run sees the same data).
   np.testing.assert_array_equal(ks(first), ks(again))
   for a, b in zip(first, again):

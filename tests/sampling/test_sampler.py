@@ -277,7 +277,7 @@ def test_cut_at_stop_strings(chain_sampler):
   from deepalign_jax.sampling.sampler import cut_at_stop_strings
 
   tokenizer = chain_sampler.tokenizer
-  encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+  encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
   tokens = encode("Sure, here is the answer.\n\n### Instruction:\nSay hi.")
   kept, text, response, cut = cut_at_stop_strings(tokenizer, [], tokens, ("###",))
   assert cut and text == response == "Sure, here is the answer.\n\n"
