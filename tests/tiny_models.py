@@ -12,10 +12,13 @@ _SHAPE = dict(
 )
 
 
-def tiny_chat_model(path, seed=0):
-  """A 2-layer Llama (hidden 64) with SmolLM2's tokenizer (ChatML), random weights, saved at `path`."""
+def tiny_chat_model(path, seed=0, **shape):
+  """A 2-layer Llama (hidden 64; `shape` overrides HF config keys) with SmolLM2's tokenizer (ChatML),
+  random weights, saved at `path`."""
   tokenizer = load_tokenizer(real_tokenizer("smollm2"))
-  cfg = config_from_hf(dict(model_type="llama", vocab_size=len(tokenizer), tie_word_embeddings=True, **_SHAPE))
+  cfg = config_from_hf(
+    dict(model_type="llama", vocab_size=len(tokenizer), tie_word_embeddings=True, **{**_SHAPE, **shape})
+  )
   return save_pretrained(create_model(cfg, seed=seed), cfg, path, tokenizer=tokenizer)
 
 

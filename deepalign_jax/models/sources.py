@@ -88,18 +88,33 @@ class ModelSource:
     return self.training_config().get("chat_format") or "auto"
 
   def fingerprint(self) -> str:
-    """A short hash of what the weights are: the architecture, the weight files' names and sizes, and
-    for a training run its config and step.  Cheap (no weight is read); equal sources hash equal."""
+    """A short hash of what the weights are: the architecture, each weight file's tensor index (its
+    safetensors header) and 16 blocks of its bytes spread over the file, and for a training run its
+    config and step.  Cheap (a few hundred KiB read, whatever the model's size); two random models of one
+    shape hash differently, equal sources hash equal."""
     h = hashlib.sha256()
     h.update((self.base / "config.json").read_bytes())
     for f in sorted(self.base.glob("*.safetensors")):
       h.update(f"{f.name}:{f.stat().st_size}".encode())
+      h.update(_sampled_bytes(f))
     if self.kind == "training":
       h.update((self.path / "config.json").read_bytes())
       h.update(f"step={self.step}".encode())
       if self.step is None:
         h.update(_tree_signature(self.path / "params").encode())
     return h.hexdigest()[:16]
+
+
+def _sampled_bytes(path: Path, blocks: int = 16, block: int = 4096) -> bytes:
+  """A safetensors file's header (its tensor index) and `blocks` blocks of its bytes at even offsets."""
+  size = path.stat().st_size
+  with open(path, "rb") as f:
+    header_length = int.from_bytes(f.read(8), "little") if size >= 8 else 0
+    pieces = [f.read(min(header_length, size - 8))]
+    for i in range(blocks):
+      f.seek((size * i) // blocks)
+      pieces.append(f.read(block))
+  return b"".join(pieces)
 
 
 def _tree_signature(folder: Path) -> str:
@@ -171,7 +186,7 @@ def _training_source(spec: str, workdir: Path, config: dict, step: int) -> Model
   base = resolve_source(str(config["model"])).base
   export = workdir / "hf"
   tokenizer = export if (export / "tokenizer_config.json").is_file() else base
-  if not step and (workdir / "params").is_dir():
+  if not step and _finished_export(workdir):
     return ModelSource("training", spec, workdir, base, tokenizer, None)
   steps = checkpoint_steps(workdir)
   if not steps:
@@ -183,6 +198,18 @@ def _training_source(spec: str, workdir: Path, config: dict, step: int) -> Model
   return ModelSource("training", spec, workdir, base, tokenizer, step or steps[-1])
 
 
+def _finished_export(workdir: Path) -> bool:
+  """Whether the run finished and its params/ export is complete: summary.json, written after the
+  exports, says so (a run taking more steps removes it first)."""
+  summary = workdir / "summary.json"
+  if not (workdir / "params").is_dir() or not summary.is_file():
+    return False
+  try:
+    return bool(json.loads(summary.read_text()).get("finished"))
+  except json.JSONDecodeError:
+    return False
+
+
 def _names(path) -> tuple[str, ...]:
   """A pytree path as plain names, whether its steps are dict keys or attributes."""
   return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
@@ -192,7 +219,7 @@ def read_params(workdir: str | os.PathLike, like, step: int | None = None):
   """A training workdir's parameters, placed like `like` (an nnx.State of the model, arrays or
   ShapeDtypeStructs with shardings).
 
-  step None: the final `params/` export if the run finished, else the latest
+  step None: the final `params/` export if the run finished (summary.json says so), else the latest
   checkpoint; a step: `checkpoints/<step>`.  Only the parameters are read,
   as host arrays (the run may have had another device topology), so the
   optimizer state is never loaded.
@@ -200,7 +227,7 @@ def read_params(workdir: str | os.PathLike, like, step: int | None = None):
   import orbax.checkpoint as ocp
 
   workdir = Path(workdir).absolute()
-  if step is None and (workdir / "params").is_dir():
+  if step is None and _finished_export(workdir):
     item_dir, key = workdir / "params", None
   else:
     if step is None:

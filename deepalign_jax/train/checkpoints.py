@@ -14,6 +14,9 @@ finished or running workdir's parameters for evaluation and analysis is
 
 from __future__ import annotations
 
+import errno
+import os
+import re
 from typing import Any
 
 import grain
@@ -35,6 +38,7 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, keep: int = 2, save_every: int = 0):
     self.save_every = save_every
+    self.directory = directory
     self._manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
     )
@@ -63,8 +67,25 @@ class Checkpointer:
     items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     if data is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data)
-    self._manager.save(step, args=ocp.args.Composite(**items))
+    with self._disk_errors(step):  # a save waits for the previous one, whose error surfaces here
+      self._manager.save(step, args=ocp.args.Composite(**items))
     return True
+
+  def wait(self) -> None:
+    """Until the saves in flight are written (their errors are raised here)."""
+    with self._disk_errors(None):
+      self._manager.wait_until_finished()
+
+  def discard_from(self, step: int) -> list[int]:
+    """Deletes the checkpoints of `step` and later (after the saves in flight); returns their steps."""
+    self.wait()
+    doomed = [s for s in self._manager.all_steps() if s >= step]
+    for s in doomed:
+      self._manager.delete(s)
+    return sorted(doomed)
+
+  def _disk_errors(self, step: int | None):
+    return _DiskErrors(self, step)
 
   def restore(
     self,
@@ -78,9 +99,74 @@ class Checkpointer:
     items = dict(state=ocp.args.StandardRestore(_abstract(like)), meta=ocp.args.JsonRestore())
     if data is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data)
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    except (ValueError, TypeError, KeyError) as e:
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise ValueError(
+        f"{self.directory}/{step}: the checkpoint does not fit this run's model and optimizer ({first[:200]}); "
+        f"a run resumes only onto the model it started with"
+      ) from None
     return restored["state"], restored["meta"]
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
+
+
+class _DiskErrors:
+  """Turns a failed checkpoint write into one OSError naming the directory and the last complete step."""
+
+  def __init__(self, checkpointer: Checkpointer, step: int | None):
+    self.checkpointer, self.step = checkpointer, step
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, kind, error, traceback):
+    if error is None or isinstance(error, _CheckpointWriteError):
+      return False
+    code, where = _write_failure(error)
+    if code is None:
+      return False
+    complete = [s for s in checkpoint_steps(self.checkpointer.directory) if self.step is None or s < self.step]
+    why = "no space left on the device" if code == errno.ENOSPC else os.strerror(code).lower()
+    raise _CheckpointWriteError(
+      code,
+      f"writing a checkpoint to {self.checkpointer.directory} failed: {why} ({where or 'a file in it'}); "
+      f"the last complete checkpoint is {'step ' + str(complete[-1]) if complete else 'none'} and is intact; "
+      f"free space and rerun to resume",
+    ) from None
+
+
+def _write_failure(error: BaseException) -> tuple[int | None, str | None]:
+  """(errno, path) of a failed write somewhere in `error`'s chain: an OSError, or the ValueError that
+  TensorStore raises for one ("... Failed writing: "PATH": ... [os_error_code='28']"); (None, None) if none."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno is not None:
+      return error.errno, error.filename
+    match = re.search(r"os_error_code='(\d+)'", str(error))
+    if match:
+      path = re.search(r'(?:Failed writing|local file): "([^"]+)"', str(error))
+      return int(match.group(1)), path.group(1) if path else None
+    error = error.__cause__ or error.__context__
+  return None, None
+
+
+class _CheckpointWriteError(OSError):
+  def __str__(self) -> str:
+    return self.strerror
+
+
+def checkpoint_steps(directory: str) -> list[int]:
+  """The complete checkpoint steps in `directory` (local or gs://; Orbax commits a step by renaming it)."""
+  from etils import epath
+
+  path = epath.Path(directory)
+  if not path.is_dir():
+    return []
+  return sorted(int(p.name) for p in path.iterdir() if p.is_dir() and p.name.isdigit())

@@ -11,8 +11,18 @@ transformers-loadable export with the tokenizer).
 
 Rerunning the same command resumes from the latest complete checkpoint: the
 batch of every step is a function of (seed, step), so a resumed run takes
-exactly the steps of an uninterrupted one.  A loss or gradient that stops
-being finite stops the run with `NonFiniteError`; nothing is saved after it.
+exactly the steps of an uninterrupted one.  A workdir holds one run:
+`run.json` records its identity (the model's fingerprint, the data files'
+hashes and every setting that changes what is computed, `run_identity`), and
+a rerun whose identity differs is refused, naming each differing key, unless
+`config.rerun` says to start over (`restart`) or to continue from the latest
+checkpoint with the new settings (`change`: a raised `train.num_steps`, a
+lower learning rate after a non-finite stop); each change is kept in
+run.json's history.  `params/`, `hf/` and `summary.json` describe the same
+finished step: a run that takes more steps removes them first and writes
+them again when it finishes.  A loss or gradient that stops being finite
+stops the run with `NonFiniteError`; the checkpoints that fed the failing
+step are removed, so the one it names resumes with a lower learning rate.
 """
 
 from __future__ import annotations
@@ -35,12 +45,13 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from deepalign_jax import atomic, losses, sharding
+from deepalign_jax import atomic, identity, losses, sharding
 from deepalign_jax.data import ChatRenderer, load_tokenizer
 from deepalign_jax.data.pipeline import step_dataset, step_iterator
+from deepalign_jax.errors import RunError
 from deepalign_jax.models import dtype_from_name, save_pretrained, sources
 from deepalign_jax.train import reference
-from deepalign_jax.train.checkpoints import Checkpointer
+from deepalign_jax.train.checkpoints import Checkpointer, checkpoint_steps
 from deepalign_jax.train.rows import OBJECTIVES, AugmentedRows, SupervisedRows, training_rows
 from deepalign_jax.train.state import (
   OptimizerConfig,
@@ -54,8 +65,27 @@ from deepalign_jax.train.step import LossConfig, shared_train_step, split_loss_c
 _log = logging.getLogger(__name__)
 
 
-class NonFiniteError(RuntimeError):
-  """The loss or the gradient stopped being finite."""
+class NonFiniteError(RunError):
+  """The loss, the gradient or the updated weights stopped being finite (the message names the step and
+  the checkpoint to resume from)."""
+
+
+RERUN = ("resume", "restart", "change")
+# Settings that change nothing a run computes: a rerun may change them freely.
+HARMLESS = (
+  "rerun",
+  "progress",
+  "tensorboard",
+  "export_hf",
+  "remat",  # recomputation, not other numbers
+  "mesh",  # another topology resumes the same run
+  "eval",  # the in-training evaluation logs numbers beside the loss, it changes no weight
+  "train.stop_after_steps",
+  "checkpoint.every_steps",
+  "checkpoint.keep",
+  "data.prefetch",
+  "data.tfds_data_dir",
+)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -153,6 +183,9 @@ def default_config() -> ml_collections.ConfigDict:
     )
   )
   c.export_hf = True  # write hf/ (transformers loads it) when the run finishes
+  # resume: a rerun continues only with the settings it started with; restart: discard the workdir's run
+  # and start over; change: continue from the latest checkpoint with the new settings (kept in run.json)
+  c.rerun = "resume"
   c.progress = True  # progress bars on stderr
   c.tensorboard = True  # TensorBoard event files in workdir/tensorboard
   return c
@@ -181,19 +214,21 @@ class _Setup:
   data: SupervisedRows | AugmentedRows
   total_steps: int
   num_micro: int
+  run: dict[str, Any]  # run.json: the run's identity and history
+  source: sources.ModelSource
 
 
 def _setup(config: ml_collections.ConfigDict, workdir: Path) -> _Setup:
   """Checks the config, loads the starting model and the data, and records the resolved config."""
   train = config.train
-  if config.objective not in OBJECTIVES:
-    raise ValueError(f"config.objective must be one of {OBJECTIVES}, got {config.objective!r}")
+  _check_config(config)
+  source = model_source(config)
+  run = claim_workdir(config, workdir, source)
   if train.batch_size % train.micro_batch_size:
     raise ValueError(
       f"config.train.batch_size={train.batch_size} is not a multiple of "
       f"config.train.micro_batch_size={train.micro_batch_size}"
     )
-  source = model_source(config)
   mesh = sharding.make_mesh(**config.mesh.to_dict())
   dtype = dtype_from_name(config.dtype, "config.dtype")
   param_dtype = dtype_from_name(config.param_dtype, "config.param_dtype") if config.param_dtype else dtype
@@ -201,8 +236,6 @@ def _setup(config: ml_collections.ConfigDict, workdir: Path) -> _Setup:
   tokenizer = load_tokenizer(source.tokenizer)
   renderer = ChatRenderer(tokenizer, config.chat_format, config.system_prompt, config.response_end)
   data = training_rows(config, renderer, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
-  if jax.process_index() == 0:  # the one process that writes shared files
-    atomic.write_text(workdir / "config.json", config.to_json(indent=2))
 
   total_steps = train.num_steps if train.num_steps > 0 else data.order.steps_per_epoch * train.epochs
   if data.rows % train.micro_batch_size:
@@ -215,17 +248,156 @@ def _setup(config: ml_collections.ConfigDict, workdir: Path) -> _Setup:
       f"config.train.micro_batch_size={train.micro_batch_size} must be a multiple of the "
       f"mesh's data × fsdp = {batch_ways} (rows are split across them)"
     )
-  return _Setup(model, model.config, tokenizer, mesh, data, total_steps, data.rows // train.micro_batch_size)
+  return _Setup(
+    model, model.config, tokenizer, mesh, data, total_steps, data.rows // train.micro_batch_size, run, source
+  )
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+  """One-line errors for settings no run can use."""
+  train = config.train
+  if config.objective not in OBJECTIVES:
+    raise ValueError(f"config.objective must be one of {OBJECTIVES}, got {config.objective!r}")
+  if config.rerun not in RERUN:
+    raise ValueError(f"config.rerun must be one of {RERUN}, got {config.rerun!r}")
+  for key in ("batch_size", "micro_batch_size"):
+    if not isinstance(train[key], int) or train[key] < 1:
+      raise ValueError(f"config.train.{key} must be a positive integer, got {train[key]!r}")
+  for key in ("num_steps", "epochs", "stop_after_steps"):
+    if train[key] < 0:
+      raise ValueError(f"config.train.{key} must be >= 0, got {train[key]!r}")
+  if train.num_steps == 0 and train.epochs == 0:
+    raise ValueError("config.train.num_steps and config.train.epochs are both 0: give the steps or the epochs")
+  if config.data.max_length < 2:
+    raise ValueError(f"config.data.max_length must be >= 2 tokens, got {config.data.max_length!r}")
+  dtype_from_name(config.dtype, "config.dtype")
+  if config.param_dtype:
+    dtype_from_name(config.param_dtype, "config.param_dtype")
+
+
+def run_identity(config: ml_collections.ConfigDict, source: sources.ModelSource) -> dict[str, Any]:
+  """What a training run computes, flat: `config.KEY` for every setting outside `HARMLESS`, the model's
+  fingerprint and the data files' content hashes (the model's path is left out: the same weights moved
+  elsewhere are the same run)."""
+  settings = identity.without(config.to_dict(), HARMLESS + ("model",))
+  out = {f"config.{k}": v for k, v in identity.flatten(settings).items()}
+  out["model fingerprint"] = source.fingerprint()
+  for key in ("path", "safety_path", "utility_path"):
+    if config.data[key]:
+      out[f"content of config.data.{key}"] = identity.path_fingerprint(config.data[key])
+  return out
+
+
+def _run_outputs(config, workdir: Path) -> list[Path]:
+  """What a training run writes into its workdir (checkpoints apart)."""
+  names = ("summary.json", "params", "hf", "metrics.jsonl", "tensorboard", "reference_logps.npz", "config.json")
+  return [workdir / name for name in names]
+
+
+def _checkpoint_dir(config, workdir: Path) -> str:
+  return config.checkpoint.directory or str((workdir / "checkpoints").absolute())
+
+
+def _remove(path) -> None:
+  from etils import epath
+
+  path = epath.Path(path)
+  if path.is_dir():
+    path.rmtree()
+  elif path.exists():
+    path.unlink()
+
+
+def claim_workdir(config: ml_collections.ConfigDict, workdir: Path, source: sources.ModelSource) -> dict[str, Any]:
+  """Checks a rerun against the workdir's run.json (`config.rerun`) and records this run; returns run.json.
+
+  Every process decides the same way (they read the same file); only
+  process 0 writes or removes anything.
+  """
+  ident = run_identity(config, source)
+  previous = identity.read_run(workdir)
+  checkpoint_dir = _checkpoint_dir(config, workdir)
+  main = jax.process_index() == 0
+  has_run = previous is not None or bool(checkpoint_steps(checkpoint_dir)) or (workdir / "metrics.jsonl").exists()
+  if config.rerun == "restart" and has_run:
+    if main:
+      for path in [*_run_outputs(config, workdir), Path(workdir) / identity.RUN_FILE]:
+        _remove(path)
+      _remove(checkpoint_dir)
+    _sync("deepalign_jax.train.restart")
+    _log.warning("%s: config.rerun=restart: the previous run's checkpoints and outputs were removed", workdir)
+    previous, has_run = None, False
+  how = (
+    "use a new --workdir, --config.rerun=restart to start over, or --config.rerun=change to continue "
+    "from the latest checkpoint with the new settings"
+  )
+  if previous is None:
+    if has_run and config.rerun != "change":
+      raise identity.RerunRefused(
+        f"{workdir}: holds a training run without {identity.RUN_FILE} (from an older version of the toolkit, "
+        f"or checkpoints in {checkpoint_dir}); {how}"
+      )
+    run = identity.new_run(ident, event="start")
+  else:
+    diffs = identity.differences(previous["identity"], ident)
+    if not diffs:
+      return previous
+    if config.rerun != "change":
+      raise identity.RerunRefused(
+        f"{workdir}: this rerun's settings differ from the run in it: {identity.describe_differences(diffs)}; {how}"
+      )
+    if any(key == "model fingerprint" for key, _, _ in diffs):
+      raise identity.RerunRefused(
+        f"{workdir}: config.model is another model (fingerprint {previous['identity']['model fingerprint']} "
+        f"-> {ident['model fingerprint']}); a run's weights come from its checkpoints, so another starting "
+        f"model needs a new --workdir or --config.rerun=restart"
+      )
+    step = _latest(checkpoint_dir)
+    changed = {key: [old, new] for key, old, new in diffs}
+    _log.warning("%s: config.rerun=change at step %s: %s", workdir, step, identity.describe_differences(diffs))
+    run = identity.new_run(ident, previous, event="change", step=step, changed=changed)
+  if main:  # the config of the run as it now stands (run.json keeps what changed, and when)
+    identity.write_run(workdir, run)
+    atomic.write_text(workdir / "config.json", config.to_json(indent=2))
+  return run
+
+
+def _latest(directory: str) -> int | None:
+  steps = checkpoint_steps(directory)
+  return steps[-1] if steps else None
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
 
 
 def _reference_logps(config: ml_collections.ConfigDict, workdir: Path, setup: _Setup) -> None:
-  """The constrained objective's π_ref log-probs: computed once with the initial weights, cached."""
+  """The constrained objective's π_ref log-probs: computed once with the initial weights, cached.
+
+  The cache carries the identity of what it was computed from (the starting
+  model's fingerprint, the data file's hash and the settings that shape the
+  tokens); a cache of anything else is recomputed, never reused.
+  """
   cache = workdir / "reference_logps.npz"
   data = setup.data
+  made_from = identity.digest(
+    {
+      "model": setup.source.fingerprint(),
+      "data": identity.path_fingerprint(config.data.path),
+      "settings": {k: config.data[k] for k in ("format", "split", "max_length", "every_nth")},
+      "render": [config.chat_format, config.system_prompt, config.response_end],
+      "vocab_chunk": config.loss.vocab_chunk,
+    }
+  )
   # Every process must take the same branch (computing is collective): process 0 decides.
-  if _agree(cache.exists()):
+  if _agree(cache.exists() and reference.cache_identity(cache) == made_from):
     data.ref_logps = reference.load_reference_logps(cache, data.examples)
     return
+  if cache.exists():
+    _log.warning("%s was computed from another model, data or settings: computing it again", cache)
   data.ref_logps = reference.compute_reference_logps(
     setup.model,
     data.examples,
@@ -235,7 +407,7 @@ def _reference_logps(config: ml_collections.ConfigDict, workdir: Path, setup: _S
     progress=config.progress and jax.process_index() == 0,
   )
   if jax.process_index() == 0:
-    reference.save_reference_logps(cache, data.ref_logps)
+    reference.save_reference_logps(cache, data.ref_logps, made_from=made_from)
 
 
 def loss_config(config: ml_collections.ConfigDict) -> LossConfig:
@@ -248,6 +420,43 @@ def loss_config(config: ml_collections.ConfigDict) -> LossConfig:
     alpha=loss.alpha,
     vocab_chunk=loss.vocab_chunk or None,
     log_positions=loss.log_positions,
+  )
+
+
+class _NonFiniteStep(Exception):
+  """Step `step` (1-based) was not finite; `inputs_finite`: its loss and gradient were (the update overflowed)."""
+
+  def __init__(self, step: int, metrics: Mapping[str, Any], inputs_finite: bool):
+    super().__init__(step)
+    self.step, self.metrics, self.inputs_finite = step, metrics, inputs_finite
+
+
+def _non_finite_error(stop: _NonFiniteStep, checkpointer: Checkpointer, checkpoint_dir: str) -> NonFiniteError:
+  """Removes the checkpoints that feed the failing step again; the error names the one to resume from.
+
+  Step s reads the weights after update s-1: if its loss or gradient is not
+  finite, checkpoint s-1 would fail the same way with any learning rate, so it
+  goes (and anything later).  If only the updated weights overflowed, the
+  checkpoint before the step is good.
+  """
+  first_bad = stop.step - 1 if not stop.inputs_finite else stop.step
+  removed = checkpointer.discard_from(first_bad)
+  last = checkpointer.latest_step()
+  m = stop.metrics
+  what = (
+    f"loss={float(m['loss'])}, grad_norm={float(m['grad_norm'])}"
+    if not stop.inputs_finite
+    else f"the update made the weights non-finite (param_norm={float(m['param_norm'])})"
+  )
+  resume = (
+    f"checkpoint step {last} in {checkpoint_dir} is the last good one"
+    if last is not None
+    else f"no good checkpoint is left in {checkpoint_dir}, so a rerun starts from the initial weights"
+  )
+  return NonFiniteError(
+    f"step {stop.step}: {what} (not finite); stopped without saving"
+    + (f", removed checkpoint(s) {removed} whose weights fed this step" if removed else "")
+    + f"; {resume}; lower optimizer.learning_rate (or check the data) and rerun with --config.rerun=change"
   )
 
 
@@ -266,6 +475,7 @@ class _MetricsLog:
     graphdef,
     checkpointer: Checkpointer,
     checkpoint_dir: str,
+    run_id: str,
   ):
     main = jax.process_index() == 0
     self.file = open(workdir / "metrics.jsonl" if main else os.devnull, "a")
@@ -275,21 +485,18 @@ class _MetricsLog:
     )
     self.schedule, self.data, self.hooks, self.graphdef = schedule, data, hooks, graphdef
     self.checkpointer, self.checkpoint_dir = checkpointer, checkpoint_dir
+    self.run_id = run_id
     self.tokens_seen, self.clock = 0, time.perf_counter()
 
   def finish(self, step: int, metrics, params=None) -> None:
     """Step `step` (0-based) on the host; `params`: the weights after it, for the hooks due at this step."""
     metrics = {k: _host(v) for k, v in metrics.items()}
-    if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
-      last = self.checkpointer.latest_step()
-      raise NonFiniteError(
-        f"step {step + 1}: loss={float(metrics['loss'])}, grad_norm={float(metrics['grad_norm'])} "
-        f"(not finite); stopped without saving — the last good checkpoint is "
-        f"{'step ' + str(last) if last is not None else 'none (no checkpoint was saved yet)'} "
-        f"in {self.checkpoint_dir}; lower optimizer.learning_rate or check the data"
-      )
+    inputs_finite = bool(np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"]))
+    if not (inputs_finite and np.isfinite(metrics["param_norm"])):
+      raise _NonFiniteStep(step + 1, metrics, inputs_finite)
     record = {
       "step": step + 1,
+      "run": self.run_id,
       "epoch": self.data.order.epoch_of(step),
       **{k: _plain(v) for k, v in metrics.items()},
       "learning_rate": float(self.schedule(step)),
@@ -313,17 +520,39 @@ class _MetricsLog:
       self.writer.close()
 
 
+def _exports_current(config, workdir: Path, run_id: str, step: int) -> bool:
+  """Whether params/, hf/ and summary.json already describe this run's `step` (a rerun of a finished run)."""
+  summary = workdir / "summary.json"
+  if not summary.exists() or not (workdir / "params").is_dir() or (config.export_hf and not (workdir / "hf").is_dir()):
+    return False
+  done = json.loads(summary.read_text())
+  return done.get("finished") and done.get("steps_done") == step and done.get("run") == run_id
+
+
+def _drop_exports(workdir: Path) -> None:
+  """Removes a finished run's exports (summary first: a run without it is unfinished), before more steps."""
+  for name in ("summary.json", "params", "hf"):
+    _remove(workdir / name)
+
+
 def _export(config, workdir: Path, setup: _Setup, graphdef, params) -> dict[str, str]:
-  """The finished run's params/ (params-only Orbax) and, if asked, hf/ (what transformers loads)."""
+  """The finished run's params/ (params-only Orbax) and, if asked, hf/ (what transformers loads), each
+  assembled beside its place and renamed into it; summary.json is written after both."""
   out = {}
   params_dir = (workdir / "params").absolute()
-  if not params_dir.exists():
-    with ocp.StandardCheckpointer() as params_checkpointer:
-      params_checkpointer.save(params_dir, params)
+  staging = params_dir.with_name(f".params.{os.getpid()}")
+  _remove(staging)
+  with ocp.StandardCheckpointer() as params_checkpointer:
+    params_checkpointer.save(staging, params)
+  if jax.process_index() == 0:
+    _remove(params_dir)
+    os.replace(staging, params_dir)
   out["params"] = str(params_dir)
   if config.export_hf:
     trained = nnx.merge(graphdef, params)
     out["hf_export"] = str(save_pretrained(trained, setup.model_config, workdir / "hf", tokenizer=setup.tokenizer))
+  elif jax.process_index() == 0:
+    _remove(workdir / "hf")
   return out
 
 
@@ -340,7 +569,7 @@ def run(
   workdir.mkdir(parents=True, exist_ok=True)
   train = config.train
   setup = _setup(config, workdir)
-  data, total_steps, num_micro = setup.data, setup.total_steps, setup.num_micro
+  data, total_steps, num_micro, run_id = setup.data, setup.total_steps, setup.num_micro, setup.run["id"]
   if config.objective == "constrained_sft":
     _reference_logps(config, workdir, setup)
 
@@ -354,7 +583,7 @@ def run(
     ),
     prefetch=config.data.prefetch,
   )
-  checkpoint_dir = config.checkpoint.directory or str((workdir / "checkpoints").absolute())
+  checkpoint_dir = _checkpoint_dir(config, workdir)
   checkpointer = Checkpointer(checkpoint_dir, keep=config.checkpoint.keep, save_every=config.checkpoint.every_steps)
   restored = checkpointer.restore(state, batches)
   start = 0
@@ -364,8 +593,17 @@ def run(
     position = batches.get_state().get("next_index", start)
     if position != start:
       raise ValueError(f"{checkpoint_dir}: data position {position} does not match step {start}")
+  if start > total_steps:
+    checkpointer.close()
+    raise identity.RerunRefused(
+      f"{checkpoint_dir}: holds step {start}, past this run's {total_steps} steps; raise "
+      f"config.train.num_steps to at least {start}, or --config.rerun=restart to start over"
+    )
+  end = total_steps if train.stop_after_steps <= 0 else min(total_steps, start + train.stop_after_steps)
   if jax.process_index() == 0:
     _keep_metrics_before(workdir / "metrics.jsonl", start)
+    if start < end:  # more steps: the finished run's exports no longer describe the latest step
+      _drop_exports(workdir)
 
   # Numbers as inputs, not constants: runs of one shape share the compiled step.
   static_loss, loss_values = split_loss_config(loss_config(config))
@@ -374,7 +612,6 @@ def run(
   )
   step_fn = functools.partial(shared_train_step, graphdef, loss_config=static_loss)
   row_sharding = NamedSharding(setup.mesh, P(None, ("data", "fsdp")))
-  end = total_steps if train.stop_after_steps <= 0 else min(total_steps, start + train.stop_after_steps)
 
   def sync_after(step: int) -> bool:
     """Whether step `step` (1-based) needs its state on the host side: a hook, a checkpoint or the end."""
@@ -391,7 +628,9 @@ def run(
     graphdef,
     checkpointer,
     checkpoint_dir,
+    run_id,
   )
+  meta = {"run": run_id}
   try:
     # One step in flight: step s+1 is dispatched before step s's metrics are read, so the host's work
     # overlaps the device's.  Steps whose state is needed (hooks, checkpoints, the last) are finished at
@@ -409,11 +648,14 @@ def run(
         pending = None
       if sync_after(step + 1):
         log.finish(step, metrics, state.params)
-        checkpointer.maybe_save(step + 1, state, {"step": step + 1}, data=batches)
+        checkpointer.maybe_save(step + 1, state, {"step": step + 1, **meta}, data=batches)
       else:
         pending = (step, metrics)
     finished = end == total_steps
-    checkpointer.maybe_save(end, state, {"step": end}, force=True, data=batches)
+    checkpointer.maybe_save(end, state, {"step": end, **meta}, force=True, data=batches)
+    checkpointer.wait()
+  except _NonFiniteStep as stop:
+    raise _non_finite_error(stop, checkpointer, checkpoint_dir) from None
   finally:
     checkpointer.close()
     log.close()
@@ -422,14 +664,18 @@ def run(
     "steps_done": end,
     "total_steps": total_steps,
     "finished": finished,
+    "run": run_id,
     "examples": data.num_examples,
     "truncated_examples": int(data.truncated),
     "workdir": str(workdir),
+    "model_source": setup.source.describe(),
   }
-  if finished:
-    summary.update(_export(config, workdir, setup, graphdef, state.params))
   if data.truncated:
     _log.warning("%d training examples were truncated to max_length=%d", data.truncated, config.data.max_length)
+  if finished:
+    if _exports_current(config, workdir, run_id, end):
+      return json.loads((workdir / "summary.json").read_text())
+    summary.update(_export(config, workdir, setup, graphdef, state.params))
   if jax.process_index() == 0:
     atomic.write_json(workdir / "summary.json", summary)
   return summary

@@ -64,14 +64,22 @@ def compute_reference_logps(
   return out
 
 
-def save_reference_logps(path: str | os.PathLike, logps: Sequence[np.ndarray]) -> None:
-  """Writes the cache as one .npz, via a temporary file renamed into place."""
+def save_reference_logps(path: str | os.PathLike, logps: Sequence[np.ndarray], *, made_from: str = "") -> None:
+  """Writes the cache as one .npz, via a temporary file renamed into place; `made_from`: the identity
+  (a digest) of the model, data and settings it was computed from."""
   with atomic_path(path) as tmp:
     np.savez(
       tmp,
       lengths=np.array([len(x) for x in logps], np.int64),
       values=np.concatenate(logps) if logps else np.zeros(0, np.float32),
+      made_from=np.array(made_from),
     )
+
+
+def cache_identity(path: str | os.PathLike) -> str:
+  """The `made_from` digest a cache was saved with ("" for a cache without one)."""
+  with np.load(path) as data:
+    return str(data["made_from"]) if "made_from" in data.files else ""
 
 
 def load_reference_logps(path: str | os.PathLike, examples: Sequence[TokenizedExample]) -> list[np.ndarray]:

@@ -131,7 +131,7 @@ def train_step(
 ) -> tuple[TrainState, dict[str, Any]]:
   """One optimizer update over a batch of M micro-batches (pure; jit it).
 
-  Metrics: loss, tokens, grad_norm; for the constrained objective also
+  Metrics: loss, tokens, grad_norm, param_norm (after the update); for the constrained objective also
   `weight_by_position` / `delta_by_position` [log_positions] (mean w_t and
   Δ_t over the batch's tokens at each response position; NaN where none)
   and `mean_weight`.
@@ -175,6 +175,7 @@ def train_step(
     "loss": loss,
     "tokens": batch["loss_mask"][..., 1:].sum(),
     "grad_norm": optax.global_norm(grads),
+    "param_norm": optax.global_norm(params),  # after the update: an overflowing update shows here first
   }
   if stats:
     count = stats["count"]

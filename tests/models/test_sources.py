@@ -71,9 +71,12 @@ def test_training_workdir_final_params_and_a_step_checkpoint(model_dirs, tmp_pat
   with pytest.raises(ValueError, match=r"no step 3 \(saved steps: \[2, 5\]\)"):
     resolve_source(str(tmp_path), step=3)
 
-  # The final params/ (params only) are preferred once written.
+  # The final params/ (params only) are preferred once the run says it finished (summary.json is written
+  # after the exports; params/ without it is an export the run did not finish writing).
   with ocp.StandardCheckpointer() as final:
     final.save((tmp_path / "params").absolute(), jax.tree.map(lambda x: x * 2.0, state.params))
+  assert resolve_source(str(tmp_path)).step == 5
+  (tmp_path / "summary.json").write_text(json.dumps({"finished": True, "steps_done": 5}))
   source = resolve_source(str(tmp_path))
   assert source.step is None
   for got, want in zip(_params(load(source)), original):
