@@ -6,7 +6,9 @@
 - `--config` names a config file (its `get_config()`); CLIs with built-in
   defaults (generate, demo, gguf, organism) take their own when it is left
   out.  Any key is overridden with `--config.KEY=VALUE`; a misspelt key is
-  refused (locked configs).
+  refused in one line naming the nearest valid keys.  A list or tuple key
+  takes `[5,10]`, `(5,10)` or `5,10` (repeating the flag appends), its
+  elements checked against the default's.
 - `--print_config` prints the resolved config (file + overrides) as JSON and exits.
 - `--help` lists every config key with its default and its one-line doc
   (the comment beside it where the defaults are written).
@@ -21,13 +23,20 @@ project's documentation is README.md and docs/ in the repository.
 
 from __future__ import annotations
 
+import ast
+import difflib
 import inspect
 import json
 import re
 import sys
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from deepalign_jax import distributed
+from deepalign_jax.errors import RunError
+
+# What a run may stop with for a reason its message explains: printed as one line, exit status 1.
+_USER_ERRORS = (ValueError, OSError, RunError)
 
 
 def _default_file(defaults: Callable | None) -> str | None:
@@ -68,15 +77,218 @@ def parse_command_line(
   """
   from absl import flags
 
-  argv = ["deepalign_jax"] + list(argv)
+  argv, sequences = _take_overrides(["deepalign_jax"] + list(argv), defaults, config_required)
   flag_values = flags.FlagValues()
-  config_flag, workdir_flag, _ = _define(
-    flag_values, argv, defaults=defaults, config_required=config_required, workdir=workdir
-  )
-  flag_values(argv)
+  try:
+    config_flag, workdir_flag, _ = _define(
+      flag_values, argv, defaults=defaults, config_required=config_required, workdir=workdir
+    )
+    flag_values(argv)
+  except flags.Error as e:
+    raise ValueError(one_line(e)) from None
   if config_flag.value is None or (workdir and not workdir_flag.value):
     raise ValueError("--config and --workdir are required" if workdir else "--config is required")
+  _apply_sequences(config_flag.value, sequences)
   return config_flag.value, workdir_flag.value if workdir else None
+
+
+def one_line(error: BaseException | str) -> str:
+  """An error message on one line (a message that spans lines has them joined)."""
+  return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
+# -- --config.KEY overrides checked before ml_collections sees them -------------------------------------
+#
+# ml_collections refuses a misspelt key with a multi-line AttributeError (a KeyError for a missing
+# section) raised while absl parses the flags, and cannot override list fields at all.  So the command
+# line is read once against the config it names first: a key that is not in it is refused in one line
+# naming the nearest keys, and list and tuple overrides are taken out of argv (absl never sees them),
+# parsed with `ast.literal_eval`, checked against the default's element type and set once the flags are
+# parsed.
+
+_OVERRIDE = re.compile(r"^--?(no)?config\.([^=]+)(?:=(.*))?$", re.DOTALL)
+_CONFIG_ARG = re.compile(r"^--?config(?:=(.*))?$", re.DOTALL)
+
+
+def _config_argument(argv: Sequence[str]) -> str | None:
+  """The value of `--config` in argv (`--config=FILE` or `--config FILE`; the last one counts)."""
+  value = None
+  for i, arg in enumerate(argv):
+    if arg == "--":
+      break
+    match = _CONFIG_ARG.match(arg)
+    if match:
+      value = match.group(1) if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else None)
+  return value
+
+
+def _base_config(argv: Sequence[str], defaults: Callable | None, config_required: bool):
+  """The config argv names (before its overrides), or None where there is none to check against."""
+  from absl import flags
+  from ml_collections import ConfigDict, config_flags
+
+  path = _config_argument(argv)
+  if path is None and not config_required:
+    path = _default_file(defaults)
+  if not path:
+    return None
+  if not Path(path.split(":", 1)[0]).is_file():
+    raise FileNotFoundError(f"--config {path}: no such config file")
+  try:  # the file as the flag's default, on a command line of its own: loaded without overrides
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", path, flag_values=flag_values, lock_config=False, sys_argv=["cli"])
+    flag_values(["cli"])
+    config = flag_values.config
+  except Exception:  # a broken config file: the flag parse that follows reports it
+    return None
+  return config if isinstance(config, ConfigDict) else None
+
+
+def _lookup(config, key: str) -> tuple[str | None, Any]:
+  """(None, the value at dotted `key`), or (the first missing part, e.g. 'judge' or 'train.num_stepz', None)."""
+  from ml_collections import ConfigDict
+
+  node, parts = config, key.split(".")
+  for i, part in enumerate(parts):
+    if node is None and i:  # a placeholder section, which ml_collections fills in
+      return None, None
+    if not isinstance(node, ConfigDict) or part not in node:
+      return ".".join(parts[: i + 1]), None
+    node = node[part]
+  return None, node
+
+
+def _no_such_key(config, key: str, flag: str, missing: str) -> ValueError:
+  """A one-line error naming the nearest valid keys of a key that is not in `config`."""
+  keys = [k for k, _ in _flatten(config)]
+  parent, _, name = key.rpartition(".")
+  by_name: dict[str, list[str]] = {}
+  for k in keys:
+    by_name.setdefault(k.rpartition(".")[2], []).append(k)
+  siblings = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == parent]
+  # The same section's keys first (num_stepz → num_steps), then a key of that name elsewhere, then any.
+  near = [f"{parent}.{n}" if parent else n for n in difflib.get_close_matches(name, siblings, n=3, cutoff=0.7)]
+  near += [k for n in difflib.get_close_matches(name, list(by_name), n=3, cutoff=0.8) for k in by_name[n]]
+  if missing != key:  # a section that is not there (judge.timeout): the whole dotted name
+    near += difflib.get_close_matches(key, keys, n=3)
+  near = list(dict.fromkeys(near))[:3]
+  what = "no such key" if missing == key else f"no such key (the config has no section config.{missing})"
+  if near:
+    return ValueError(f"{flag}: {what}; did you mean {' or '.join('config.' + k for k in near)}?")
+  if missing == key and parent:
+    return ValueError(f"{flag}: {what}; config.{parent} has {', '.join(sorted(siblings))} (--help lists every key)")
+  sections = sorted(k for k in config.keys() if hasattr(config[k], "to_dict"))
+  return ValueError(f"{flag}: {what}; its sections are {', '.join(sections) or 'none'} (--help lists every key)")
+
+
+def _sequence_type(config, key: str, value) -> type | None:
+  """list or tuple when the field at `key` holds one (or is a placeholder of one), else None."""
+  if isinstance(value, (list, tuple)):
+    return type(value)
+  if value is None:
+    parent, _, last = key.rpartition(".")
+    holder = _lookup(config, parent)[1] if parent else config
+    try:
+      field_type = holder.get_type(last)
+    except (AttributeError, KeyError, TypeError):
+      return None
+    return field_type if field_type in (list, tuple) else None
+  return None
+
+
+def _elements(text: str, element_type: type | None) -> list:
+  """The elements of one override value: a Python literal ([5, 10], (5, 10), 5), else a comma list."""
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError, MemoryError, RecursionError):
+    value = None
+  else:
+    value = list(value) if isinstance(value, (list, tuple)) else [value]
+    if element_type is not str or all(isinstance(v, str) for v in value):
+      return value
+  # Not a literal (or unquoted strings): the comma-separated parts, each a literal where it is one.
+  inner = text.strip()
+  if len(inner) >= 2 and (inner[0], inner[-1]) in (("[", "]"), ("(", ")")):
+    inner = inner[1:-1]
+  out = []
+  for part in (p.strip() for p in inner.split(",")):
+    if not part:
+      continue
+    try:
+      element = ast.literal_eval(part)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+      element = part
+    out.append(element if element_type is not str or isinstance(element, str) else part)
+  return out
+
+
+def _parse_sequence(flag: str, texts: Sequence[str], default, kind: type):
+  """The list / tuple the override texts give, each element of the default's element type."""
+  types = {type(v) for v in default or ()}
+  element_type = types.pop() if len(types) == 1 else None
+  values = [v for text in texts for v in _elements(text, element_type)]
+  out = []
+  for v in values:
+    if element_type is float and isinstance(v, int) and not isinstance(v, bool):
+      v = float(v)
+    elif element_type is not None and type(v) is not element_type:
+      raise ValueError(
+        f"{flag}: expected a {kind.__name__} of {element_type.__name__} (the default is {default!r}), "
+        f"got the element {v!r}"
+      )
+    out.append(v)
+  return kind(out)
+
+
+def _take_overrides(argv: Sequence[str], defaults: Callable | None, config_required: bool):
+  """(argv without its list and tuple overrides, {dotted key: value} of those), every override's key
+  checked against the config argv names (ValueError naming the nearest valid keys)."""
+  from absl import flags
+
+  argv = list(flags.FLAGS.read_flags_from_files(list(argv), force_gnu=False))
+  config = _base_config(argv, defaults, config_required)
+  if config is None:
+    return argv, {}
+  kept, texts, fields, i = [], {}, {}, 0
+  while i < len(argv):
+    arg, i = argv[i], i + 1
+    if arg == "--":
+      kept.extend(argv[i - 1 :])
+      break
+    match = _OVERRIDE.match(arg)
+    if not match or "[" in match.group(2):  # an indexed key (a.b[0]) is left to ml_collections
+      kept.append(arg)
+      continue
+    negated, key, text = match.group(1), match.group(2), match.group(3)
+    flag = arg.split("=", 1)[0]
+    missing, value = _lookup(config, key)
+    if missing is not None:
+      raise _no_such_key(config, key, flag, missing)
+    kind = _sequence_type(config, key, value)
+    if kind is None:
+      kept.append(arg)
+      continue
+    if negated:
+      raise ValueError(f"{flag}: config.{key} is a {kind.__name__}, not a boolean; give --config.{key}=[a,b]")
+    if text is None:  # --config.KEY VALUE
+      if i >= len(argv) or argv[i].startswith("--"):
+        raise ValueError(f"{flag}: no value given; write {flag}=[a,b]")
+      text, i = argv[i], i + 1
+    texts.setdefault(key, []).append(text)
+    fields[key] = (flag, value, kind)
+  sequences = {}
+  for key, parts in texts.items():
+    flag, default, kind = fields[key]
+    sequences[key] = _parse_sequence(flag, parts, default, kind)
+  return kept, sequences
+
+
+def _apply_sequences(config, sequences: Mapping[str, Any]) -> None:
+  """Sets the list and tuple overrides `_take_overrides` took out of argv."""
+  for key, value in sequences.items():
+    parent, _, last = key.rpartition(".")
+    holder = _lookup(config, parent)[1] if parent else config
+    holder[last] = value
 
 
 # -- --help: every key, its default and its doc ---------------------------------------------------------
@@ -194,8 +406,8 @@ def run_command_line(
   try:
     config, out = parse_command_line(argv, defaults=defaults, config_required=config_required, workdir=workdir)
     summary = run(config, out)
-  except (ValueError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
+  except _USER_ERRORS as e:
+    print(f"error: {one_line(e)}", file=sys.stderr)
     return 1
   report(summary, out)
   return 0
@@ -217,14 +429,29 @@ def run_cli(
     `config_required=False` it is also the config used when `--config` is left out, and must be the
     module's `get_config`).  docs: more builders whose comments document keys (e.g. the default config a
     `get_config` starts from).  multi_process: the `--distributed*` flags and the `jax.distributed`
-    start-up (train, evaluate, the analyses).  A ValueError or OSError (a bad config, file or checkpoint) is printed
-    as one line "error: ..." on stderr with exit status 1.
+    start-up (train, evaluate, the analyses).  A ValueError or OSError (a bad config, file or checkpoint), a
+    `RunError`, and a command line absl or ml_collections refuses (a misspelt key, a value of the wrong type)
+    are printed as one line "error: ..." on stderr with exit status 1.
   """
   from absl import app, flags, logging
 
-  config_flag, workdir_flag, print_flag = _define(
-    flags.FLAGS, None, defaults=defaults, config_required=config_required, workdir=workdir
-  )
+  def fail(error) -> None:
+    print(f"error: {one_line(error)}", file=sys.stderr)
+    sys.exit(1)
+
+  def parse_flags(args):
+    try:
+      return flags.FLAGS(args)
+    except (flags.Error, *_USER_ERRORS) as e:
+      fail(e)
+
+  try:
+    argv, sequences = _take_overrides(sys.argv, defaults, config_required)
+    config_flag, workdir_flag, print_flag = _define(
+      flags.FLAGS, argv, defaults=defaults, config_required=config_required, workdir=workdir
+    )
+  except (flags.Error, *_USER_ERRORS) as e:
+    fail(e)
   if multi_process:
     distributed.define_flags()
   main_module = sys.modules.get("__main__")
@@ -236,6 +463,7 @@ def run_cli(
     del argv
     if config_flag.value is None or (workdir and not workdir_flag.value and not print_flag.value):
       raise app.UsageError("--config and --workdir are required" if workdir else "--config is required")
+    _apply_sequences(config_flag.value, sequences)
     if print_flag.value:
       print(json.dumps(config_flag.value.to_dict(), indent=2, sort_keys=True, default=str))
       return
@@ -246,9 +474,8 @@ def run_cli(
     out = workdir_flag.value if workdir else None
     try:
       summary = run(config_flag.value, out)
-    except (ValueError, OSError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(1)
+    except _USER_ERRORS as e:
+      fail(e)
     report(summary, out)
 
-  app.run(main)
+  app.run(main, argv=argv, flags_parser=parse_flags)

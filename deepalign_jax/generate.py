@@ -25,7 +25,7 @@ from deepalign_jax.attacks.settings import Decoding
 from deepalign_jax.cli import run_cli, run_command_line
 from deepalign_jax.models import dtype_from_name
 from deepalign_jax.models.sources import load_model
-from deepalign_jax.sampling import Sample, Sampler
+from deepalign_jax.sampling import Sample, Sampler, check_decoding
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -56,8 +56,17 @@ def run(config: ml_collections.ConfigDict, workdir=None) -> dict:
     raise ValueError("config.model and config.prompt are required")
   if config.raw and (config.system is not None or config.prefill is not None):
     raise ValueError("config.raw takes the prompt as it is: config.system and config.prefill need a chat format")
-  model, tokenizer, _ = load_model(config.model, dtype=dtype_from_name(config.dtype))
-  sampler = Sampler(model, tokenizer, config.chat_format, system_prompt=config.system)
+  check_decoding(
+    "config.",
+    max_new_tokens=config.max_new_tokens,
+    temperature=config.temperature,
+    top_p=config.top_p,
+    top_k=config.top_k,
+  )
+  model, tokenizer, source = load_model(config.model, dtype=dtype_from_name(config.dtype))
+  # A training workdir renders prompts the way it trained, like the evaluation does.
+  chat_format = source.chat_format if config.chat_format == "auto" else config.chat_format
+  sampler = Sampler(model, tokenizer, chat_format, system_prompt=config.system)
   decoding = dict(
     max_new_tokens=config.max_new_tokens,
     temperature=config.temperature,

@@ -10,7 +10,7 @@ from deepalign_jax.judges.factory import KEY_DOCS
 def _clis():
   from deepalign_jax import demo, generate
   from deepalign_jax.analysis import ft_dynamics, kl_depth
-  from deepalign_jax.evaluate import settings
+  from deepalign_jax.evaluate import rejudge, settings
   from deepalign_jax.models import gguf
   from deepalign_jax.organism import __main__ as organism
   from deepalign_jax.scale import targets
@@ -23,6 +23,7 @@ def _clis():
     "kl_depth": (kl_depth.default_config, ()),
     "ft_dynamics": (ft_dynamics.default_config, ()),
     "generate": (generate.get_config, ()),
+    "judge": (rejudge.get_config, (judge,)),
     "demo": (demo.get_config, ()),
     "gguf": (gguf.get_config, ()),
     "organism": (organism.get_config, ()),
@@ -74,5 +75,5 @@ def test_built_in_defaults_and_overrides_parse_like_the_cli():
     ["--config.top_k=5"], defaults=generate.get_config, config_required=False, workdir=False
   )
   assert workdir is None and config.top_k == 5 and config.top_p == generate.get_config().top_p
-  with pytest.raises(AttributeError, match="top_kk"):
+  with pytest.raises(ValueError, match="--config.top_kk: no such key; did you mean config.top_k"):
     parse_command_line(["--config.top_kk=5"], defaults=generate.get_config, config_required=False, workdir=False)

@@ -425,11 +425,21 @@ def _csv_rows(path: str) -> Iterator[tuple[int, list[str]]]:
   _report_blank(path, blank)
 
 
+# First cells that make a HEx-PHI file's first line a column header, not an instruction (case-insensitive).
+HEXPHI_HEADER_WORDS = frozenset(
+  ("prompt", "prompts", "instruction", "goal", "behavior", "question", "text", "query", "request", "harmful_prompt")
+)
+
+
 def read_hexphi(path: str | os.PathLike) -> list[Prompt]:
   """HEx-PHI category_N.csv (one instruction a line, no header) or a directory of them.
 
   A directory yields every category_N.csv in it, by N; other files are
   ignored, and missing categories are fine (the public copy withholds one).
+  The files have no header, but a re-saved copy often gains one: a first
+  line whose first cell is a column name (`HEXPHI_HEADER_WORDS`: prompt,
+  instruction, goal, behavior, ...; any case) is skipped with a warning
+  naming the file, rather than becoming prompt 0.
   """
   path = os.fspath(path)
   if os.path.isdir(path):
@@ -443,7 +453,10 @@ def read_hexphi(path: str | os.PathLike) -> list[Prompt]:
     files = [(str(int(m.group(1))) if m else None, path)]
   out = []
   for category, file in files:
-    for line, row in _csv_rows(file):
+    for index, (line, row) in enumerate(_csv_rows(file)):
+      if index == 0 and row[0].strip().lower() in HEXPHI_HEADER_WORDS:
+        _log.warning("%s:%d: skipped a header line %r (HEx-PHI files have none)", file, line, ",".join(row))
+        continue
       if len(row) != 1:
         raise DataFormatError(
           f"{file}:{line}: expected one instruction (one CSV column; quote instructions "

@@ -23,12 +23,25 @@ sample: rendered prompt, prefill, output, decoding parameters, verdict),
 aggregates for the decoding grid, utility, the resolved config) and, for
 sweeps, `asr.png`.  Rerunning the same command continues: records already
 written are kept, missing ones are generated, none is duplicated (a
-half-written last line from a crash is dropped).
+half-written last line from a crash is dropped), and records whose judge
+call failed are judged again.
+
+A workdir holds one evaluation: `run.json` records its identity (the
+model's fingerprint, the benchmark's content hash and every setting that
+changes what is generated, `evaluation_identity`), and every record carries
+its digest.  A rerun with another identity is refused, naming each
+differing key (`config.rerun=restart` starts over).  The scope — which
+prompts (`benchmark.limit`), settings (`attack.prefill_tokens`, ...) and
+samples — may change freely: records outside it stay in the file and out
+of the summary, missing ones are generated.  Another judge is refused too:
+`python -m deepalign_jax.judge --workdir DIR --config ...` re-judges the
+stored generations without generating them again.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -38,16 +51,41 @@ from typing import Any, Sequence
 import ml_collections
 from tqdm.auto import tqdm
 
-from deepalign_jax import metrics, sharding
+from deepalign_jax import identity, metrics, sharding
 from deepalign_jax.atomic import write_json
-from deepalign_jax.data import Exchange
+from deepalign_jax.data import Exchange, load_tokenizer
+from deepalign_jax.errors import RunError
+from deepalign_jax.evaluate import judging
 from deepalign_jax.evaluate.settings import UTILITY, build_settings, read_benchmark
-from deepalign_jax.evaluate.store import read_records, record_key
+from deepalign_jax.evaluate.store import read_records, record_key, rewrite_records
 from deepalign_jax.evaluate.summary import plot_asr, record_verdict, summarize_records
 from deepalign_jax.judges import make_judge, summarize
-from deepalign_jax.models import dtype_from_name
-from deepalign_jax.models.sources import load_model
+from deepalign_jax.models import dtype_from_name, sources
 from deepalign_jax.sampling import Sampler
+
+_log = logging.getLogger(__name__)
+
+RERUN = ("resume", "restart")
+# What may change between reruns without mixing evaluations: which prompts, settings and samples are in
+# scope (records outside it stay in the file, out of the summary), how fast, and how it is shown.  The
+# judge has its own identity, checked per record.
+SCOPE = (
+  "rerun",
+  "progress",
+  "plot",
+  "mesh",
+  "model",  # its fingerprint stands for it: the same weights moved elsewhere are the same model
+  "judge",
+  "benchmark.limit",
+  "benchmark.tfds_data_dir",
+  "attack.prefill_tokens",
+  "attack.prefixes",
+  "attack.suffixes",
+  "attack.samples",
+  "grid",
+  "decoding.batch_size",
+)
+OUTPUTS = ("generations.jsonl", "summary.json", "asr.png", "gcg")
 
 
 def _gcg_suffixes(
@@ -99,6 +137,73 @@ def _utility(metric: str, output: str, reference: str | None, source: str) -> di
   return {"gsm8k_correct": metrics.gsm8k_correct(output, reference)}
 
 
+def evaluation_identity(config: ml_collections.ConfigDict, source: sources.ModelSource, chat_format: str) -> dict:
+  """What an evaluation generates from, flat: `config.KEY` for every setting outside `SCOPE` (GCG's only
+  for a GCG attack), the chat format as rendered, the model's fingerprint and the benchmark's content."""
+  drop = SCOPE + (() if config.attack.kind == "gcg" else ("gcg",))
+  out = {f"config.{k}": v for k, v in identity.flatten(identity.without(config.to_dict(), drop)).items()}
+  out["config.chat_format"] = chat_format
+  out["model fingerprint"] = source.fingerprint()
+  out["content of config.benchmark.path"] = identity.path_fingerprint(config.benchmark.path)
+  return out
+
+
+def _claim_workdir(config, workdir: Path, ident: dict) -> dict:
+  """Checks a rerun against run.json (`config.rerun`); returns the run record (written)."""
+  if config.rerun not in RERUN:
+    raise ValueError(f"config.rerun must be one of {RERUN}, got {config.rerun!r}")
+  previous = identity.read_run(workdir)
+  exists = previous is not None or (workdir / "generations.jsonl").exists()
+  if config.rerun == "restart" and exists:
+    import shutil
+
+    for name in OUTPUTS + (identity.RUN_FILE,):
+      path = workdir / name
+      if path.is_dir():
+        shutil.rmtree(path)
+      elif path.exists():
+        path.unlink()
+    _log.warning("%s: config.rerun=restart: the previous evaluation's outputs were removed", workdir)
+    previous, exists = None, False
+  how = "use a new --workdir, or --config.rerun=restart to start over"
+  if previous is None:
+    if exists:
+      raise identity.RerunRefused(
+        f"{workdir}: holds generations.jsonl without {identity.RUN_FILE} (from an older version of the toolkit); {how}"
+      )
+    run = identity.new_run(ident, event="start")
+    identity.write_run(workdir, run)
+    return run
+  diffs = identity.differences(previous["identity"], ident)
+  if diffs:
+    raise identity.RerunRefused(
+      f"{workdir}: this evaluation's settings differ from the one in it: {identity.describe_differences(diffs)}; "
+      f"{how} (another judge: python -m deepalign_jax.judge --workdir {workdir} --config ... re-judges the "
+      f"stored generations)"
+    )
+  return previous
+
+
+def _check_records(path: Path, scope: dict[str, dict], settings_by_name: dict, judge) -> None:
+  """Every stored record in scope was generated under its setting as the config now gives it, and judged
+  by this judge; a one-line error naming the first that was not."""
+  wanted = judging.judge_identity(judge)
+  for key, record in scope.items():
+    setting = settings_by_name[record["setting"]]
+    if record.get("attack") != setting.as_dict():
+      raise identity.RerunRefused(
+        f"{path}: record {key!r} was generated with setting {record['setting']!r} = {record.get('attack')}, "
+        f"but the config now gives {setting.as_dict()}; use a new --workdir, or --config.rerun=restart"
+      )
+    had = judging.record_judge(record)
+    if had != wanted:
+      diffs = identity.describe_differences(identity.differences(had, wanted))
+      raise identity.RerunRefused(
+        f"{path}: record {key!r} was judged by another judge ({diffs}); re-judge the stored generations with "
+        f"python -m deepalign_jax.judge --workdir {path.parent} --config ..., or set config.judge back"
+      )
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
   """Evaluates as configured; returns the summary (also workdir/summary.json)."""
   workdir = Path(workdir)
@@ -117,40 +222,42 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
         f"{len(missing)} of {len(prompts)} records have none (use format harmful_hexphi, "
         f"prompt_response or advbench)"
       )
-  judge = make_judge(config.judge)
-  path = workdir / "generations.jsonl"
-  done = read_records(path)
-  other = next((r for r in done.values() if r.get("judge_reads", judge.reads) != judge.reads), None)
-  if other is not None:
+  judge = make_judge(judging.judge_settings(config.judge, workdir))
+  if not config.model:
     raise ValueError(
-      f"{path}: record {other['key']!r} was judged on the {other['judge_reads']}, but "
-      f"config.judge.reads is {judge.reads!r}; set it back, or move the file away to start "
-      f"over"
+      "config.model is empty: give an HF directory, packaged:NAME, a cached hub id or a training workdir"
     )
-  mesh = sharding.make_mesh(**config.mesh.to_dict())
-  model, tokenizer, source = load_model(config.model, dtype=dtype_from_name(config.dtype), mesh=mesh)
-  renderer_system = config.system_prompt
+  source = sources.resolve_source(config.model)
   # "auto" evaluates a fine-tuned model in the format it was trained with (the reference's practice).
   chat_format = source.chat_format if config.chat_format == "auto" else config.chat_format
-  sampler = Sampler(model, tokenizer, chat_format, renderer_system)
+  run_id = _claim_workdir(config, workdir, evaluation_identity(config, source, chat_format))["id"]
+
+  path = workdir / "generations.jsonl"
+  done = read_records(path)
+  space = [(i, s, j) for i in range(len(prompts)) for s in settings for j in range(config.attack.samples)]
+  in_scope = {record_key(i, s.name, j) for i, s, j in space}
+  _check_records(path, {k: r for k, r in done.items() if k in in_scope}, {s.name: s for s in settings}, judge)
+  retry = [r for k, r in done.items() if k in in_scope and judging.failed(r)]
+  if retry:  # judged again, never generated again
+    _log.warning("%s: %d records whose judge call failed are judged again", path, len(retry))
+    judging.judge_records(retry, judge, after_chunk=lambda: rewrite_records(path, done.values()))
+
+  mesh = sharding.make_mesh(**config.mesh.to_dict())
+  model = sources.load(source, dtype=dtype_from_name(config.dtype), mesh=mesh)
+  tokenizer = load_tokenizer(source.tokenizer)
+  sampler = Sampler(model, tokenizer, chat_format, config.system_prompt)
   suffixes = (
     _gcg_suffixes(config, model, tokenizer, sampler.renderer, prompts, users, workdir)
     if config.attack.kind == "gcg"
     else {}
   )
 
-  todo = [
-    (i, s, j)
-    for i in range(len(prompts))
-    for s in settings
-    for j in range(config.attack.samples)
-    if record_key(i, s.name, j) not in done
-  ]
+  todo = [(i, s, j) for i, s, j in space if record_key(i, s.name, j) not in done]
   d = config.decoding
   chunk = d.batch_size * max(1, 4)
   bar = tqdm(
-    total=len(prompts) * len(settings) * config.attack.samples,
-    initial=len(done),
+    total=len(space),
+    initial=len(space) - len(todo),
     desc=f"{config.attack.kind} attack",
     unit="gen",
     disable=not config.progress,
@@ -197,6 +304,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
         p = prompts[i]
         record = {
           "key": record_key(i, s.name, j),
+          "run": run_id,
           "prompt_index": i,
           "setting": s.name,
           "sample": j,
@@ -222,30 +330,53 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
         generated += len(sample.token_ids)
       out.flush()
       bar.update(len(work))
-      asr = summarize([record_verdict(r) for r in done.values()]).asr
+      asr = summarize([record_verdict(r) for k, r in done.items() if k in in_scope]).asr
       bar.set_postfix(
         asr=f"{asr:.3f}" if asr is not None else "-", tokens_per_s=f"{generated / (time.perf_counter() - started):.1f}"
       )
   bar.close()
-
-  summary = summarize_records(list(done.values()), settings, config.attack.kind)
-  summary.update(
-    {
-      "model": str(source.path),
-      "model_source": source.describe(),
-      "benchmark": config.benchmark.path,
-      "prompts": len(prompts),
-      "chat_format": sampler.renderer.chat_format,  # as rendered ("auto" resolved)
-      "judge": {"name": judge.name, "version": judge.version, "reads": judge.reads},
-      "config": config.to_dict(),
-    }
-  )
+  scoped = [done[record_key(i, s.name, j)] for i, s, j in space]
+  summary = summarize_run(config, scoped, settings, run_id, source, judge, len(prompts), sampler.renderer.chat_format)
   if config.attack.kind == "gcg":
     summary["gcg_suffixes"] = sorted(set(suffixes.values()))
-  if config.plot and len(settings) > 1:
-    summary["plot"] = str(plot_asr(summary, settings, workdir / "asr.png"))
-  write_json(workdir / "summary.json", summary)
+  write_summary(config, workdir, summary, settings)
+  check_judged(scoped, path)
   return summary
 
 
-__all__ = ["run"]
+def summarize_run(config, records, settings, run_id, source, judge, prompts: int, chat_format: str) -> dict:
+  """summary.json of the records in scope: the numbers, what produced them and the resolved config."""
+  summary = summarize_records(records, settings, config.attack.kind)
+  summary.update(
+    {
+      "run": run_id,
+      "model": str(source.path),
+      "model_source": source.describe(),
+      "benchmark": config.benchmark.path,
+      "prompts": prompts,
+      "records": len(records),
+      "chat_format": chat_format,  # as rendered ("auto" resolved)
+      "judge": judging.judge_identity(judge),
+      "judge_errors": sum(judging.failed(r) for r in records),
+      "config": config.to_dict(),
+    }
+  )
+  return summary
+
+
+def write_summary(config, workdir: Path, summary: dict, settings) -> None:
+  if config.plot and len(settings) > 1:
+    summary["plot"] = str(plot_asr(summary, settings, workdir / "asr.png"))
+  write_json(workdir / "summary.json", summary)
+
+
+def check_judged(records, path: Path) -> None:
+  """Warns of failed judge calls; stops (exit status 1) when every one failed — no ASR was measured."""
+  errors, line = judging.failure_report(records, path)
+  if errors and errors == len(records):
+    raise RunError(f"{line}; rerun the same command to judge them again (nothing is generated again)")
+  if errors:
+    _log.warning("%s; rerun the same command to judge them again", line)
+
+
+__all__ = ["evaluation_identity", "run"]

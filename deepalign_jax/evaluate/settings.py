@@ -19,7 +19,9 @@ from deepalign_jax.attacks.settings import (
 )
 from deepalign_jax.data import Exchange, as_exchange
 from deepalign_jax.data.tfds_builders import load_records
+from deepalign_jax.judges.api import check_api_key_env
 from deepalign_jax.judges.factory import default_config as judge_default_config
+from deepalign_jax.sampling import check_decoding
 
 ATTACKS = ("plain", "prefill", "prefix", "suffix", "decoding_grid", "gcg")
 UTILITY = ("", "rouge1", "gsm8k")
@@ -97,7 +99,48 @@ def default_config() -> ml_collections.ConfigDict:
   )
   c.plot = True  # asr.png for sweeps
   c.progress = True  # progress bars on stderr
+  # resume: a rerun continues only an evaluation with the same model, benchmark and decoding (prompts,
+  # settings and samples may be added or left out); restart: discard the workdir's outputs and start over
+  c.rerun = "resume"
   return c
+
+
+def _is_integer(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Refuses settings no evaluation can run with, before any model is loaded or file written: a one-line
+  ValueError naming the key (`config.decoding.top_p`, `config.grid.temperatures`, ...) and what it must be,
+  and an API key given as `judge.api_key_env` (without showing it)."""
+  d = config.decoding
+  check_decoding(
+    "config.decoding.",
+    batch_size=d.batch_size,
+    max_new_tokens=d.max_new_tokens,
+    temperature=d.temperature,
+    top_k=d.top_k,
+    top_p=d.top_p,
+  )
+  a = config.attack
+  if not _is_integer(a.samples) or a.samples < 1:
+    raise ValueError(f"config.attack.samples must be an integer >= 1 (generations per prompt), got {a.samples!r}")
+  if a.kind == "prefill" and not all(_is_integer(k) and k >= 0 for k in a.prefill_tokens):
+    raise ValueError(f"config.attack.prefill_tokens must be integers >= 0, got {list(a.prefill_tokens)!r}")
+  if a.kind == "decoding_grid":
+    g = config.grid
+    for key, setting in (("temperatures", "temperature"), ("top_ks", "top_k"), ("top_ps", "top_p")):
+      values = list(g[key])
+      try:
+        check_decoding(f"config.grid.{key}: each ", **{setting: values})
+      except ValueError as e:
+        raise ValueError(f"{e} (in {values!r})") from None
+    if not (list(g.temperatures) or list(g.top_ks) or list(g.top_ps) or g.greedy):
+      raise ValueError("config.grid: the decoding grid is empty (no temperatures, top_ks, top_ps, nor greedy)")
+  if config.benchmark.limit < 0:
+    raise ValueError(f"config.benchmark.limit must be >= 0 (0: every prompt), got {config.benchmark.limit!r}")
+  # A key pasted as api_key_env is refused (unshown) before the config is written anywhere.
+  check_api_key_env(config.judge.get("api_key_env"))
 
 
 def read_benchmark(config: ml_collections.ConfigDict) -> tuple[list[Exchange], list[str]]:
@@ -131,7 +174,8 @@ def read_benchmark(config: ml_collections.ConfigDict) -> tuple[list[Exchange], l
 
 
 def build_settings(config: ml_collections.ConfigDict) -> list[Setting]:
-  """The attack settings every prompt runs under (GCG's suffix is filled in later)."""
+  """The attack settings every prompt runs under (GCG's suffix is filled in later); `check_config` first."""
+  check_config(config)
   d = config.decoding
   decoding = Decoding(float(d.temperature), int(d.top_k), float(d.top_p), bool(d.greedy))
   kind = config.attack.kind
@@ -157,4 +201,4 @@ def build_settings(config: ml_collections.ConfigDict) -> list[Setting]:
   raise ValueError(f"config.attack.kind must be one of {ATTACKS}, got {kind!r}")
 
 
-__all__ = ["ATTACKS", "UTILITY", "build_settings", "default_config", "read_benchmark"]
+__all__ = ["ATTACKS", "UTILITY", "build_settings", "check_config", "default_config", "read_benchmark"]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Iterable
+
+from deepalign_jax.atomic import write_jsonl
 
 _log = logging.getLogger(__name__)
 
@@ -29,6 +32,11 @@ def read_records(path: Path) -> dict[str, dict]:
       raise ValueError(
         f"{path}:{number}: not a JSON record ({e.msg}); the file was edited or corrupted — move it away to start over"
       ) from None
+    if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+      raise ValueError(
+        f"{path}:{number}: a record without its 'key' (\"PROMPT|SETTING|SAMPLE\"); the file was edited or written "
+        f"by something else — move it away to start over"
+      )
     records[record["key"]] = record
   if good_end < len(data):
     _log.warning("%s: dropping a half-written last record (%d bytes)", path, len(data) - good_end)
@@ -37,4 +45,9 @@ def read_records(path: Path) -> dict[str, dict]:
   return records
 
 
-__all__ = ["read_records", "record_key"]
+def rewrite_records(path: Path, records: Iterable[dict]) -> None:
+  """Replaces the file with `records` (re-judged verdicts), atomically: the old file or the new, never half."""
+  write_jsonl(path, records)
+
+
+__all__ = ["read_records", "record_key", "rewrite_records"]

@@ -97,6 +97,33 @@ class _Permanent(Exception):
   """A failure that a retry would repeat (4xx other than 429, malformed reply)."""
 
 
+# An environment variable's name, as shells write them; anything else given as `api_key_env` is taken for a key.
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Prefixes of API keys (OpenAI / Anthropic sk-, Hugging Face hf_, Google AIza, GitHub, Groq, xAI, Replicate).
+_KEY_PREFIXES = ("sk-", "sk_", "hf_", "AIza", "ghp_", "github_pat_", "gsk_", "xai-", "r8_")
+
+
+def check_api_key_env(api_key_env: str | None) -> None:
+  """Refuses an `api_key_env` that is not an environment variable's name, never echoing it: a key pasted
+  there by mistake must not reach a log, a traceback or a summary.  Names as shells write them pass
+  (OPENAI_API_KEY, my_key); a value with other characters, a key's prefix (sk-, hf_, AIza...), or 20+
+  characters with digits and no underscore or mixed case is taken for a key."""
+  if not api_key_env:
+    return
+  text = str(api_key_env)
+  looks_like_key = (
+    not _ENV_NAME.fullmatch(text)
+    or text.startswith(_KEY_PREFIXES)
+    or (len(text) >= 20 and re.search(r"\d", text) and ("_" not in text or (text.upper() != text != text.lower())))
+  )
+  if looks_like_key:
+    raise JudgeConfigError(
+      f"judge config: 'api_key_env' ({len(text)} characters, not shown) looks like an API key, not the name of "
+      "the environment variable holding one; export the key (e.g. OPENAI_API_KEY=...) and give its name, "
+      "e.g. --config.judge.api_key_env=OPENAI_API_KEY"
+    )
+
+
 def _retry_after(headers) -> float | None:
   """Seconds of a numeric Retry-After header, else None."""
   try:
@@ -173,6 +200,7 @@ class ApiJudge:
       )
     if not str(base_url).startswith(("http://", "https://")):
       raise JudgeConfigError(f"base_url must start with http:// or https://, got {base_url!r}")
+    check_api_key_env(api_key_env)
     if api_key_env and not os.environ.get(api_key_env):
       raise JudgeConfigError(
         f"the API judge reads its key from the environment variable {api_key_env!r}, "
@@ -306,10 +334,10 @@ class ApiJudge:
         raise _Transient(message, _retry_after(e.headers)) from None
       raise _Permanent(message) from None
     except TimeoutError:
-      raise _Transient(f"no reply from {self.url} within {self.timeout_s:g}s") from None
+      raise _Transient(self._redact(f"no reply from {self.url} within {self.timeout_s:g}s")) from None
     except urllib.error.URLError as e:
       if isinstance(e.reason, TimeoutError):
-        raise _Transient(f"no reply from {self.url} within {self.timeout_s:g}s") from None
+        raise _Transient(self._redact(f"no reply from {self.url} within {self.timeout_s:g}s")) from None
       raise _Transient(self._redact(f"cannot reach {self.url}: {e.reason}")) from None
     except (ConnectionError, http.client.HTTPException) as e:
       raise _Transient(self._redact(f"connection to {self.url} failed: {type(e).__name__} {e}")) from None

@@ -65,7 +65,7 @@ KEY_DOCS = {
   "api_key_env": "[api] environment variable holding the key ('' sends none); the key is never written",
   "rubric_path": "[api] a rubric template with {instruction} and {response} (None: the packaged one)",
   "score_rule": "[api] which '#thescore:' counts: first (the reference's) | last",
-  "cache_dir": "[api] directory of the reply cache (None: no cache)",
+  "cache_dir": "[api] directory of the reply cache (None: no cache; a relative one is inside the workdir)",
   "concurrency": "[api] requests in flight at once",
   "max_attempts": "[api] attempts per request (timeouts, 429 and 5xx are retried)",
   "base_delay_s": "[api] first retry delay, doubled each attempt",

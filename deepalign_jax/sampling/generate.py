@@ -13,6 +13,7 @@ benchmark's prompt batches share compilations too.
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import NamedTuple, Sequence
 
 import jax
@@ -22,6 +23,40 @@ from flax import nnx
 
 from deepalign_jax.models import init_cache
 from deepalign_jax.sampling.filters import SamplingParams, choose_tokens
+
+
+def _integer(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _number(value) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and np.isfinite(value)
+
+
+# setting → (is the value usable, what is expected); a value below 1e-6 for the temperature counts as 1e-6.
+_DECODING_CHECKS = {
+  "batch_size": (lambda v: _integer(v) and v >= 1, ">= 1 (an integer)"),
+  "max_new_tokens": (lambda v: _integer(v) and v >= 1, ">= 1 (an integer)"),
+  "temperature": (lambda v: _number(v) and v >= 0, ">= 0 (a number)"),
+  "top_k": (lambda v: _integer(v) and v >= 0, ">= 0 (an integer; 0: no top-k cut)"),
+  "top_p": (lambda v: _number(v) and 0 < v <= 1, "in (0, 1] (1: no nucleus cut)"),
+}
+
+
+def check_decoding(prefix: str = "", **settings) -> None:
+  """Refuses decoding settings no generation can use: a one-line ValueError naming `prefix` + the setting.
+
+  settings: any of batch_size, max_new_tokens, temperature, top_k, top_p; the last three a scalar or one
+  value per prompt (each value is checked).  `prefix` is where they were set, e.g. "config.decoding.".
+  """
+  for key, value in settings.items():
+    if key not in _DECODING_CHECKS:
+      raise TypeError(f"check_decoding: unknown decoding setting {key!r}; expected one of {sorted(_DECODING_CHECKS)}")
+    ok, expected = _DECODING_CHECKS[key]
+    per_row = key in ("temperature", "top_k", "top_p") and np.ndim(value) > 0
+    for v in np.ravel(value).tolist() if per_row else [value]:
+      if not ok(v):
+        raise ValueError(f"{prefix}{key} must be {expected}, got {v!r}")
 
 
 class Generation(NamedTuple):
@@ -119,8 +154,7 @@ def generate(
   """
   if not prompts or any(len(p) == 0 for p in prompts):
     raise ValueError("generate needs at least one prompt, and no prompt may be empty")
-  if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  check_decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
   batch = len(prompts)
   ids, mask = left_pad(prompts, pad_id, width=_bucket(max(len(p) for p in prompts), bucket))
   params = SamplingParams.make(batch, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)

@@ -29,7 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from deepalign_jax.data.chat import ChatRenderer
-from deepalign_jax.sampling.generate import generate
+from deepalign_jax.sampling.generate import check_decoding, generate
 
 Messages = Sequence[Mapping[str, Any]]
 
@@ -267,8 +267,15 @@ class Sampler:
 
     decoding: temperature, top_k, top_p, greedy — each a scalar or one value
     per prompt (a decoding sweep then runs in the same compiled batches).
+    A batch_size or max_new_tokens below 1, a negative temperature, a negative
+    top_k or a top_p outside (0, 1] is refused (ValueError) before anything runs.
     """
     n = len(prompts)
+    check_decoding(
+      batch_size=batch_size,
+      max_new_tokens=max_new_tokens,
+      **{k: v for k, v in decoding.items() if k in ("temperature", "top_k", "top_p")},
+    )
     for key, value in decoding.items():
       if not np.isscalar(value) and len(value) != n:
         raise ValueError(f"{key}: {len(value)} values for {n} prompts")

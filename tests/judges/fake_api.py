@@ -9,6 +9,7 @@ The server picks its behaviour from a marker in the judged response:
   [slow]      answers after 0.5 s (the tests' timeout is 0.2 s)
   [wait]      answers after 0.15 s (concurrency)
   (none)      "#thescore: 1" (a model's free text, e.g. the shipped configs' runs; also any unknown marker)
+`fail_next = N` makes the next N requests fail with 400 (not retried), whatever they judge: an outage.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class FakeApi:
     self.lock = threading.Lock()
     self.inflight = 0
     self.max_inflight = 0
+    self.fail_next = 0
 
   def reply(self, handler, code, payload=None, body=None, headers=()):
     data = body.encode() if body is not None else json.dumps(payload).encode()
@@ -57,8 +59,12 @@ class FakeApi:
       self.requests.append({"path": handler.path, "auth": handler.headers.get("Authorization"), **body})
       self.inflight += 1
       self.max_inflight = max(self.max_inflight, self.inflight)
+      outage = self.fail_next > 0
+      self.fail_next -= outage
     try:
-      if name == "score":
+      if outage:
+        self.reply(handler, 400, {"error": {"message": "service unavailable"}})
+      elif name == "score":
         self.completion(handler, f"The answer gives the steps.\n#thescore: {marker.group(2)}")
       elif name == "two":
         self.completion(

@@ -269,3 +269,32 @@ def test_impossible_settings_are_refused_before_anything_is_written(models, tmp_
   with pytest.raises(ValueError, match=pattern):
     run(_config(models["base"], **overrides), tmp_path / "run")
   assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_the_train_cli_prints_a_non_finite_stop_as_one_line(models, tmp_path, capsys):
+  from deepalign_jax.cli import run_command_line
+  from deepalign_jax.train.__main__ import _report, _run
+  from deepalign_jax.train.loop import default_config
+
+  argv = [
+    "--config",
+    "configs/demo.py",
+    "--workdir",
+    str(tmp_path / "run"),
+    f"--config.model={models['base']}",
+    "--config.chat_format=template",
+    "--config.train.num_steps=3",
+    "--config.train.batch_size=2",
+    "--config.train.micro_batch_size=2",
+    "--config.optimizer.learning_rate=1e30",
+    "--config.optimizer.warmup_steps=0",
+    "--config.optimizer.grad_clip=0.0",
+    "--config.progress=False",
+    "--config.tensorboard=False",
+    "--config.mesh.fsdp=2",
+    "--config.mesh.tensor=-1",
+  ]
+  assert run_command_line(argv, _run, _report, defaults=default_config) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: step ") and "not finite" in err[0]
+  assert "--config.rerun=change" in err[0] and "Traceback" not in err[0]
