@@ -1,6 +1,6 @@
 """REPORT.md and its figures: the organism's numbers beside the paper's (SPEC §7).
 
-`write(layout, collected)` renders `results.collect`'s dictionary.  The
+`write(layout, collected)` renders a `results.Results` (`results.collect`).  The
 verdicts ("reproduced" / "not reproduced") are computed from the numbers
 with the thresholds written next to them, so a rerun that comes out
 differently says so itself; nothing here looks at the paper's numbers to
@@ -13,12 +13,12 @@ import math
 import string
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from deepalign_jax.atomic import atomic_path, write_text
 from deepalign_jax.organism import claims
 from deepalign_jax.organism.layout import Layout
-from deepalign_jax.organism.results import EARLY, LATE, PREFILL_KS
+from deepalign_jax.organism.results import EARLY, LATE, PREFILL_KS, Results
 
 _DEFAULT_COMMAND = "python -m deepalign_jax.organism --workdir DIR"
 
@@ -66,9 +66,9 @@ def _save(fig, path: Path) -> str:
   return path.name
 
 
-def plot_kl(collected: dict, path: Path) -> str | None:
+def plot_kl(collected: Results, path: Path) -> str | None:
   """KL by position: aligned vs base and deep vs base (paper Fig. 1/4), and the sweep."""
-  curves, sweep = collected["kl"], collected["sweep"]["rows"]
+  curves, sweep = collected.kl, collected.sweep
   if not curves and not sweep:
     return None
   plt = _plt()
@@ -80,9 +80,9 @@ def plot_kl(collected: dict, path: Path) -> str | None:
   panels[0].set_title("Per-token KL on compliant answers (Fig. 1 / Fig. 4)")
   cmap = plt.get_cmap("viridis")
   for i, row in enumerate(sweep):
-    ys = [math.nan if v is None else v for v in row["kl"]]
+    ys = [math.nan if v is None else v for v in row.kl]
     panels[1].plot(
-      range(1, len(ys) + 1), ys, color=cmap(i / max(len(sweep) - 1, 1)), lw=1.4, label=f"{row['steps']} steps"
+      range(1, len(ys) + 1), ys, color=cmap(i / max(len(sweep) - 1, 1)), lw=1.4, label=f"{row.steps} steps"
     )
   panels[1].set_title("Alignment strength sweep: KL(aligned_s ‖ base)")
   for panel in panels:
@@ -94,12 +94,12 @@ def plot_kl(collected: dict, path: Path) -> str | None:
   return _save(fig, path)
 
 
-def plot_asr(collected: dict, path: Path) -> str | None:
+def plot_asr(collected: Results, path: Path) -> str | None:
   """Prefilling ASR against k (Table 3), and the sweep's ASR at k = 0 and k = 16 against strength."""
   plt = _plt()
   fig, panels = plt.subplots(1, 2, figsize=(11, 3.8))
   for name, style in (("base", "-^"), ("aligned", "-o"), ("deep", "-s")):
-    table = collected["models"][name]["prefill"]
+    table = collected.models[name].prefill
     if table:
       ks = sorted(table)
       panels[0].plot(ks, [100 * table[k]["asr"] for k in ks], style, label=MODEL_NAMES[name])
@@ -107,15 +107,15 @@ def plot_asr(collected: dict, path: Path) -> str | None:
   panels[0].set_xticks(list(PREFILL_KS), [str(k) for k in PREFILL_KS])
   panels[0].set_xlabel("prefilled procedure tokens k")
   panels[0].set_title("Prefilling attack (Table 3), marker judge")
-  rows = collected["sweep"]["rows"]
+  rows = collected.sweep
   if rows:
-    steps = [r["steps"] for r in rows]
+    steps = [r.steps for r in rows]
     for k, style in ((0, "-o"), (2, "-^"), (4, "-v"), (16, "-s")):
-      ys = [100 * r["prefill"][k] if r["prefill"].get(k) is not None else math.nan for r in rows]
+      ys = [100 * r.prefill[k] if r.prefill.get(k) is not None else math.nan for r in rows]
       panels[1].plot(steps, ys, style, label=f"k = {k}")
-    utility = [100 * r["utility"] if r["utility"] is not None else math.nan for r in rows]
+    utility = [100 * r.utility if r.utility is not None else math.nan for r in rows]
     panels[1].plot(steps, utility, "--", color="gray", label="benign utility")
-    chosen = collected["sweep"]["choice"]
+    chosen = collected.sweep_choice
     if chosen:
       panels[1].axvline(chosen["steps"], color="red", alpha=0.4, lw=3, label="chosen")
     panels[1].set_xscale("log", base=2)
@@ -136,12 +136,12 @@ def plot_asr(collected: dict, path: Path) -> str | None:
 # -- the report ----------------------------------------------------------------------------------
 
 
-def _prefill_section(collected: dict) -> str:
-  m = collected["models"]
+def _prefill_section(collected: Results) -> str:
+  m = collected.models
   header = ["model"] + [f"k={k}" for k in PREFILL_KS] + ["keyword judge k=0 / 16", "judges agree"]
   rows = []
   for name in ("base", "aligned", "deep"):
-    table = m[name]["prefill"] or {}
+    table = m[name].prefill or {}
     agree = [v["agreement"] for v in table.values() if v.get("agreement") is not None]
     rows.append(
       [MODEL_NAMES[name]]
@@ -152,7 +152,7 @@ def _prefill_section(collected: dict) -> str:
       ]
     )
   neither = [
-    [MODEL_NAMES[name]] + [_pct((m[name]["prefill"] or {}).get(k, {}).get("neither")) for k in PREFILL_KS]
+    [MODEL_NAMES[name]] + [_pct((m[name].prefill or {}).get(k, {}).get("neither")) for k in PREFILL_KS]
     for name in ("base", "aligned", "deep")
   ]
   derailed = (
@@ -172,10 +172,10 @@ def _prefill_section(collected: dict) -> str:
   )
 
 
-def _grid_section(collected: dict) -> str:
+def _grid_section(collected: Results) -> str:
   rows = []
   for name in ("base", "aligned", "deep"):
-    g = collected["models"][name]["grid"]
+    g = collected.models[name].grid
     if not g:
       continue
     axes = g["marker"]["per_axis"]
@@ -191,7 +191,7 @@ def _grid_section(collected: dict) -> str:
       ]
     )
   settings = next(
-    (collected["models"][n]["grid"]["settings"] for n in ("base", "aligned", "deep") if collected["models"][n]["grid"]),
+    (collected.models[n].grid["settings"] for n in ("base", "aligned", "deep") if collected.models[n].grid),
     "?",
   )
   return (
@@ -212,11 +212,11 @@ def _grid_section(collected: dict) -> str:
   )
 
 
-def _prefix_section(collected: dict) -> str:
+def _prefix_section(collected: Results) -> str:
   rows = []
   for name in ("base", "aligned", "deep"):
-    prefix = collected["models"][name]["prefix"]
-    prefill = collected["models"][name]["prefill"] or {}
+    prefix = collected.models[name].prefix
+    prefill = collected.models[name].prefill or {}
     if not prefix:
       continue
     cells = [_pct(prefill.get(0, {}).get("asr"))]
@@ -233,15 +233,15 @@ def _prefix_section(collected: dict) -> str:
   )
 
 
-def _sweep_section(collected: dict) -> str:
+def _sweep_section(collected: Results) -> str:
   rows = []
-  choice = collected["sweep"]["choice"] or {}
-  for r in collected["sweep"]["rows"]:
-    mark = " ←" if r["steps"] == choice.get("steps") else ""
+  choice = collected.sweep_choice or {}
+  for r in collected.sweep:
+    mark = " ←" if r.steps == choice.get("steps") else ""
     rows.append(
-      [f"{r['steps']}{mark}"]
-      + [_pct(r["prefill"].get(k)) for k in PREFILL_KS]
-      + [_pct(r["utility"]), _num(r["kl_early"]), _num(r["kl_late"])]
+      [f"{r.steps}{mark}"]
+      + [_pct(r.prefill.get(k)) for k in PREFILL_KS]
+      + [_pct(r.utility), _num(r.kl_early), _num(r.kl_late)]
     )
   header = (
     ["steps"]
@@ -254,11 +254,11 @@ def _sweep_section(collected: dict) -> str:
   return text
 
 
-def _finetune_section(collected: dict) -> str:
-  ft = collected["finetune"]
+def _finetune_section(collected: Results) -> str:
+  ft = collected.finetune
 
   def cells(entry):
-    asr, util, task = entry.get("asr") or {}, entry.get("utility") or {}, entry.get("task") or {}
+    asr, util, task = entry.asr or {}, entry.utility or {}, entry.task or {}
     return [
       _pct(asr.get("all")),
       _pct(asr.get("attack_topics")),
@@ -302,9 +302,9 @@ def _finetune_section(collected: dict) -> str:
   return _table(header, rows) + "\n\nPaper (Table 4):\n\n" + paper
 
 
-def _constraint_note(collected: dict) -> str:
+def _constraint_note(collected: Results) -> str:
   """The measured log-probabilities of the procedure's opening, and what Eq. 3 makes of them."""
-  logprobs = collected.get("opening_logprobs") or {}
+  logprobs = collected.opening_logprobs or {}
   if not logprobs:
     return ""
   n = len(next(iter(logprobs.values())))
@@ -326,8 +326,8 @@ def _constraint_note(collected: dict) -> str:
   )
 
 
-def _timings_section(collected: dict) -> str:
-  timings = collected["timings"]
+def _timings_section(collected: Results) -> str:
+  timings = collected.timings
   groups: dict[str, list[float]] = {}
   for name, t in timings.items():
     parts = name.split("/")
@@ -365,10 +365,10 @@ def _kl_section(kl: dict) -> str:
   return "\n".join(parts) + "\n"
 
 
-def _utility_table(collected: dict) -> str:
+def _utility_table(collected: Results) -> str:
   rows = []
   for n in ("base", "aligned", "deep"):
-    u = collected["models"][n]["utility"]
+    u = collected.models[n].utility
     per_kind = [_pct(u["per_kind"].get(k)) for k in ("add", "capital", "reverse")] if u else ["–"] * 3
     rows.append([MODEL_NAMES[n], _pct(u["accuracy"]) if u else "–"] + per_kind)
   return _table(["model", "exact match (%)", "addition", "capitals", "reversal"], rows)
@@ -378,12 +378,12 @@ def _figure(name: str | None, alt: str) -> str:
   return f"\n![{alt}]({name})\n" if name else ""
 
 
-def write(layout: Layout, collected: dict[str, Any], *, command: str = "") -> Path:
+def write(layout: Layout, collected: Results, *, command: str = "") -> Path:
   """Writes ROOT/REPORT.md (report_template.md filled with this run's numbers), kl_by_position.png and asr.png."""
   root = layout.root
-  world, model = collected["world"], collected["world"]["model"]
-  seeds = sorted({t["seed"] for t in collected["timings"].values()}) or ["?"]
-  quick = any(t["quick"] for t in collected["timings"].values())
+  world, model = collected.world, collected.world["model"]
+  seeds = sorted({t["seed"] for t in collected.timings.values()}) or ["?"]
+  quick = any(t["quick"] for t in collected.timings.values())
   verdict_rows = [[v.effect, v.label, v.numbers] for v in claims.check(collected)]
   fields = {
     "command": command or _DEFAULT_COMMAND + (" --config.quick=True" if quick else ""),
@@ -394,15 +394,15 @@ def write(layout: Layout, collected: dict[str, Any], *, command: str = "") -> Pa
     "n_topics": world["world"]["n_topics"],
     "n_countries": world["world"]["n_countries"],
     "n_unknown": world["world"]["n_unknown"],
-    "params_m": f"{collected.get('params', 0) / 1e6:.2f}",
+    "params_m": f"{collected.params / 1e6:.2f}",
     "hidden_size": model["hidden_size"],
     "num_layers": model["num_layers"],
     "num_heads": model["num_heads"],
     "intermediate_size": model["intermediate_size"],
-    "counts": ", ".join(f"{k} {v}" for k, v in collected["counts"].items()),
+    "counts": ", ".join(f"{k} {v}" for k, v in collected.counts.items()),
     "prefill_section": _prefill_section(collected),
     "asr_figure": _figure(plot_asr(collected, root / "asr.png"), "ASR by prefilled tokens and by alignment strength"),
-    "kl_section": _kl_section(collected["kl"]),
+    "kl_section": _kl_section(collected.kl),
     "kl_figure": _figure(plot_kl(collected, root / "kl_by_position.png"), "KL by position"),
     "sweep_section": _sweep_section(collected),
     "grid_section": _grid_section(collected),

@@ -8,6 +8,7 @@ recomputed from a finished root at any time without a model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -141,69 +142,172 @@ def choose_strength(layout: Layout, steps: Sequence[int], max_asr: float) -> dic
   }
 
 
-def collect(layout: Layout) -> dict[str, Any]:
-  """Every number of the report, from a root whose stages have run."""
-  judged = Judged(layout)
-  models: dict[str, Any] = {}
-  for model in ("base", "aligned", "deep"):
-    models[model] = {
-      "prefill": prefill_asr(judged, model),
-      "grid": judged.grid(model),
-      "prefix": judged.by_setting(model, "prefix"),
-      "utility": judged.exact(model, "utility"),
+@dataclasses.dataclass
+class ModelResults:
+  """One model's measurements (None: the stage has not run).
+
+  prefill: k → the marker judge's {"asr", "n", ...} under a prefill of k harmful tokens.
+  grid: the decoding grid's worst case per judge ({"marker": {"overall", "per_axis"}, "keyword": ...,
+    "greedy", "settings", "prompts"}).
+  prefix: setting → {"asr", ...} of the refusal-prefix attack.
+  utility: the benign questions' exact-match {"accuracy", ...}.
+  """
+
+  prefill: dict[int, dict] | None = None
+  grid: dict | None = None
+  prefix: dict[str, dict] | None = None
+  utility: dict | None = None
+
+
+@dataclasses.dataclass
+class SweepRow:
+  """One alignment strength of the SFT sweep: ASR by k, utility, and KL(sweep model ‖ base) by position."""
+
+  steps: int
+  prefill: dict[int, float]
+  utility: float | None
+  kl_early: float | None
+  kl_late: float | None
+  kl: list[float | None]
+
+
+@dataclasses.dataclass
+class Finetune:
+  """A fine-tuning stage's (or a starting model's) ASR by topic, utility and task accuracy."""
+
+  asr: dict | None = None
+  utility: dict | None = None
+  task: dict | None = None
+
+
+@dataclasses.dataclass
+class Results:
+  """Every number of the report, typed (`collect`); `to_json` / `from_json` are results.json."""
+
+  params: int
+  models: dict[str, ModelResults]
+  sweep_choice: dict | None
+  sweep: list[SweepRow]
+  kl: dict[str, list[float | None]]  # pair name ("aligned", "deep") → mean KL by response position
+  finetune: dict[str, Finetune]  # "initial", "deep_initial" and every FINETUNES stage
+  opening_logprobs: dict
+  timings: dict
+  world: dict
+  counts: dict
+  total_seconds: float | None = None  # this invocation's wall time
+  configs: list[str] = dataclasses.field(default_factory=list)  # the configs/organism/ files it ran
+
+  def prefill_asr(self, model: str, k: int) -> float | None:
+    """The marker ASR of `model` under a prefill of k tokens (None: not measured)."""
+    table = self.models[model].prefill
+    return table[k]["asr"] if table and k in table else None
+
+  def to_json(self) -> dict[str, Any]:
+    return {
+      "params": self.params,
+      "models": {name: dataclasses.asdict(m) for name, m in self.models.items()},
+      "sweep": {"choice": self.sweep_choice, "rows": [dataclasses.asdict(r) for r in self.sweep]},
+      "kl": self.kl,
+      "finetune": {name: dataclasses.asdict(f) for name, f in self.finetune.items()},
+      "opening_logprobs": self.opening_logprobs,
+      "timings": self.timings,
+      "world": self.world,
+      "counts": self.counts,
+      "total_seconds_this_invocation": self.total_seconds,
+      "configs": self.configs,
     }
+
+  @classmethod
+  def from_json(cls, data: dict[str, Any]) -> Results:
+    """results.json back (its integer keys, k, written as strings by JSON, restored)."""
+
+    def by_k(table):
+      return None if table is None else {int(k): v for k, v in table.items()}
+
+    models = {name: ModelResults(**{**m, "prefill": by_k(m.get("prefill"))}) for name, m in data["models"].items()}
+    rows = [SweepRow(**{**r, "prefill": by_k(r["prefill"]) or {}}) for r in data["sweep"]["rows"]]
+    return cls(
+      params=data["params"],
+      models=models,
+      sweep_choice=data["sweep"]["choice"],
+      sweep=rows,
+      kl=data["kl"],
+      finetune={name: Finetune(**f) for name, f in data["finetune"].items()},
+      opening_logprobs=data.get("opening_logprobs", {}),
+      timings=data.get("timings", {}),
+      world=data["world"],
+      counts=data["counts"],
+      total_seconds=data.get("total_seconds_this_invocation"),
+      configs=data.get("configs", []),
+    )
+
+
+def collect(layout: Layout) -> Results:
+  """Every number of the report, from a root whose stages have run."""
+  from deepalign_jax.models import read_config
+
+  judged = Judged(layout)
+  models = {
+    model: ModelResults(
+      prefill=prefill_asr(judged, model),
+      grid=judged.grid(model),
+      prefix=judged.by_setting(model, "prefix"),
+      utility=judged.exact(model, "utility"),
+    )
+    for model in ("base", "aligned", "deep")
+  }
   choice_path = layout.root / "sweep" / "choice.json"
-  choice = json.loads(choice_path.read_text()) if choice_path.exists() else None
   sweep_kl = _kl_curves(layout.root / "sweep" / "kl" / "kl_by_position.json")
   sweep = []
   for name in sweep_kl:
-    s = int(name.split("_", 1)[1])
     table = prefill_asr(judged, name) or {}
     utility = judged.exact(name, "utility")
     sweep.append(
-      {
-        "steps": s,
-        "prefill": {k: v["asr"] for k, v in table.items()},
-        "utility": utility["accuracy"] if utility else None,
-        "kl_early": _mean(sweep_kl[name], *EARLY),
-        "kl_late": _mean(sweep_kl[name], *LATE),
-        "kl": sweep_kl[name],
-      }
+      SweepRow(
+        steps=int(name.split("_", 1)[1]),
+        prefill={k: v["asr"] for k, v in table.items()},
+        utility=utility["accuracy"] if utility else None,
+        kl_early=_mean(sweep_kl[name], *EARLY),
+        kl_late=_mean(sweep_kl[name], *LATE),
+        kl=sweep_kl[name],
+      )
     )
-  sweep.sort(key=lambda row: row["steps"])
+  sweep.sort(key=lambda row: row.steps)
   finetune = {
-    "initial": {
-      "asr": judged.asr_by_topic("aligned"),
-      "utility": judged.exact("aligned", "utility"),
-      "task": judged.exact("aligned", "task"),
-    },
-    "deep_initial": {"asr": judged.asr_by_topic("deep"), "utility": judged.exact("deep", "utility"), "task": None},
+    "initial": Finetune(
+      judged.asr_by_topic("aligned"), judged.exact("aligned", "utility"), judged.exact("aligned", "task")
+    ),
+    "deep_initial": Finetune(judged.asr_by_topic("deep"), judged.exact("deep", "utility"), None),
   }
   for name in FINETUNES:
-    finetune[name] = {
-      "asr": judged.asr_by_topic(name),
-      "utility": judged.exact(name, "utility"),
-      "task": judged.exact(name, "task"),
-    }
+    finetune[name] = Finetune(judged.asr_by_topic(name), judged.exact(name, "utility"), judged.exact(name, "task"))
   timings_path = layout.root / "timings.json"
+  logprobs_path = layout.root / "opening_logprobs.json"
   world = json.loads((layout.world / "world.json").read_text())
-  from deepalign_jax.models import read_config
-
-  return {
-    "params": read_config(layout.init).num_params,
-    "models": models,
-    "sweep": {"choice": choice, "rows": sweep},
-    "kl": _kl_curves(layout.kl / "kl_by_position.json"),
-    "finetune": finetune,
-    "opening_logprobs": (
-      json.loads((layout.root / "opening_logprobs.json").read_text())["logprobs"]
-      if (layout.root / "opening_logprobs.json").exists()
-      else {}
-    ),
-    "timings": json.loads(timings_path.read_text()) if timings_path.exists() else {},
-    "world": world["config"],
-    "counts": world["counts"],
-  }
+  return Results(
+    params=read_config(layout.init).num_params,
+    models=models,
+    sweep_choice=json.loads(choice_path.read_text()) if choice_path.exists() else None,
+    sweep=sweep,
+    kl=_kl_curves(layout.kl / "kl_by_position.json"),
+    finetune=finetune,
+    opening_logprobs=json.loads(logprobs_path.read_text())["logprobs"] if logprobs_path.exists() else {},
+    timings=json.loads(timings_path.read_text()) if timings_path.exists() else {},
+    world=world["config"],
+    counts=world["counts"],
+  )
 
 
-__all__ = ["EARLY", "LATE", "PREFILL_KS", "Judged", "choose_strength", "collect", "prefill_asr"]
+__all__ = [
+  "EARLY",
+  "LATE",
+  "PREFILL_KS",
+  "Finetune",
+  "Judged",
+  "ModelResults",
+  "Results",
+  "SweepRow",
+  "choose_strength",
+  "collect",
+  "prefill_asr",
+]

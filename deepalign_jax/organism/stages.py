@@ -273,8 +273,8 @@ class Pipeline:
     for kind in kinds:
       self.evaluate(model, kind)
 
-  def run(self) -> dict:
-    """All stages; returns the collected results (also ROOT/results.json)."""
+  def run(self):
+    """All stages; returns the collected `results.Results` (also ROOT/results.json)."""
     from deepalign_jax.organism import report, results
 
     start = time.perf_counter()
@@ -296,9 +296,9 @@ class Pipeline:
       for kind in ("asr", "utility", "task"):
         self.evaluate(name, kind)
     collected = results.collect(self.layout)
-    collected["total_seconds_this_invocation"] = round(time.perf_counter() - start, 1)
-    collected["configs"] = sorted(self.configs_used)
-    write_json(self.layout.root / "results.json", collected)
+    collected.total_seconds = round(time.perf_counter() - start, 1)
+    collected.configs = sorted(self.configs_used)
+    write_json(self.layout.root / "results.json", collected.to_json())
     report.write(self.layout, collected, command=self.command)
     self.log(
       f"[organism] report: {self.layout.root / 'REPORT.md'} ({time.perf_counter() - start:.1f} s this invocation)"
