@@ -5,6 +5,8 @@
 - `token_constrained_loss`: Eq. 3, Σ_t (2/β_t)·softplus(β_t·(ref − policy)).
 - `masked_nll`: plain supervised fine-tuning (and the safety-recovery
   augmentation of Eq. 2, whose masks put the loss on the refusal only).
+- `sequence_logps`, `dpo_loss`: preference alignment (DPO, Rafailov et al.
+  2023) against a frozen reference, as chat models are aligned.
 
 Losses return `(loss_sum, token_count)`, never a mean: a train step divides
 the sum over all micro-batches and devices by the global token count, so
@@ -161,11 +163,47 @@ def masked_nll(policy_logps: jax.Array, loss_mask: jax.Array) -> tuple[jax.Array
   return -jnp.sum(policy_logps.astype(jnp.float32) * mask), jnp.sum(mask)
 
 
+def sequence_logps(token_logps: jax.Array, loss_mask: jax.Array) -> jax.Array:
+  """Σ_t loss_mask·log π(y_t | ·) per row: a response's log-probability, [B] fp32."""
+  return jnp.sum(token_logps.astype(jnp.float32) * loss_mask.astype(jnp.float32), axis=-1)
+
+
+def dpo_loss(
+  chosen_logps: jax.Array,
+  rejected_logps: jax.Array,
+  ref_chosen_logps: jax.Array,
+  ref_rejected_logps: jax.Array,
+  *,
+  beta: float | jax.Array = 0.1,
+  pair_mask: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """Direct preference optimisation (Rafailov et al. 2023, Eq. 7), summed over pairs.
+
+      r_c = β·(log π(y_c|x) − log π_ref(y_c|x)),  r_r likewise,   L = Σ_pairs −log σ(r_c − r_r)
+
+  (TRL's `loss_type="sigmoid"`; its loss is this sum over the number of pairs).
+
+  Args:
+    chosen_logps, rejected_logps: [P] sequence log-probabilities under the policy (`sequence_logps`).
+    ref_chosen_logps, ref_rejected_logps: [P] the same under the frozen reference.
+    beta: the KL strength β.
+    pair_mask: [P] 1 for real pairs (0: padding), default all.
+  Returns:
+    (loss_sum, pair_count), scalars.
+  """
+  margin = (chosen_logps - ref_chosen_logps) - (rejected_logps - ref_rejected_logps)
+  per_pair = -jax.nn.log_sigmoid(beta * margin.astype(jnp.float32))
+  mask = jnp.ones_like(per_pair) if pair_mask is None else pair_mask.astype(jnp.float32)
+  return jnp.sum(per_pair * mask), jnp.sum(mask)
+
+
 __all__ = [
   "BetaSchedule",
   "chunked_token_logps",
+  "dpo_loss",
   "masked_nll",
   "response_positions",
+  "sequence_logps",
   "token_constrained_loss",
   "token_logps",
 ]

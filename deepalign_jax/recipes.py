@@ -83,6 +83,31 @@ def finetuning(
   return c
 
 
+def preference_alignment(chat_format: str, *, epochs: int = 3) -> ml_collections.ConfigDict:
+  """Preference alignment with DPO (Rafailov et al. 2023) on (prompt, chosen, rejected) pairs — how many chat
+  models are aligned, and the organism's way to a shallowly aligned model trained against whole compliant
+  answers.  Not the paper's recipe: the settings are the common published ones (Zephyr's: β 0.1, learning
+  rate 5e-7, AdamW β1 0.9, linear decay after a warm-up), 64 pairs a step.  `data.format` may be
+  `preferences` or `triplets` (a triplet's refusal preferred to its harmful answer)."""
+  from deepalign_jax.train.loop import default_config
+
+  _check(chat_format)
+  c = default_config()
+  c.chat_format = chat_format
+  c.system_prompt = None
+  c.objective = "dpo"
+  c.data.format = "preferences"
+  c.data.max_length = 512
+  _precision(c, chat_format)
+  c.loss.dpo_beta, c.loss.sft_weight = 0.1, 0.0
+  c.optimizer.learning_rate = 5e-7
+  c.optimizer.b1, c.optimizer.b2, c.optimizer.weight_decay = 0.9, 0.999, 0.0
+  c.optimizer.grad_clip, c.optimizer.warmup_steps, c.optimizer.decay = 1.0, 10, "linear"
+  c.train.batch_size, c.train.micro_batch_size = 64, 8  # pairs a step; rows (2 per pair) a micro-batch
+  c.train.epochs = epochs
+  return c
+
+
 def augmentation(chat_format: str) -> ml_collections.ConfigDict:
   """Safety-recovery data augmentation (SPEC §4, paper Eq. 2): triplets D_H + distilled utility data D_B."""
   from deepalign_jax.train.loop import default_config

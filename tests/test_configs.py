@@ -43,6 +43,7 @@ DEMO = Path(str(resources.files("deepalign_jax") / "assets/demo"))
 DATA = {
   "conversations": "conversations.jsonl",
   "triplets": "triplets.jsonl",
+  "preferences": "preferences.jsonl",
   "alpaca": "utility.json",
   "harmful_hexphi": "attack_prompts.jsonl",
   "samsum": "samsum.json",

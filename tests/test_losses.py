@@ -168,3 +168,54 @@ def test_sums_over_micro_batches_equal_the_whole_batch():
     for i in (0, 2)
   ]
   np.testing.assert_allclose(sum(p[0] for p in parts) / sum(p[1] for p in parts), whole[0] / whole[1], rtol=1e-6)
+
+
+# -- DPO ---------------------------------------------------------------------------------------------
+
+
+def test_dpo_loss_is_the_formula_in_numpy():
+  from deepalign_jax.losses import dpo_loss, sequence_logps
+
+  rng = np.random.default_rng(0)
+  token = -rng.gamma(2.0, 0.5, size=(8, 10))
+  mask = (rng.random((8, 10)) < 0.7).astype(np.float32)
+  seq = np.asarray(sequence_logps(jnp.asarray(token), jnp.asarray(mask)))
+  np.testing.assert_allclose(seq, (token * mask).sum(1), rtol=1e-6)
+  ref = seq + rng.normal(0, 1.0, 8)
+  pair_mask = np.array([1, 1, 0, 1], np.float32)
+  for beta in (0.1, 2.0):
+    total, count = dpo_loss(seq[0::2], seq[1::2], ref[0::2], ref[1::2], beta=beta, pair_mask=pair_mask)
+    margin = (seq[0::2] - ref[0::2]) - (seq[1::2] - ref[1::2])
+    expected = -np.log(1.0 / (1.0 + np.exp(-beta * margin)))
+    np.testing.assert_allclose(float(total), (expected * pair_mask).sum(), rtol=1e-5)
+    assert float(count) == 3.0
+
+
+def test_dpo_loss_equals_trls_on_the_same_log_probs():
+  """TRL 1.16's DPOTrainer on the same per-token log-probs and reference log-probs (golden values written by
+  tests/golden/make_trl_dpo_values.py): the loss, with and without its SFT term, and the reward metrics."""
+  import json
+  from pathlib import Path
+
+  from deepalign_jax.losses import dpo_loss, masked_nll, sequence_logps
+
+  golden = json.loads((Path(__file__).parent / "golden/trl_dpo_values.json").read_text())
+  data, pairs = golden["inputs"], golden["pairs"]
+  mask = jnp.asarray(np.asarray(data["completion_mask"])[:, 1:], jnp.float32)  # TRL's shifted completion mask
+  token = jnp.asarray(data["token_logps"], jnp.float32)
+  seq = sequence_logps(token, mask)  # TRL's rows: the chosen ones, then the rejected ones
+  ref_c, ref_r = jnp.asarray(data["ref_chosen_logps"]), jnp.asarray(data["ref_rejected_logps"])
+  assert len(golden["cases"]) == 3
+  for case in golden["cases"]:
+    beta, trl = case["beta"], case["trl"]
+    total, count = dpo_loss(seq[:pairs], seq[pairs:], ref_c, ref_r, beta=beta)
+    loss = total / count
+    if "sft" in case["loss_types"]:
+      nll, tokens = masked_nll(token[:pairs], mask[:pairs])
+      loss = loss + case["loss_weights"][1] * nll / tokens
+    np.testing.assert_allclose(float(loss), trl["loss"], rtol=1e-6)
+    chosen, rejected = beta * (seq[:pairs] - ref_c), beta * (seq[pairs:] - ref_r)
+    np.testing.assert_allclose(float(chosen.mean()), trl["rewards/chosen"], rtol=1e-5)
+    np.testing.assert_allclose(float(rejected.mean()), trl["rewards/rejected"], rtol=1e-5)
+    np.testing.assert_allclose(float((chosen - rejected).mean()), trl["rewards/margins"], rtol=1e-5)
+    np.testing.assert_allclose(float((chosen > rejected).mean()), trl["rewards/accuracies"], rtol=1e-6)

@@ -25,9 +25,11 @@ from deepalign_jax.data.formats import (
   Conversation,
   DataFormatError,
   Exchange,
+  Preference,
   Prompt,
   Triplet,
   as_exchange,
+  as_preference,
   read_file,
 )
 
@@ -41,6 +43,7 @@ __all__ = [
   "Conversation",
   "DataFormatError",
   "Exchange",
+  "Preference",
   "Prompt",
   "RecoveryDraw",
   "RecoveryExample",
@@ -48,6 +51,7 @@ __all__ = [
   "TokenizedExample",
   "Triplet",
   "as_exchange",
+  "as_preference",
   "load_tokenizer",
   "prepare_recovery",
   "read_file",

@@ -16,6 +16,7 @@ line-per-prompt formats skip them and log how many).
   gsm8k               {question, answer with "#### <number>"}, JSON array or JSONL     Conversation
   prompt_response     JSONL {prompt, response?}                                        Conversation
   triplets            JSONL {instruction, input?, harmful, refusal}                    Triplet
+  preferences         JSONL {prompt, chosen, rejected, system?}                        Preference
   hexphi              category_N.csv (an instruction a line), or a folder of them      Prompt
   advbench            harmful_behaviors.csv, header goal,target                        Prompt
   malicious_instruct  plain text, an instruction a line                                Prompt
@@ -104,6 +105,17 @@ class Triplet:
 
 
 @dataclasses.dataclass(frozen=True)
+class Preference:
+  """A prompt with a preferred and a dispreferred answer (DPO); `system` None when the file gives none."""
+
+  system: str | None
+  prompt: str
+  chosen: str
+  rejected: str
+  source: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Prompt:
   """An evaluation prompt; `reference` is a target or answer when the file has one."""
 
@@ -137,6 +149,18 @@ def as_exchange(record: Conversation | Triplet | Prompt) -> Exchange:
   if isinstance(record, Triplet):
     return Exchange(None, record.instruction, record.harmful, None, record.source)
   raise TypeError(f"not a data record: {type(record).__name__}")
+
+
+def as_preference(record: Preference | Triplet) -> Preference:
+  """The one normaliser of preference data: a triplet is a preference of its refusal over its harmful answer."""
+  if isinstance(record, Preference):
+    return record
+  if isinstance(record, Triplet):
+    return Preference(None, record.instruction, record.refusal, record.harmful, record.source)
+  raise DataFormatError(
+    f"{getattr(record, 'source', '?')}: not preference data ({type(record).__name__} records); the dpo objective "
+    f"reads the formats preferences or triplets (a triplet's refusal is preferred to its harmful answer)"
+  )
 
 
 def gsm8k_final_answer(text: str) -> str | None:
@@ -390,6 +414,18 @@ def read_triplets(path: str | os.PathLike) -> list[Triplet]:
   return _read(path, lambda s, r: Triplet(_with_input(r, s), _field(r, "harmful", s), _field(r, "refusal", s), s))
 
 
+def _preference(r: dict[str, Any], s: str) -> Preference:
+  chosen, rejected = _field(r, "chosen", s), _field(r, "rejected", s)
+  if chosen == rejected:
+    raise DataFormatError(f"{s}: fields 'chosen' and 'rejected' are the same text (a pair must differ)")
+  return Preference(_field(r, "system", s, required=False), _field(r, "prompt", s), chosen, rejected, s)
+
+
+def read_preferences(path: str | os.PathLike) -> list[Preference]:
+  """Preference pairs JSONL {prompt, chosen, rejected, system?} (DPO)."""
+  return _read(path, lambda s, r: _preference(r, s))
+
+
 def read_prompts(path: str | os.PathLike) -> list[Prompt]:
   """Prompts JSONL {prompt, response?, category?}; the response becomes the reference."""
 
@@ -509,6 +545,7 @@ _READERS: dict[str, Callable[[str | os.PathLike], list]] = {
   "gsm8k": read_gsm8k,
   "prompt_response": read_prompt_response,
   "triplets": read_triplets,
+  "preferences": read_preferences,
   "hexphi": read_hexphi,
   "advbench": read_advbench,
   "malicious_instruct": read_malicious_instruct,

@@ -27,7 +27,15 @@ import os
 import re
 from pathlib import Path
 
-from deepalign_jax.data.formats import FILE_FORMATS, Conversation, DataFormatError, Prompt, Triplet, read_file
+from deepalign_jax.data.formats import (
+  FILE_FORMATS,
+  Conversation,
+  DataFormatError,
+  Preference,
+  Prompt,
+  Triplet,
+  read_file,
+)
 
 DEFAULT_DATA_DIR = Path(os.environ.get("DEEPALIGN_TFDS_DIR", "~/.cache/deepalign_jax/tfds")).expanduser()
 _SPLITS = {
@@ -39,7 +47,14 @@ _SPLITS = {
   "eval": "test",
 }
 # The record type each format's reader produces (checked against the reader's output).
-_KIND = {"triplets": Triplet, "hexphi": Prompt, "advbench": Prompt, "malicious_instruct": Prompt, "prompts": Prompt}
+_KIND = {
+  "triplets": Triplet,
+  "preferences": Preference,
+  "hexphi": Prompt,
+  "advbench": Prompt,
+  "malicious_instruct": Prompt,
+  "prompts": Prompt,
+}
 _SUFFIXES = {".json", ".jsonl", ".csv", ".txt"}
 _builders: dict[str, type] = {}
 

@@ -106,7 +106,8 @@ def default_config() -> ml_collections.ConfigDict:
     )
   )
   # sft: masked NLL on responses; constrained_sft: paper Eq. 3 against the initial model; augmented:
-  # safety-recovery examples + utility data (Eq. 2).
+  # safety-recovery examples + utility data (Eq. 2); dpo: preference pairs (data.format preferences or
+  # triplets) against the initial model, batch_size pairs a step.
   c.objective = "sft"
   c.data = ml_collections.ConfigDict(
     dict(
@@ -136,6 +137,8 @@ def default_config() -> ml_collections.ConfigDict:
       alpha=ml_collections.config_dict.placeholder(float),  # augmented: α of Eq. 2 (None: one token mean)
       vocab_chunk=0,  # > 0: log-probs this many vocabulary columns at a time (large vocabularies)
       log_positions=8,  # constrained: response positions whose weight and Δ are logged
+      dpo_beta=0.1,  # dpo: β, the strength of the pull toward the reference
+      sft_weight=0.0,  # dpo: plus this × the token-mean NLL of the chosen responses (0: DPO alone)
     )
   )
   c.optimizer = ml_collections.ConfigDict(
@@ -238,6 +241,11 @@ def _setup(config: ml_collections.ConfigDict, workdir: Path) -> _Setup:
   data = training_rows(config, renderer, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
 
   total_steps = train.num_steps if train.num_steps > 0 else data.order.steps_per_epoch * train.epochs
+  if config.objective == "dpo" and train.micro_batch_size % 2:
+    raise ValueError(
+      f"config.train.micro_batch_size={train.micro_batch_size} must be even for dpo: a (chosen, rejected) pair "
+      f"shares a micro-batch"
+    )
   if data.rows % train.micro_batch_size:
     raise ValueError(
       f"{data.rows} rows per step are not a multiple of config.train.micro_batch_size={train.micro_batch_size}"
@@ -413,13 +421,16 @@ def _reference_logps(config: ml_collections.ConfigDict, workdir: Path, setup: _S
 def loss_config(config: ml_collections.ConfigDict) -> LossConfig:
   """The train step's loss settings of a training config."""
   loss = config.loss
+  objective = {"constrained_sft": "constrained", "dpo": "dpo"}.get(config.objective, "sft")
   return LossConfig(
-    objective="constrained" if config.objective == "constrained_sft" else "sft",
+    objective=objective,
     betas=losses.BetaSchedule(loss.beta, loss.first_token_factor, loss.early_factor, loss.early_length),
     min_weight=loss.min_weight,
     alpha=loss.alpha,
     vocab_chunk=loss.vocab_chunk or None,
     log_positions=loss.log_positions,
+    dpo_beta=loss.dpo_beta,
+    sft_weight=loss.sft_weight,
   )
 
 
@@ -570,7 +581,7 @@ def run(
   train = config.train
   setup = _setup(config, workdir)
   data, total_steps, num_micro, run_id = setup.data, setup.total_steps, setup.num_micro, setup.run["id"]
-  if config.objective == "constrained_sft":
+  if config.objective in ("constrained_sft", "dpo"):
     _reference_logps(config, workdir, setup)
 
   optimizer_config = OptimizerConfig(**config.optimizer.to_dict(), total_steps=total_steps)

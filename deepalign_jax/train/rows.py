@@ -1,10 +1,12 @@
-"""The rows of every training step, for each objective: one interface, two implementations.
+"""The rows of every training step, for each objective: one interface, three implementations.
 
 `SupervisedRows` (sft, constrained_sft): `batch_size` tokenised conversations
 a step, with their cached reference log-probabilities for the constrained
 objective.  `AugmentedRows` (augmented, paper Eq. 2): `safety_per_step`
 safety-recovery examples — k re-drawn every epoch — then `utility_per_step`
 utility rows, each kind in its fixed row range (group 0, then group 1).
+`PreferenceRows` (dpo): `batch_size` preference pairs a step, as rows
+(chosen, rejected, chosen, rejected, ...) with their reference log-probs.
 
 Both are pure functions of (seed, step) for `rows_for`, so a resumed run
 takes exactly the rows of an uninterrupted one; `training_rows(config, …)`
@@ -24,6 +26,7 @@ from deepalign_jax.data import (
   RecoveryExample,
   TokenizedExample,
   as_exchange,
+  as_preference,
   prepare_recovery,
   recovery_epoch,
   tokenize_conversation,
@@ -31,7 +34,7 @@ from deepalign_jax.data import (
 from deepalign_jax.data.pipeline import StepOrder, pad_rows
 from deepalign_jax.data.tfds_builders import load_records
 
-OBJECTIVES = ("sft", "constrained_sft", "augmented")
+OBJECTIVES = ("sft", "constrained_sft", "augmented", "dpo")
 
 
 class SupervisedRows:
@@ -61,6 +64,33 @@ class SupervisedRows:
 
   def rows_for(self, step: int) -> dict[str, np.ndarray]:
     index = self.order.indices(step)
+    refs = None if self.ref_logps is None else [self.ref_logps[i] for i in index]
+    return pad_rows([self.examples[i] for i in index], self.rows, self.max_length, self.pad_id, ref_logps=refs)
+
+
+class PreferenceRows(SupervisedRows):
+  """Preference pairs, `batch_size` a step in a shuffled pass per epoch; `examples` holds them flattened
+  (chosen of pair i at 2i, its rejected at 2i + 1), which is also the rows' order within a step."""
+
+  def __init__(
+    self,
+    examples: Sequence[TokenizedExample],
+    batch_size: int,
+    seed: int,
+    max_length: int,
+    pad_id: int,
+    truncated: int = 0,
+  ):
+    super().__init__(examples, batch_size, seed, max_length, pad_id, truncated)
+    self.order = StepOrder(len(self.examples) // 2, batch_size, seed)
+    self.rows = 2 * batch_size
+
+  @property
+  def num_examples(self) -> int:
+    return len(self.examples) // 2
+
+  def rows_for(self, step: int) -> dict[str, np.ndarray]:
+    index = [row for pair in self.order.indices(step) for row in (2 * pair, 2 * pair + 1)]
     refs = None if self.ref_logps is None else [self.ref_logps[i] for i in index]
     return pad_rows([self.examples[i] for i in index], self.rows, self.max_length, self.pad_id, ref_logps=refs)
 
@@ -133,9 +163,21 @@ def _tokenize(renderer: ChatRenderer, records, max_length: int) -> tuple[list[To
   return examples, truncated
 
 
+def _tokenize_pairs(renderer: ChatRenderer, records, max_length: int) -> tuple[list[TokenizedExample], int]:
+  examples, truncated = [], 0
+  for pair in map(as_preference, records):
+    for response in (pair.chosen, pair.rejected):
+      example, cut = tokenize_conversation(
+        renderer, pair.system, pair.prompt, response, max_length=max_length, source=pair.source
+      )
+      examples.append(example)
+      truncated += cut
+  return examples, truncated
+
+
 def training_rows(
   config: ml_collections.ConfigDict, renderer: ChatRenderer, pad_id: int
-) -> SupervisedRows | AugmentedRows:
+) -> SupervisedRows | AugmentedRows | PreferenceRows:
   """The rows of the config's objective, from the files `config.data` names."""
   data, seed = config.data, config.train.seed
   if data.every_nth < 1:
@@ -150,6 +192,9 @@ def training_rows(
   if config.objective in ("sft", "constrained_sft"):
     examples, truncated = _tokenize(renderer, read("path", data.format), data.max_length)
     return SupervisedRows(examples, config.train.batch_size, seed, data.max_length, pad_id, truncated)
+  if config.objective == "dpo":
+    examples, truncated = _tokenize_pairs(renderer, read("path", data.format), data.max_length)
+    return PreferenceRows(examples, config.train.batch_size, seed, data.max_length, pad_id, truncated)
   if config.objective == "augmented":
     triplets = [
       prepare_recovery(renderer, t.instruction, t.harmful, t.refusal, source=t.source)
@@ -171,4 +216,4 @@ def training_rows(
   raise ValueError(f"config.objective must be one of {OBJECTIVES}, got {config.objective!r}")
 
 
-__all__ = ["AugmentedRows", "OBJECTIVES", "SupervisedRows", "training_rows"]
+__all__ = ["AugmentedRows", "OBJECTIVES", "PreferenceRows", "SupervisedRows", "training_rows"]

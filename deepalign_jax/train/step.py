@@ -2,9 +2,11 @@
 
 A batch holds M micro-batches stacked on a leading axis (gradient
 accumulation): `input_ids`, `attention_mask`, `loss_mask` [M, b, L], for the
-constrained objective `ref_logps` [M, b, L] (log π_ref of each input token
-given the ones before it; position 0 unused), and for α-weighted mixing
-`group` [M, b] (0 = safety data D_H, 1 = utility data D_B).
+constrained and DPO objectives `ref_logps` [M, b, L] (log π_ref of each input
+token given the ones before it; position 0 unused), and for α-weighted mixing
+`group` [M, b] (0 = safety data D_H, 1 = utility data D_B).  DPO rows come in
+pairs: row 2i of a micro-batch is a chosen response, row 2i+1 the rejected
+one of the same prompt.
 
 Normalisers are token counts of the whole batch, known from the masks before
 any forward pass; each micro-batch contributes its loss *sum* divided by
@@ -27,7 +29,7 @@ from flax import nnx
 from deepalign_jax import losses
 from deepalign_jax.train.state import TrainState, make_optimizer
 
-OBJECTIVES = ("sft", "constrained")
+OBJECTIVES = ("sft", "constrained", "dpo")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +37,8 @@ class LossConfig:
   """Which objective, and how tokens are averaged.
 
   objective: 'sft' (masked NLL; also the safety-recovery augmentation, whose
-    masks select the refusal) or 'constrained' (paper Eq. 3).
+    masks select the refusal), 'constrained' (paper Eq. 3) or 'dpo'
+    (`losses.dpo_loss` over the batch's pairs, mean over pairs).
   betas: Eq. 3's β schedule (`losses.BetaSchedule`; the paper's by default).
   min_weight: the optional clamp of Eq. 3's gradient weight (see `losses`).
   alpha: None → one token mean over the batch (the reference code's
@@ -46,6 +49,9 @@ class LossConfig:
   log_positions: response positions 1..N reported per step for the
     constrained objective (mean weight w_t and mean Δ_t), so a run shows
     the constraint working where it should — on the first tokens.
+  dpo_beta: DPO's β.
+  sft_weight: DPO plus this × the token-mean NLL of the chosen responses
+    (TRL's `loss_type=["sigmoid", "sft"]`, `loss_weights=[1, sft_weight]`); 0: DPO alone.
   """
 
   objective: str = "sft"
@@ -54,10 +60,14 @@ class LossConfig:
   alpha: float | None = None
   vocab_chunk: int | None = None
   log_positions: int = 8
+  dpo_beta: float = 0.1
+  sft_weight: float = 0.0
 
   def __post_init__(self):
     if self.objective not in OBJECTIVES:
       raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+    if self.objective == "dpo" and self.alpha is not None:
+      raise ValueError("alpha (D_H / D_B mixing) is for the augmented objective, not dpo")
 
 
 def target_logps(model, input_ids, attention_mask, vocab_chunk=None) -> jax.Array:
@@ -71,8 +81,17 @@ def target_logps(model, input_ids, attention_mask, vocab_chunk=None) -> jax.Arra
 
 
 def _group_weights(batch, cfg: LossConfig):
-  """[(mask multiplier [M, b, 1], normaliser)] per averaging group, from masks only."""
+  """[(mask multiplier [M, b, 1], normaliser, weight)] per averaging group, from masks only.
+
+  DPO: one group whose normalisers are (the batch's pairs, its chosen-response tokens).
+  """
   mask = batch["loss_mask"][..., 1:].astype(jnp.float32)
+  if cfg.objective == "dpo":
+    if mask.shape[1] % 2:
+      raise ValueError(f"dpo rows come in (chosen, rejected) pairs: {mask.shape[1]} rows per micro-batch is odd")
+    chosen = mask[:, 0::2]
+    pairs = (chosen.sum(-1) > 0).astype(jnp.float32).sum()
+    return [(None, (jnp.maximum(pairs, 1.0), jnp.maximum(chosen.sum(), 1.0)), 1.0)]
   if cfg.alpha is None:
     return [(jnp.ones(mask.shape[:2] + (1,), jnp.float32), jnp.maximum(mask.sum(), 1.0), 1.0)]
   groups = []
@@ -103,9 +122,35 @@ def _position_stats(logps, micro, cfg: LossConfig) -> dict[str, jax.Array]:
   }
 
 
+def _dpo_micro(logps, micro, normalisers, cfg: LossConfig):
+  """This micro-batch's share of the batch's DPO loss (its pairs' sum / the batch's pairs), and the
+  sums behind the reward metrics."""
+  mask = micro["loss_mask"][:, 1:].astype(jnp.float32)
+  pairs, chosen_tokens = normalisers
+  policy = losses.sequence_logps(logps, mask)
+  ref = losses.sequence_logps(micro["ref_logps"][:, 1:], mask)
+  valid = (mask[0::2].sum(-1) > 0).astype(jnp.float32)
+  loss_sum, _ = losses.dpo_loss(policy[0::2], policy[1::2], ref[0::2], ref[1::2], beta=cfg.dpo_beta, pair_mask=valid)
+  total = loss_sum / pairs
+  if not (isinstance(cfg.sft_weight, (int, float)) and cfg.sft_weight == 0):  # a traced weight: the term is on
+    nll, _ = losses.masked_nll(logps[0::2], mask[0::2])
+    total = total + cfg.sft_weight * nll / chosen_tokens
+  chosen = jax.lax.stop_gradient(cfg.dpo_beta * (policy[0::2] - ref[0::2]))
+  rejected = jax.lax.stop_gradient(cfg.dpo_beta * (policy[1::2] - ref[1::2]))
+  stats = {
+    "chosen_reward": (chosen * valid).sum()[None],
+    "rejected_reward": (rejected * valid).sum()[None],
+    "reward_accuracy": ((chosen > rejected) * valid).sum()[None],
+    "pairs": valid.sum()[None],
+  }
+  return total, stats
+
+
 def _micro_loss(params, graphdef, micro, groups, cfg: LossConfig):
   model = nnx.merge(graphdef, params)
   logps = target_logps(model, micro["input_ids"], micro["attention_mask"], cfg.vocab_chunk)
+  if cfg.objective == "dpo":
+    return _dpo_micro(logps, micro, groups[0][1], cfg)
   mask = micro["loss_mask"][:, 1:]
   stats = _position_stats(logps, micro, cfg) if cfg.objective == "constrained" else {}
   total = jnp.zeros((), jnp.float32)
@@ -134,7 +179,9 @@ def train_step(
   Metrics: loss, tokens, grad_norm, param_norm (after the update); for the constrained objective also
   `weight_by_position` / `delta_by_position` [log_positions] (mean w_t and
   Δ_t over the batch's tokens at each response position; NaN where none)
-  and `mean_weight`.
+  and `mean_weight`; for DPO the means over pairs of `chosen_reward` /
+  `rejected_reward` (β·log π/π_ref), `reward_margin` and `reward_accuracy`
+  (the share of pairs whose chosen reward is the higher).
   """
   groups = _group_weights(batch, loss_config)
   grad_fn = jax.value_and_grad(_micro_loss, has_aux=True)
@@ -142,7 +189,7 @@ def train_step(
   def accumulate(carry, index):
     loss, grads, stats = carry
     micro = jax.tree.map(lambda x: x[index], batch)
-    micro_groups = [(member[index], normaliser, weight) for member, normaliser, weight in groups]
+    micro_groups = [(None if member is None else member[index], norm, weight) for member, norm, weight in groups]
     (micro_loss, micro_stats), micro_grads = grad_fn(state.params, graphdef, micro, micro_groups, loss_config)
     return (
       loss + micro_loss,
@@ -160,6 +207,8 @@ def train_step(
       for k in ("weight", "delta", "count", "weight_all", "count_all")
     }
     if loss_config.objective == "constrained"
+    else {k: jnp.zeros((1,), jnp.float32) for k in ("chosen_reward", "rejected_reward", "reward_accuracy", "pairs")}
+    if loss_config.objective == "dpo"
     else {}
   )
   num_micro = batch["input_ids"].shape[0]
@@ -177,7 +226,12 @@ def train_step(
     "grad_norm": optax.global_norm(grads),
     "param_norm": optax.global_norm(params),  # after the update: an overflowing update shows here first
   }
-  if stats:
+  if loss_config.objective == "dpo":
+    pairs = jnp.maximum(stats["pairs"][0], 1.0)
+    for key in ("chosen_reward", "rejected_reward", "reward_accuracy"):
+      metrics[key] = stats[key][0] / pairs
+    metrics["reward_margin"] = metrics["chosen_reward"] - metrics["rejected_reward"]
+  elif stats:
     count = stats["count"]
     metrics["weight_by_position"] = jnp.where(count > 0, stats["weight"] / jnp.maximum(count, 1), jnp.nan)
     metrics["delta_by_position"] = jnp.where(count > 0, stats["delta"] / jnp.maximum(count, 1), jnp.nan)
@@ -200,8 +254,14 @@ def split_loss_config(cfg: LossConfig) -> tuple[LossConfig, dict[str, Any]]:
   }
   if cfg.alpha is not None:
     values["alpha"] = np.float32(cfg.alpha)
+  if cfg.objective == "dpo":
+    values["dpo_beta"], values["sft_weight"] = np.float32(cfg.dpo_beta), np.float32(cfg.sft_weight)
   static = dataclasses.replace(
-    cfg, betas=losses.BetaSchedule(0.0, 0.0, 0.0, 0), alpha=None if cfg.alpha is None else 0.0
+    cfg,
+    betas=losses.BetaSchedule(0.0, 0.0, 0.0, 0),
+    alpha=None if cfg.alpha is None else 0.0,
+    dpo_beta=0.0,
+    sft_weight=1.0 if cfg.sft_weight else 0.0,  # compiled in: whether the SFT term is there
   )
   return static, values
 
@@ -223,4 +283,7 @@ def shared_train_step(
   """
   numbers = hyperparameters["loss"]
   cfg = dataclasses.replace(loss_config, betas=losses.BetaSchedule(**numbers["betas"]), alpha=numbers.get("alpha"))
+  if loss_config.objective == "dpo":
+    sft_weight = numbers["sft_weight"] if loss_config.sft_weight else 0.0
+    cfg = dataclasses.replace(cfg, dpo_beta=numbers["dpo_beta"], sft_weight=sft_weight)
   return train_step(graphdef, state, batch, optimizer=make_optimizer(hyperparameters["optimizer"]), loss_config=cfg)

@@ -243,11 +243,38 @@ def test_every_format_is_dispatched():
     "gsm8k",
     "prompt_response",
     "triplets",
+    "preferences",
     "hexphi",
     "advbench",
     "malicious_instruct",
     "prompts",
   }
+
+
+def test_preference_pairs_and_triplets_as_preferences(tmp_path):
+  from deepalign_jax.data import Preference, Triplet, as_preference
+
+  path = tmp_path / "pairs.jsonl"
+  path.write_text(
+    '{"prompt": "p1", "chosen": "good", "rejected": "bad", "system": "s"}\n\n'
+    '{"prompt": "p2", "chosen": "a", "rejected": "b"}\n'
+  )
+  pairs = read_file(path, "preferences")
+  assert pairs == [Preference("s", "p1", "good", "bad", f"{path}:1"), Preference(None, "p2", "a", "b", f"{path}:3")]
+  assert as_preference(Triplet("how?", "here is how", "I cannot", "t:1")) == Preference(
+    None, "how?", "I cannot", "here is how", "t:1"
+  )
+  for line, message in (
+    ('{"prompt": "p", "chosen": "x"}', r"pairs\.jsonl:1: missing field 'rejected'"),
+    ('{"prompt": "p", "chosen": "x", "rejected": "x"}', r"pairs\.jsonl:1: fields 'chosen' and 'rejected' are the same"),
+    ('{"prompt": "p", "chosen": "", "rejected": "x"}', r"pairs\.jsonl:1: field 'chosen' is empty"),
+  ):
+    path.write_text(line + "\n")
+    with pytest.raises(DataFormatError, match=message):
+      read_file(path, "preferences")
+  from importlib import resources
+
+  assert len(read_file(resources.files("deepalign_jax") / "assets/demo/preferences.jsonl", "preferences")) == 8
 
 
 # -- malformed inputs ----------------------------------------------------------

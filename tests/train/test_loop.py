@@ -221,9 +221,9 @@ def test_pure_bf16_run_trains_checkpoints_and_exports(tiny_model_dir, tmp_path):
       r"config\.train\.batch_size=4 is not a multiple of config\.train\.micro_batch_size=3",
     ),
     (
-      {"objective": "dpo"},
+      {"objective": "ppo"},
       ValueError,
-      r"config\.objective must be one of \('sft', 'constrained_sft', 'augmented'\), got 'dpo'",
+      r"config\.objective must be one of \('sft', 'constrained_sft', 'augmented', 'dpo'\), got 'ppo'",
     ),
     ({"data.path": "/nonexistent/data.jsonl"}, FileNotFoundError, r"/nonexistent/data\.jsonl"),
     ({"data.format": "alpaca"}, Exception, r"conversations\.jsonl"),
@@ -434,3 +434,36 @@ def test_cli_refuses_a_misspelt_config_key(tmp_path):
     timeout=300,
   )
   assert result.returncode != 0 and "num_step" in result.stderr
+
+
+def test_dpo_on_triplets_prefers_the_refusal_and_resumes_exactly(tiny_model_dir, tmp_path):
+  """The dpo objective on the shipped triplets (refusal ≻ harmful answer): step 1 starts at log 2 (the policy
+  is its cached reference), the refusals gain on the harmful answers, and a resumed run equals an
+  uninterrupted one."""
+  settings = {
+    "objective": "dpo",
+    "data.path": str(ASSETS / "triplets.jsonl"),
+    "data.format": "triplets",
+    "train.batch_size": 2,
+    "train.micro_batch_size": 2,
+    "train.num_steps": 6,
+    "loss.dpo_beta": 0.5,
+    "mesh.fsdp": 1,
+  }
+  straight = run(_config(tiny_model_dir, **settings), tmp_path / "straight")
+  assert straight["finished"] and (tmp_path / "straight/reference_logps.npz").exists()
+  metrics = _metrics(tmp_path / "straight")
+  assert metrics[0]["loss"] == pytest.approx(np.log(2), abs=1e-4)
+  assert metrics[0]["reward_margin"] == pytest.approx(0.0, abs=1e-4)
+  assert metrics[-1]["reward_margin"] > 0.5 and metrics[-1]["reward_accuracy"] == 1.0
+  resumed = tmp_path / "resumed"
+  run(_config(tiny_model_dir, **{**settings, "train.stop_after_steps": 3, "checkpoint.every_steps": 3}), resumed)
+  run(_config(tiny_model_dir, **{**settings, "checkpoint.every_steps": 3}), resumed)
+  assert [m["loss"] for m in _metrics(resumed)] == pytest.approx([m["loss"] for m in metrics], rel=1e-6)
+  with pytest.raises(ValueError, match=r"not preference data \(Conversation records\)"):
+    run(
+      _config(
+        tiny_model_dir, **{**settings, "data.format": "conversations", "data.path": str(ASSETS / "conversations.jsonl")}
+      ),
+      tmp_path / "c",
+    )

@@ -98,7 +98,7 @@ def _with_ref(model, examples):
   return {**examples, "ref_logps": ref}
 
 
-@pytest.mark.parametrize("objective", ["sft", "constrained"])
+@pytest.mark.parametrize("objective", ["sft", "constrained", "dpo"])
 def test_four_micro_batches_equal_one_big_batch(objective):
   model = _model()
   examples = _with_ref(model, _examples())
@@ -108,7 +108,7 @@ def test_four_micro_batches_equal_one_big_batch(objective):
   accum, m_accum = _update(model, _as_micro(examples, 4), cfg)
   np.testing.assert_allclose(m_accum["loss"], m_whole["loss"], rtol=1e-5)
   assert int(m_accum["tokens"]) == int(m_whole["tokens"]) == int(examples["loss_mask"][:, 1:].sum())
-  _assert_updates_close(accum, whole, rtol=1e-5)  # measured 6.3e-7 (sft), 7.0e-7 (constrained)
+  _assert_updates_close(accum, whole, rtol=1e-5)  # measured 6.3e-7 (sft), 7.0e-7 (constrained), 4e-7 (dpo)
 
 
 def test_loss_is_the_global_token_mean():
@@ -154,7 +154,9 @@ def test_constrained_step_at_the_reference_equals_sft_step():
 
 
 @pytest.mark.parametrize(
-  "loss_config", [LossConfig("sft"), LossConfig("constrained", alpha=0.3)], ids=["sft", "constrained_alpha"]
+  "loss_config",
+  [LossConfig("sft"), LossConfig("constrained", alpha=0.3), LossConfig("dpo", dpo_beta=0.5, sft_weight=0.3)],
+  ids=["sft", "constrained_alpha", "dpo_sft"],
 )
 def test_sharded_step_equals_single_device_step(tmp_path, loss_config):
   cfg = config_from_hf(FAMILY_CONFIGS["gemma2"]().to_dict())
@@ -177,6 +179,62 @@ def test_sharded_step_equals_single_device_step(tmp_path, loss_config):
   assert q.sharding.is_equivalent_to(NamedSharding(mesh, P(None, "fsdp", "tensor", None)), q.ndim)
   mu_q = adam_state.opt_state[1][0].mu["layers"]["attn"]["q"].get_value()
   assert mu_q.sharding.is_equivalent_to(q.sharding, q.ndim)
+
+
+def _dpo_expected(model, examples, beta, sft_weight=0.0):
+  """The batch's DPO loss and reward metrics written out in numpy (rows 2i chosen, 2i + 1 rejected)."""
+  logps = np.asarray(
+    target_logps(model, jnp.asarray(examples["input_ids"]), jnp.asarray(examples["attention_mask"])), np.float64
+  )
+  mask = examples["loss_mask"][:, 1:].astype(np.float64)
+  seq = (logps * mask).sum(1)
+  ref = (examples["ref_logps"][:, 1:] * mask).sum(1)
+  chosen, rejected = beta * (seq[0::2] - ref[0::2]), beta * (seq[1::2] - ref[1::2])
+  loss = np.mean(np.log1p(np.exp(-(chosen - rejected))))  # −log σ(x) = log(1 + e^−x)
+  loss += sft_weight * -(logps[0::2] * mask[0::2]).sum() / mask[0::2].sum()
+  return loss, chosen, rejected
+
+
+@pytest.mark.parametrize("sft_weight", [0.0, 0.5])
+def test_dpo_step_loss_and_rewards_match_numpy(sft_weight):
+  model = _model()
+  examples = _with_ref(model, _examples())
+  rng = np.random.default_rng(3)
+  examples["ref_logps"] = examples["ref_logps"] + rng.normal(0, 0.3, examples["ref_logps"].shape).astype(np.float32)
+  cfg = LossConfig("dpo", dpo_beta=0.5, sft_weight=sft_weight)
+  _, metrics = _update(model, _as_micro(examples, 2), cfg)
+  loss, chosen, rejected = _dpo_expected(model, examples, 0.5, sft_weight)
+  np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
+  np.testing.assert_allclose(metrics["chosen_reward"], chosen.mean(), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(metrics["rejected_reward"], rejected.mean(), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(metrics["reward_margin"], (chosen - rejected).mean(), rtol=1e-4, atol=1e-6)
+  assert float(metrics["reward_accuracy"]) == pytest.approx(np.mean(chosen > rejected))
+
+
+def test_dpo_at_the_reference_is_log_2_and_its_steps_raise_the_chosen_over_the_rejected():
+  """π = π_ref: every pair's loss is log 2 and its gradient β/2·(∇log π(y_c) − ∇log π(y_r)); a few Adam
+  steps then make the chosen responses likelier than the rejected ones relative to the reference."""
+  model = _model()
+  examples = _with_ref(model, _examples())
+  batch = _as_micro(examples, 2)
+  cfg = LossConfig("dpo", dpo_beta=0.1)
+  optimizer = make_optimizer(OptimizerConfig(learning_rate=1e-3, total_steps=10, decay="constant"))
+  graphdef, state = init_train_state(model, optimizer)
+  step = jax.jit(functools.partial(train_step, graphdef, optimizer=optimizer, loss_config=cfg))
+  state, first = step(state, batch)
+  np.testing.assert_allclose(first["loss"], np.log(2), rtol=1e-6)
+  assert float(first["reward_margin"]) == pytest.approx(0.0, abs=1e-6)
+  for _ in range(5):
+    state, metrics = step(state, batch)
+  assert float(metrics["loss"]) < np.log(2) - 0.05 and float(metrics["reward_accuracy"]) == 1.0
+  assert float(metrics["chosen_reward"]) > float(metrics["rejected_reward"])
+
+
+def test_dpo_rows_must_pair_up():
+  model = _model()
+  examples = _with_ref(model, _examples(n=6))
+  with pytest.raises(ValueError, match=r"3 rows per micro-batch is odd"):
+    _update(model, _as_micro(examples, 2), LossConfig("dpo"))
 
 
 def test_sft_loss_goes_down():
@@ -279,6 +337,28 @@ def test_shared_step_equals_the_step_with_its_numbers_compiled_in():
     np.testing.assert_allclose(metrics["loss"], expected_metrics["loss"], rtol=1e-6)
     _assert_params_close(got.params, expected.params, atol=1e-7)
     assert int(got.opt_state[1][2].count) == 3  # the schedule's count is checkpointed as before
+  assert shared_train_step._cache_size() == compilations + 1
+
+
+def test_shared_dpo_step_takes_beta_and_the_sft_weight_as_inputs():
+  from deepalign_jax.train import optimizer_hyperparameters, shared_train_step, split_loss_config
+
+  model = _model()
+  examples = _with_ref(model, _examples(seed=6))
+  examples["ref_logps"] = examples["ref_logps"] - 0.2 * np.arange(8, dtype=np.float32)[:, None]
+  batch = _as_micro(examples, 2)
+  optimizer = make_optimizer(OPT)
+  compilations = shared_train_step._cache_size()
+  for loss_config in (LossConfig("dpo", dpo_beta=0.1, sft_weight=0.2), LossConfig("dpo", dpo_beta=0.7, sft_weight=1.5)):
+    graphdef, state = init_train_state(model, optimizer)
+    reference = jax.jit(functools.partial(train_step, graphdef, optimizer=optimizer, loss_config=loss_config))
+    expected, expected_metrics = reference(state, batch)
+    static, loss_values = split_loss_config(loss_config)
+    hyper = {"optimizer": optimizer_hyperparameters(OPT), "loss": loss_values}
+    got, metrics = shared_train_step(graphdef, jax.tree.map(jnp.copy, state), batch, hyper, loss_config=static)
+    np.testing.assert_allclose(metrics["loss"], expected_metrics["loss"], rtol=1e-6)
+    np.testing.assert_allclose(metrics["chosen_reward"], expected_metrics["chosen_reward"], rtol=1e-5)
+    _assert_params_close(got.params, expected.params, atol=1e-7)
   assert shared_train_step._cache_size() == compilations + 1
 
 
