@@ -15,7 +15,6 @@ to DOCS (docs/organism for the committed report).
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import sys
@@ -23,12 +22,7 @@ from pathlib import Path
 
 import ml_collections
 
-DEFAULT_JAX_CACHE = "~/.cache/deepalign_jax/jax_cache"
-# XLA:CPU compiles a train step of this tiny model in ~5 s with its defaults and ~2.5 s with these, at
-# the same step time (measured on jaxlib 0.10.2, 2 cores); about 20 s of the quick run.  Only applied
-# on the jaxlib versions they were measured on: an XLA that does not know a flag aborts the process.
-FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false"
-FAST_COMPILE_JAXLIB = ("0.10.",)
+from deepalign_jax.organism.runtime import DEFAULT_JAX_CACHE, prepare_runtime
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -53,32 +47,9 @@ def publish(root: Path, target: Path) -> list[Path]:
   return copied
 
 
-def default_xla_flags() -> str:
-  """FAST_COMPILE_FLAGS where they were measured (this jaxlib, the CPU), else none."""
-  from importlib.metadata import PackageNotFoundError, version
-
-  try:
-    jaxlib = version("jaxlib")
-  except PackageNotFoundError:
-    return ""
-  platforms = os.environ.get("JAX_PLATFORMS", "cpu")
-  return FAST_COMPILE_FLAGS if jaxlib.startswith(FAST_COMPILE_JAXLIB) and platforms == "cpu" else ""
-
-
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs (or reuses) every stage in `workdir`; returns the collected results."""
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-  extra = config.xla_flags if config.xla_flags is not None else default_xla_flags()
-  if extra:  # read when the backend starts (the first computation), not at import
-    os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), extra]).strip()
-    print(f"[organism] XLA_FLAGS += {extra}")
-  import jax
-
-  if config.jax_cache:
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.jax_cache))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
+def run(config: ml_collections.ConfigDict, workdir: str):
+  """Runs (or reuses) every stage in `workdir`; returns the collected `results.Results`."""
+  prepare_runtime(config.xla_flags, config.jax_cache)
   from deepalign_jax.organism.layout import Options
   from deepalign_jax.organism.stages import Pipeline
 

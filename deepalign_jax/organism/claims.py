@@ -229,6 +229,11 @@ class _Formatter(string.Formatter):
     return super().format_field(value, format_spec)
 
 
+def format_numbers(claim: Claim, values: Mapping[str, float]) -> str:
+  """The claim's account of its numbers and thresholds (its `numbers` template filled in)."""
+  return _Formatter().format(claim.numbers, **values, **claim.thresholds)
+
+
 def check(collected: Results, claims: Sequence[Claim] = CLAIMS) -> list[Verdict]:
   """One `Verdict` per claim whose numbers exist in `collected`, in the table's order."""
   out = []
@@ -236,15 +241,8 @@ def check(collected: Results, claims: Sequence[Claim] = CLAIMS) -> list[Verdict]
     values = claim.measure(collected)
     if values is None:
       continue
-    out.append(
-      Verdict(
-        claim.effect,
-        claim.holds(values, claim.thresholds),
-        _Formatter().format(claim.numbers, **values, **claim.thresholds),
-        values,
-      )
-    )
+    out.append(Verdict(claim.effect, claim.holds(values, claim.thresholds), format_numbers(claim, values), values))
   return out
 
 
-__all__ = ["CLAIMS", "Claim", "Verdict", "check"]
+__all__ = ["CLAIMS", "Claim", "Verdict", "check", "format_numbers"]

@@ -227,7 +227,12 @@ def _setup(config: ml_collections.ConfigDict, workdir: Path) -> _Setup:
   _check_config(config)
   source = model_source(config)
   run = claim_workdir(config, workdir, source)
-  if train.batch_size % train.micro_batch_size:
+  if config.objective == "dpo" and (2 * train.batch_size) % train.micro_batch_size:
+    raise ValueError(
+      f"config.train.batch_size={train.batch_size} pairs (2 rows each) do not fill micro-batches of "
+      f"config.train.micro_batch_size={train.micro_batch_size} rows"
+    )
+  if config.objective != "dpo" and train.batch_size % train.micro_batch_size:
     raise ValueError(
       f"config.train.batch_size={train.batch_size} is not a multiple of "
       f"config.train.micro_batch_size={train.micro_batch_size}"

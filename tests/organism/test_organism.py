@@ -174,3 +174,41 @@ def test_rerun_reuses_every_stage(quick):
 def test_effects_hold_for_other_seeds(seed, tmp_path):
   results, _ = run_quick(tmp_path, seed)
   check_effects(results)
+
+
+@pytest.mark.slow  # one more quick pipeline (seed 0 is the module's, copied): ~1-2 minutes on 2 idle cores
+def test_seeds_cli_writes_each_verdicts_hold_rate(quick, tmp_path):
+  """`python -m deepalign_jax.organism.seeds` over seeds 0 and 1: each seed's verdicts are that seed's own
+  report's, and the hold rate counts them."""
+  import shutil
+
+  from deepalign_jax.organism.claims import check
+  from deepalign_jax.organism.results import Results
+
+  root, _, _ = quick
+  shutil.copytree(root, tmp_path / "seed_0")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
+  proc = subprocess.run(
+    [sys.executable, "-m", "deepalign_jax.organism.seeds", "--workdir", str(tmp_path)]
+    + ["--config.seeds=2", "--config.quick=True"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=1200,
+  )
+  assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+  summary = json.loads((tmp_path / "hold_rates.json").read_text())
+  assert summary["seeds"] == [0, 1] and (tmp_path / "HOLD_RATES.md").stat().st_size > 0
+  own = {
+    seed: {
+      v.effect: v.reproduced
+      for v in check(Results.from_json(json.loads((tmp_path / f"seed_{seed}/results.json").read_text())))
+    }
+    for seed in (0, 1)
+  }
+  for claim in summary["claims"]:
+    assert claim["verdicts"] == {str(s): own[s][claim["effect"]] for s in (0, 1) if claim["effect"] in own[s]}
+    held = sum(v is True for v in claim["verdicts"].values())
+    assert claim["hold_rate"] == pytest.approx(held / len(claim["verdicts"]))

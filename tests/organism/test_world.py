@@ -308,3 +308,25 @@ def test_results_round_trip_through_results_json():
   back = Results.from_json(json.loads(json.dumps(collected.to_json())))
   assert back == collected
   assert back.prefill_asr("aligned", 16) == 0.5 and back.prefill_asr("base", 16) is None
+
+
+def test_hold_rates_across_seeds_and_the_verdict_on_the_means():
+  """Per claim: each seed's verdict, the hold rate, mean/min/max of its numbers and its own test on the means."""
+  from deepalign_jax.organism.claims import CLAIMS
+  from deepalign_jax.organism.seeds import across_seeds, markdown
+
+  shallow = next(c for c in CLAIMS if c.effect.startswith("Shallow alignment"))
+  per_seed = {
+    0: _results(base={0: {"asr": 1.0}}, aligned={0: {"asr": 0.0}, 4: {"asr": 0.2}, 16: {"asr": 0.9}}),
+    1: _results(base={0: {"asr": 1.0}}, aligned={0: {"asr": 0.05}, 4: {"asr": 0.1}, 16: {"asr": 0.6}}),
+    2: _results(base={0: {"asr": 0.9}}, aligned={0: {"asr": 0.0}, 4: {"asr": 0.0}, 16: {"asr": 0.2}}),  # fails
+    3: _results(base={0: {"asr": 1.0}}, aligned={0: {"asr": 0.0}}),  # no k = 16: no verdict for this seed
+  }
+  (row,) = across_seeds(per_seed, [shallow])
+  assert row.verdicts == {0: True, 1: True, 2: False}
+  assert row.hold_rate == pytest.approx(2 / 3) and not row.robust(0.9) and row.robust(0.6)
+  mean, low, high = row.values["a16"]
+  assert (mean, low, high) == (pytest.approx((0.9 + 0.6 + 0.2) / 3), 0.2, 0.9)
+  assert row.on_mean is True  # mean k=0 1.7%, mean k=16 56.7%: the test passes on the means
+  text = markdown([row], [0, 1, 2, 3], 0.9)
+  assert "| yes yes no · | 2/3 (67%) | fragile | yes |" in text
