@@ -30,7 +30,8 @@ def digest(value: Any, length: int = 12) -> str:
 
 
 def path_fingerprint(spec: str | os.PathLike) -> str:
-  """A hash of a data file's bytes, or of every file (names and bytes) under a directory.
+  """A hash of a data file's bytes (not its name: the same file moved is the same data), or of every file
+  (names in it and bytes) under a directory.
 
   `tfds:DIR` hashes the manual directory; a path that is not local (e.g.
   gs://...) is identified by its name only.
@@ -47,7 +48,8 @@ def path_fingerprint(spec: str | os.PathLike) -> str:
   else:
     return "name:" + text
   for f in files:
-    h.update(str(f.relative_to(local) if f != local else f.name).encode())
+    if f != local:  # a directory's files by their names in it; a single file by its bytes alone
+      h.update(str(f.relative_to(local)).encode())
     with open(f, "rb") as stream:
       for block in iter(lambda: stream.read(1 << 20), b""):
         h.update(block)
@@ -96,9 +98,26 @@ def _short(value: Any, limit: int = 100) -> str:
   return text if len(text) <= limit else text[: limit // 2 - 2] + "..." + text[-(limit // 2 - 1) :]
 
 
-def describe_differences(diffs: list[tuple[str, Any, Any]], limit: int = 6) -> str:
-  """'key: old → new; ...' on one line (at most `limit` keys, then a count)."""
-  shown = [f"{k}: {_short(a)} -> {_short(b)}" for k, a, b in diffs[:limit]]
+CONTENT = "content of "  # the prefix of an identity key holding a file's content hash
+
+
+def describe_differences(
+  diffs: list[tuple[str, Any, Any]],
+  limit: int = 6,
+  old_paths: Mapping[str, str] | None = None,
+  new_paths: Mapping[str, str] | None = None,
+) -> str:
+  """'key: old -> new; ...' on one line (at most `limit` keys, then a count).  A content hash is shown
+  with its file: the two paths when they differ, "edited in place" when they do not."""
+  shown = []
+  for k, a, b in diffs[:limit]:
+    name = k[len(CONTENT) :] if k.startswith(CONTENT) else None
+    old, new = (old_paths or {}).get(name), (new_paths or {}).get(name)
+    if name and old and new:
+      where = f"edited in place: {_short(new)}" if old == new else f"{_short(old)} -> {_short(new)}"
+      shown.append(f"{k} ({where}): {_short(a)} -> {_short(b)}")
+    else:
+      shown.append(f"{k}: {_short(a)} -> {_short(b)}")
   if len(diffs) > limit:
     shown.append(f"and {len(diffs) - limit} more")
   return "; ".join(shown)
@@ -122,12 +141,22 @@ def read_run(workdir: str | os.PathLike) -> dict[str, Any] | None:
   return run
 
 
-def new_run(identity: Mapping[str, Any], previous: Mapping[str, Any] | None = None, **event) -> dict[str, Any]:
-  """The run record of `identity`; with `previous`, its history continues (plus `event`, e.g. a change)."""
+def new_run(
+  identity: Mapping[str, Any],
+  previous: Mapping[str, Any] | None = None,
+  *,
+  paths: Mapping[str, str] | None = None,
+  **event,
+) -> dict[str, Any]:
+  """The run record of `identity`; with `previous`, its history continues (plus `event`, e.g. a change).
+
+  paths: where the files whose content hashes are in the identity were (`config.KEY` → path), kept for the
+  messages only: the same content moved elsewhere is the same run.
+  """
   history = list(previous.get("history", [])) if previous else []
   now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
   history.append({"id": digest(identity), "time": now, **event})
-  return {"id": digest(identity), "identity": dict(identity), "history": history}
+  return {"id": digest(identity), "identity": dict(identity), "paths": dict(paths or {}), "history": history}
 
 
 def write_run(workdir: str | os.PathLike, run: Mapping[str, Any]) -> None:
@@ -135,6 +164,7 @@ def write_run(workdir: str | os.PathLike, run: Mapping[str, Any]) -> None:
 
 
 __all__ = [
+  "CONTENT",
   "RUN_FILE",
   "RerunRefused",
   "describe_differences",

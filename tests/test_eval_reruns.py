@@ -70,7 +70,10 @@ def _api_judge(api, **extra):
     ({"decoding.temperature": 0.5}, r"config\.decoding\.temperature: 0\.9 -> 0\.5"),
     ({"decoding.seed": 1}, r"config\.decoding\.seed: 0 -> 1"),
     ({"model": "b"}, r"model fingerprint: \"\w+\" -> \"\w+\""),
-    ({"benchmark.path": "reversed"}, r"config\.benchmark\.path: .* -> .*; content of config\.benchmark\.path: "),
+    (
+      {"benchmark.path": "reversed"},
+      r"content of config\.benchmark\.path \(.*attack_prompts\.jsonl.* -> .*reversed\.jsonl.*\): ",
+    ),
     ({"benchmark.every_nth": 2}, r"config\.benchmark\.every_nth: 1 -> 2"),
     ({"benchmark.instruction_template": "Q: {instruction}"}, r"config\.benchmark\.instruction_template: "),
     ({"system_prompt": "Be helpful."}, r"config\.system_prompt: \"\" -> \"Be helpful\.\""),
@@ -97,7 +100,7 @@ def test_the_benchmark_edited_in_place_is_another_evaluation(models, tmp_path):
   benchmark.write_text((ASSETS / "attack_prompts.jsonl").read_text())
   run(_config(models["a"], **{"benchmark.path": str(benchmark)}), tmp_path / "eval")
   benchmark.write_text("".join(benchmark.read_text().splitlines(True)[::-1]))
-  with pytest.raises(RerunRefused, match=r"content of config\.benchmark\.path: \"\w+\" -> \"\w+\""):
+  with pytest.raises(RerunRefused, match=r"content of config\.benchmark\.path \(edited in place: .*\): \"\w+\" -> "):
     run(_config(models["a"], **{"benchmark.path": str(benchmark)}), tmp_path / "eval")
   # Started over on purpose: every record is of the new file.
   run(_config(models["a"], rerun="restart", **{"benchmark.path": str(benchmark)}), tmp_path / "eval")

@@ -76,6 +76,7 @@ SCOPE = (
   "mesh",
   "model",  # its fingerprint stands for it: the same weights moved elsewhere are the same model
   "judge",
+  "benchmark.path",  # its content hash stands for it: the same file moved elsewhere is the same benchmark
   "benchmark.limit",
   "benchmark.tfds_data_dir",
   "attack.prefill_tokens",
@@ -144,7 +145,7 @@ def evaluation_identity(config: ml_collections.ConfigDict, source: sources.Model
   out = {f"config.{k}": v for k, v in identity.flatten(identity.without(config.to_dict(), drop)).items()}
   out["config.chat_format"] = chat_format
   out["model fingerprint"] = source.fingerprint()
-  out["content of config.benchmark.path"] = identity.path_fingerprint(config.benchmark.path)
+  out[identity.CONTENT + "config.benchmark.path"] = identity.path_fingerprint(config.benchmark.path)
   return out
 
 
@@ -153,6 +154,7 @@ def _claim_workdir(config, workdir: Path, ident: dict) -> dict:
   if config.rerun not in RERUN:
     raise ValueError(f"config.rerun must be one of {RERUN}, got {config.rerun!r}")
   previous = identity.read_run(workdir)
+  paths = {"config.benchmark.path": config.benchmark.path}
   exists = previous is not None or (workdir / "generations.jsonl").exists()
   if config.rerun == "restart" and exists:
     import shutil
@@ -171,13 +173,14 @@ def _claim_workdir(config, workdir: Path, ident: dict) -> dict:
       raise identity.RerunRefused(
         f"{workdir}: holds generations.jsonl without {identity.RUN_FILE} (from an older version of the toolkit); {how}"
       )
-    run = identity.new_run(ident, event="start")
+    run = identity.new_run(ident, paths=paths, event="start")
     identity.write_run(workdir, run)
     return run
   diffs = identity.differences(previous["identity"], ident)
   if diffs:
+    described = identity.describe_differences(diffs, old_paths=previous.get("paths"), new_paths=paths)
     raise identity.RerunRefused(
-      f"{workdir}: this evaluation's settings differ from the one in it: {identity.describe_differences(diffs)}; "
+      f"{workdir}: this evaluation's settings differ from the one in it: {described}; "
       f"{how} (another judge: python -m deepalign_jax.judge --workdir {workdir} --config ... re-judges the "
       f"stored generations)"
     )

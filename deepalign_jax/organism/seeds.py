@@ -31,6 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.first_seed = 0  # seeds first_seed .. first_seed + seeds - 1
   c.quick = False  # the CI-sized pipeline for every seed
   c.robust = 0.9  # the hold rate an effect needs to be called robust
+  c.publish = ""  # copy HOLD_RATES.md and hold_rates.json to this directory (docs/organism for the committed table)
   c.jax_cache = DEFAULT_JAX_CACHE  # persistent JAX compilation cache ('' disables)
   # added to XLA_FLAGS (None: the fast-compile flags on the jaxlib they were measured on; '' adds none)
   c.xla_flags = ml_collections.config_dict.placeholder(str)
@@ -170,6 +171,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   }
   write_json(root / "hold_rates.json", summary)
   print(f"[organism.seeds] {root / 'HOLD_RATES.md'}")
+  if config.publish:
+    import shutil
+
+    Path(config.publish).mkdir(parents=True, exist_ok=True)
+    for name in ("HOLD_RATES.md", "hold_rates.json"):
+      shutil.copyfile(root / name, Path(config.publish) / name)
+      print(f"[organism.seeds] published {Path(config.publish) / name}")
   return summary
 
 

@@ -288,17 +288,24 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     dtype_from_name(config.param_dtype, "config.param_dtype")
 
 
+DATA_FILES = ("data.path", "data.safety_path", "data.utility_path")
+
+
 def run_identity(config: ml_collections.ConfigDict, source: sources.ModelSource) -> dict[str, Any]:
   """What a training run computes, flat: `config.KEY` for every setting outside `HARMLESS`, the model's
-  fingerprint and the data files' content hashes (the model's path is left out: the same weights moved
-  elsewhere are the same run)."""
-  settings = identity.without(config.to_dict(), HARMLESS + ("model",))
+  fingerprint and the data files' content hashes (the model's and the files' paths are left out: the same
+  weights or data moved elsewhere are the same run)."""
+  settings = identity.without(config.to_dict(), HARMLESS + ("model",) + DATA_FILES)
   out = {f"config.{k}": v for k, v in identity.flatten(settings).items()}
   out["model fingerprint"] = source.fingerprint()
-  for key in ("path", "safety_path", "utility_path"):
-    if config.data[key]:
-      out[f"content of config.data.{key}"] = identity.path_fingerprint(config.data[key])
+  for key, path in _data_paths(config).items():
+    out[identity.CONTENT + key] = identity.path_fingerprint(path)
   return out
+
+
+def _data_paths(config) -> dict[str, str]:
+  """`config.data.KEY` → path of the data files the config names."""
+  return {f"config.{key}": config.data[key.split(".", 1)[1]] for key in DATA_FILES if config.data[key.split(".", 1)[1]]}
 
 
 def _run_outputs(config, workdir: Path) -> list[Path]:
@@ -350,15 +357,14 @@ def claim_workdir(config: ml_collections.ConfigDict, workdir: Path, source: sour
         f"{workdir}: holds a training run without {identity.RUN_FILE} (from an older version of the toolkit, "
         f"or checkpoints in {checkpoint_dir}); {how}"
       )
-    run = identity.new_run(ident, event="start")
+    run = identity.new_run(ident, paths=_data_paths(config), event="start")
   else:
     diffs = identity.differences(previous["identity"], ident)
     if not diffs:
       return previous
     if config.rerun != "change":
-      raise identity.RerunRefused(
-        f"{workdir}: this rerun's settings differ from the run in it: {identity.describe_differences(diffs)}; {how}"
-      )
+      described = identity.describe_differences(diffs, old_paths=previous.get("paths"), new_paths=_data_paths(config))
+      raise identity.RerunRefused(f"{workdir}: this rerun's settings differ from the run in it: {described}; {how}")
     if any(key == "model fingerprint" for key, _, _ in diffs):
       raise identity.RerunRefused(
         f"{workdir}: config.model is another model (fingerprint {previous['identity']['model fingerprint']} "
@@ -368,7 +374,7 @@ def claim_workdir(config: ml_collections.ConfigDict, workdir: Path, source: sour
     step = _latest(checkpoint_dir)
     changed = {key: [old, new] for key, old, new in diffs}
     _log.warning("%s: config.rerun=change at step %s: %s", workdir, step, identity.describe_differences(diffs))
-    run = identity.new_run(ident, previous, event="change", step=step, changed=changed)
+    run = identity.new_run(ident, previous, paths=_data_paths(config), event="change", step=step, changed=changed)
   if main:  # the config of the run as it now stands (run.json keeps what changed, and when)
     identity.write_run(workdir, run)
     atomic.write_text(workdir / "config.json", config.to_json(indent=2))

@@ -269,7 +269,9 @@ def test_reference_cache_is_recomputed_for_other_data(tiny_model_dir, tmp_path):
   fewer = tmp_path / "fewer.jsonl"
   fewer.write_text("".join((ASSETS / "conversations.jsonl").read_text().splitlines(True)[:-1]))
   other = {"train.num_steps": 2, "data.path": str(fewer)}
-  with pytest.raises(RerunRefused, match=r"config\.data\.path: .*conversations\.jsonl.* -> .*fewer\.jsonl"):
+  with pytest.raises(
+    RerunRefused, match=r"content of config\.data\.path \(.*conversations\.jsonl.* -> .*fewer\.jsonl\"\): "
+  ):
     run(_config(tiny_model_dir, **other), tmp_path / "run")
   run(_config(tiny_model_dir, rerun="change", **other), tmp_path / "run")
   assert reference.cache_identity(cache) not in ("", first)

@@ -83,8 +83,20 @@ def test_the_data_file_edited_in_place_is_another_run(models, finished, tmp_path
   workdir = tmp_path / "run"
   run(_config(models["base"], **{"data.path": str(data), "train.num_steps": 1}), workdir)
   data.write_text("".join(data.read_text().splitlines(True)[:-1]))
-  with pytest.raises(RerunRefused, match=r"content of config\.data\.path: \"\w+\" -> \"\w+\""):
+  with pytest.raises(
+    RerunRefused, match=r"content of config\.data\.path \(edited in place: .*data\.jsonl\"\): \"\w+\" -> "
+  ):
     run(_config(models["base"], **{"data.path": str(data), "train.num_steps": 1}), workdir)
+
+
+def test_the_same_data_moved_elsewhere_is_the_same_run(models, finished, tmp_path):
+  import shutil
+
+  workdir, _ = _copy(finished, tmp_path)
+  moved = tmp_path / "moved.jsonl"
+  shutil.copyfile(ASSETS / "conversations.jsonl", moved)
+  again = run(_config(models["base"], **{"checkpoint.every_steps": 2, "data.path": str(moved)}), workdir)
+  assert again["finished"] and again["run"] == json.loads((workdir / "run.json").read_text())["id"]
 
 
 @pytest.mark.parametrize(
