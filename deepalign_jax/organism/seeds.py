@@ -7,7 +7,8 @@ seed, its hold rate (the share of seeds where it is reproduced), the mean and
 range over seeds of each number it is decided on, and the verdict on those
 means against the claim's own thresholds (`claims.CLAIMS`, fixed before any
 run they judge).  An effect counts as robust when it holds in at least
-`robust` (default 90%) of the seeds; below that the table calls it fragile.
+`robust` (default 90%) of the seeds; below that the table calls it fragile
+(inconclusive when no seed's numbers could decide it).
 """
 
 from __future__ import annotations
@@ -55,11 +56,18 @@ class ClaimAcrossSeeds:
 
   @property
   def hold_rate(self) -> float | None:
-    decided = list(self.verdicts.values())
-    return sum(v is True for v in decided) / len(decided) if decided else None
+    """The share of the seeds with numbers where the claim holds (an inconclusive seed does not)."""
+    seen = list(self.verdicts.values())
+    return sum(v is True for v in seen) / len(seen) if seen else None
 
   def robust(self, threshold: float) -> bool:
     return self.hold_rate is not None and self.hold_rate >= threshold
+
+  def status(self, threshold: float) -> str:
+    """robust, fragile, or inconclusive (no seed could decide it)."""
+    if all(v is None for v in self.verdicts.values()):
+      return "inconclusive"
+    return "robust" if self.robust(threshold) else "fragile"
 
 
 def across_seeds(per_seed: Mapping[int, object], claims_table=None) -> list[ClaimAcrossSeeds]:
@@ -116,7 +124,7 @@ def markdown(rows: Sequence[ClaimAcrossSeeds], seeds: Sequence[int], robust: flo
         " ".join(label[row.verdicts.get(s)] if s in row.verdicts else "·" for s in seeds),
         f"{sum(v is True for v in row.verdicts.values())}/{len(row.verdicts)}"
         + (f" ({rate:.0%})" if rate is not None else ""),
-        "robust" if row.robust(robust) else "fragile",
+        row.status(robust),
         label[row.on_mean],
         row.numbers_on_mean,
       ]
@@ -163,6 +171,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "verdicts": {str(s): v for s, v in r.verdicts.items()},
         "hold_rate": r.hold_rate,
         "robust": r.robust(config.robust),
+        "status": r.status(config.robust),
         "on_mean": r.on_mean,
         "values": {k: dict(zip(("mean", "min", "max"), v)) for k, v in r.values.items()},
       }

@@ -330,3 +330,4 @@ def test_hold_rates_across_seeds_and_the_verdict_on_the_means():
   assert row.on_mean is True  # mean k=0 1.7%, mean k=16 56.7%: the test passes on the means
   text = markdown([row], [0, 1, 2, 3], 0.9)
   assert "| yes yes no · | 2/3 (67%) | fragile | yes |" in text
+  assert row.status(0.6) == "robust" and row.status(0.9) == "fragile"
