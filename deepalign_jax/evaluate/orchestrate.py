@@ -155,7 +155,10 @@ def _claim_workdir(config, workdir: Path, ident: dict) -> dict:
     raise ValueError(f"config.rerun must be one of {RERUN}, got {config.rerun!r}")
   previous = identity.read_run(workdir)
   paths = {"config.benchmark.path": config.benchmark.path}
-  exists = previous is not None or (workdir / "generations.jsonl").exists()
+  generated = (workdir / "generations.jsonl").exists()
+  if previous is not None and not generated and not (workdir / "gcg").exists():
+    previous = None  # a start that stopped before its first record: nothing to keep apart
+  exists = previous is not None or generated
   if config.rerun == "restart" and exists:
     import shutil
 

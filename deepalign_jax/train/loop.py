@@ -338,7 +338,10 @@ def claim_workdir(config: ml_collections.ConfigDict, workdir: Path, source: sour
   previous = identity.read_run(workdir)
   checkpoint_dir = _checkpoint_dir(config, workdir)
   main = jax.process_index() == 0
-  has_run = previous is not None or bool(checkpoint_steps(checkpoint_dir)) or (workdir / "metrics.jsonl").exists()
+  computed = bool(checkpoint_steps(checkpoint_dir)) or (workdir / "metrics.jsonl").exists()
+  if previous is not None and not computed:
+    previous = None  # a start that stopped before its first step (a bad data file, ...): nothing to keep apart
+  has_run = previous is not None or computed
   if config.rerun == "restart" and has_run:
     if main:
       for path in [*_run_outputs(config, workdir), Path(workdir) / identity.RUN_FILE]:

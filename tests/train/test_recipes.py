@@ -28,6 +28,11 @@ def test_recipe_uses_the_papers_precision_and_batch(path):
   c = _load(path.stem)
   assert (c.dtype, c.param_dtype, c.remat) == ("bfloat16", "float32", "dots")  # fp32 master weights
   assert c.chat_format in ("llama2", "gemma")
+  if c.objective == "dpo":  # not the paper's recipe: the common published DPO settings (Zephyr's)
+    assert (c.loss.dpo_beta, c.optimizer.learning_rate, c.optimizer.b1, c.train.epochs) == (0.1, 5e-7, 0.9, 3)
+    assert c.train.batch_size == 64 and (2 * c.train.batch_size) % c.train.micro_batch_size == 0
+    assert c.data.format == "preferences"
+    return
   assert c.optimizer.learning_rate == {"llama2": 2e-5, "gemma": 5e-6}[c.chat_format]
   rows = (c.data.safety_per_step + c.data.utility_per_step) if c.objective == "augmented" else c.train.batch_size
   assert rows == (80 if c.objective == "augmented" else 64) and rows % c.train.micro_batch_size == 0

@@ -89,6 +89,14 @@ def test_the_data_file_edited_in_place_is_another_run(models, finished, tmp_path
     run(_config(models["base"], **{"data.path": str(data), "train.num_steps": 1}), workdir)
 
 
+def test_a_start_that_failed_before_its_first_step_does_not_block_the_corrected_rerun(models, tmp_path):
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError, match=r"unknown data format 'jsonl'"):
+    run(_config(models["base"], **{"data.format": "jsonl", "train.num_steps": 1}), workdir)
+  assert (workdir / "run.json").exists() and not (workdir / "metrics.jsonl").exists()
+  assert run(_config(models["base"], **{"train.num_steps": 1}), workdir)["finished"]
+
+
 def test_the_same_data_moved_elsewhere_is_the_same_run(models, finished, tmp_path):
   import shutil
 
