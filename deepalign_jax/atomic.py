@@ -73,4 +73,15 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     raise
 
 
-__all__ = ["atomic_directory", "atomic_path", "write_json", "write_jsonl", "write_text"]
+def remove(path: str | os.PathLike) -> None:
+  """Deletes a file or a directory tree, local or remote (gs://, through etils.epath); nothing if absent."""
+  from etils import epath
+
+  target = epath.Path(path)
+  if target.is_dir():
+    target.rmtree()
+  elif target.exists():
+    target.unlink()
+
+
+__all__ = ["atomic_directory", "atomic_path", "remove", "write_json", "write_jsonl", "write_text"]

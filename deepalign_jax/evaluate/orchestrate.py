@@ -51,13 +51,13 @@ from typing import Any, Sequence
 import ml_collections
 from tqdm.auto import tqdm
 
-from deepalign_jax import identity, metrics, sharding
+from deepalign_jax import atomic, identity, metrics, sharding
 from deepalign_jax.atomic import write_json
 from deepalign_jax.data import Exchange, load_tokenizer
 from deepalign_jax.errors import RunError
 from deepalign_jax.evaluate import judging
 from deepalign_jax.evaluate.settings import UTILITY, build_settings, read_benchmark
-from deepalign_jax.evaluate.store import read_records, record_key, rewrite_records
+from deepalign_jax.evaluate.store import read_records, record_key, rewrite_records, scope_keys
 from deepalign_jax.evaluate.summary import plot_asr, record_verdict, summarize_records
 from deepalign_jax.judges import make_judge, summarize
 from deepalign_jax.models import dtype_from_name, sources
@@ -160,14 +160,8 @@ def _claim_workdir(config, workdir: Path, ident: dict) -> dict:
     previous = None  # a start that stopped before its first record: nothing to keep apart
   exists = previous is not None or generated
   if config.rerun == "restart" and exists:
-    import shutil
-
     for name in OUTPUTS + (identity.RUN_FILE,):
-      path = workdir / name
-      if path.is_dir():
-        shutil.rmtree(path)
-      elif path.exists():
-        path.unlink()
+      atomic.remove(workdir / name)
     _log.warning("%s: config.rerun=restart: the previous evaluation's outputs were removed", workdir)
     previous, exists = None, False
   how = "use a new --workdir, or --config.rerun=restart to start over"
@@ -240,8 +234,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
 
   path = workdir / "generations.jsonl"
   done = read_records(path)
-  space = [(i, s, j) for i in range(len(prompts)) for s in settings for j in range(config.attack.samples)]
-  in_scope = {record_key(i, s.name, j) for i, s, j in space}
+  scope = scope_keys(len(prompts), settings, config.attack.samples)
+  space = [(i, s, j) for i, s, j, _ in scope]
+  in_scope = {key for *_, key in scope}
   _check_records(path, {k: r for k, r in done.items() if k in in_scope}, {s.name: s for s in settings}, judge)
   retry = [r for k, r in done.items() if k in in_scope and judging.failed(r)]
   if retry:  # judged again, never generated again
@@ -258,7 +253,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
     else {}
   )
 
-  todo = [(i, s, j) for i, s, j in space if record_key(i, s.name, j) not in done]
+  todo = [(i, s, j) for i, s, j, key in scope if key not in done]
   d = config.decoding
   chunk = d.batch_size * max(1, 4)
   bar = tqdm(
@@ -341,7 +336,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
         asr=f"{asr:.3f}" if asr is not None else "-", tokens_per_s=f"{generated / (time.perf_counter() - started):.1f}"
       )
   bar.close()
-  scoped = [done[record_key(i, s.name, j)] for i, s, j in space]
+  scoped = [done[key] for *_, key in scope]
   summary = summarize_run(config, scoped, settings, run_id, source, judge, len(prompts), sampler.renderer.chat_format)
   if config.attack.kind == "gcg":
     summary["gcg_suffixes"] = sorted(set(suffixes.values()))

@@ -27,7 +27,7 @@ from deepalign_jax import identity
 from deepalign_jax.evaluate import judging
 from deepalign_jax.evaluate.orchestrate import check_judged, summarize_run, write_summary
 from deepalign_jax.evaluate.settings import build_settings, read_benchmark
-from deepalign_jax.evaluate.store import read_records, record_key, rewrite_records
+from deepalign_jax.evaluate.store import read_records, rewrite_records, scope_keys
 from deepalign_jax.judges import make_judge
 from deepalign_jax.judges.factory import default_config as judge_default_config
 from deepalign_jax.models import sources
@@ -46,7 +46,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   """Judges the stored generations of `workdir` with `config.judge`; returns the new summary."""
   workdir = Path(workdir)
   path = workdir / "generations.jsonl"
-  if not path.exists() or identity.read_run(workdir) is None:
+  run_record = identity.read_run(workdir)
+  if not path.exists() or run_record is None:
     raise ValueError(f"{workdir}: not an evaluation workdir (no generations.jsonl and run.json to judge)")
   summary_path = workdir / "summary.json"
   if not summary_path.exists():
@@ -54,14 +55,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
       f"{summary_path}: missing; the evaluation has not finished — rerun python -m deepalign_jax.evaluate "
       f"in this workdir first"
     )
-  evaluated = ml_collections.ConfigDict(json.loads(summary_path.read_text())["config"])
+  previous = json.loads(summary_path.read_text())
+  evaluated = ml_collections.ConfigDict(previous["config"])
   judge = make_judge(judging.judge_settings(config.judge, workdir))
   settings = build_settings(evaluated)
   prompts, _ = read_benchmark(evaluated)
   done = read_records(path)
-  space = [
-    record_key(i, s.name, j) for i in range(len(prompts)) for s in settings for j in range(evaluated.attack.samples)
-  ]
+  space = [key for *_, key in scope_keys(len(prompts), settings, evaluated.attack.samples)]
   missing = [k for k in space if k not in done]
   if missing:
     raise ValueError(
@@ -74,15 +74,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   _log.warning("%s: judging %d of %d records with %s", path, len(todo), len(scoped), wanted)
   judging.judge_records(todo, judge, after_chunk=lambda: rewrite_records(path, done.values()))
   source = sources.resolve_source(evaluated.model)
-  run_id = identity.read_run(workdir)["id"]
-  previous = json.loads(summary_path.read_text())
   summary = summarize_run(
-    evaluated, scoped, settings, run_id, source, judge, len(prompts), previous.get("chat_format", "")
+    evaluated, scoped, settings, run_record["id"], source, judge, len(prompts), previous.get("chat_format", "")
   )
   summary["judged_again"] = len(todo)
-  for key in ("gcg_suffixes",):
-    if key in previous:
-      summary[key] = previous[key]
+  if "gcg_suffixes" in previous:
+    summary["gcg_suffixes"] = previous["gcg_suffixes"]
   write_summary(evaluated, workdir, summary, settings)
   check_judged(scoped, path)
   return summary

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from deepalign_jax.atomic import write_jsonl
 
@@ -14,6 +14,11 @@ _log = logging.getLogger(__name__)
 
 def record_key(prompt_index: int, setting: str, sample: int) -> str:
   return f"{prompt_index}|{setting}|{sample}"
+
+
+def scope_keys(prompts: int, settings: Sequence, samples: int) -> list[tuple[int, object, int, str]]:
+  """(prompt index, setting, sample, record key) of every record an evaluation of this scope holds."""
+  return [(i, s, j, record_key(i, s.name, j)) for i in range(prompts) for s in settings for j in range(samples)]
 
 
 def read_records(path: Path) -> dict[str, dict]:
@@ -50,4 +55,4 @@ def rewrite_records(path: Path, records: Iterable[dict]) -> None:
   write_jsonl(path, records)
 
 
-__all__ = ["read_records", "record_key", "rewrite_records"]
+__all__ = ["read_records", "record_key", "rewrite_records", "scope_keys"]

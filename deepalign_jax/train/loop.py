@@ -318,16 +318,6 @@ def _checkpoint_dir(config, workdir: Path) -> str:
   return config.checkpoint.directory or str((workdir / "checkpoints").absolute())
 
 
-def _remove(path) -> None:
-  from etils import epath
-
-  path = epath.Path(path)
-  if path.is_dir():
-    path.rmtree()
-  elif path.exists():
-    path.unlink()
-
-
 def claim_workdir(config: ml_collections.ConfigDict, workdir: Path, source: sources.ModelSource) -> dict[str, Any]:
   """Checks a rerun against the workdir's run.json (`config.rerun`) and records this run; returns run.json.
 
@@ -345,8 +335,8 @@ def claim_workdir(config: ml_collections.ConfigDict, workdir: Path, source: sour
   if config.rerun == "restart" and has_run:
     if main:
       for path in [*_run_outputs(config, workdir), Path(workdir) / identity.RUN_FILE]:
-        _remove(path)
-      _remove(checkpoint_dir)
+        atomic.remove(path)
+      atomic.remove(checkpoint_dir)
     _sync("deepalign_jax.train.restart")
     _log.warning("%s: config.rerun=restart: the previous run's checkpoints and outputs were removed", workdir)
     previous, has_run = None, False
@@ -557,7 +547,7 @@ def _exports_current(config, workdir: Path, run_id: str, step: int) -> bool:
 def _drop_exports(workdir: Path) -> None:
   """Removes a finished run's exports (summary first: a run without it is unfinished), before more steps."""
   for name in ("summary.json", "params", "hf"):
-    _remove(workdir / name)
+    atomic.remove(workdir / name)
 
 
 def _export(config, workdir: Path, setup: _Setup, graphdef, params) -> dict[str, str]:
@@ -566,18 +556,18 @@ def _export(config, workdir: Path, setup: _Setup, graphdef, params) -> dict[str,
   out = {}
   params_dir = (workdir / "params").absolute()
   staging = params_dir.with_name(f".params.{os.getpid()}")
-  _remove(staging)
+  atomic.remove(staging)
   with ocp.StandardCheckpointer() as params_checkpointer:
     params_checkpointer.save(staging, params)
   if jax.process_index() == 0:
-    _remove(params_dir)
+    atomic.remove(params_dir)
     os.replace(staging, params_dir)
   out["params"] = str(params_dir)
   if config.export_hf:
     trained = nnx.merge(graphdef, params)
     out["hf_export"] = str(save_pretrained(trained, setup.model_config, workdir / "hf", tokenizer=setup.tokenizer))
   elif jax.process_index() == 0:
-    _remove(workdir / "hf")
+    atomic.remove(workdir / "hf")
   return out
 
 
