@@ -308,10 +308,8 @@ def _data_paths(config) -> dict[str, str]:
   return {f"config.{key}": config.data[key.split(".", 1)[1]] for key in DATA_FILES if config.data[key.split(".", 1)[1]]}
 
 
-def _run_outputs(config, workdir: Path) -> list[Path]:
-  """What a training run writes into its workdir (checkpoints apart)."""
-  names = ("summary.json", "params", "hf", "metrics.jsonl", "tensorboard", "reference_logps.npz", "config.json")
-  return [workdir / name for name in names]
+# What a training run writes into its workdir (checkpoints apart): what a restart removes.
+OUTPUTS = ("summary.json", "params", "hf", "metrics.jsonl", "tensorboard", "reference_logps.npz", "config.json")
 
 
 def _checkpoint_dir(config, workdir: Path) -> str:
@@ -334,8 +332,8 @@ def claim_workdir(config: ml_collections.ConfigDict, workdir: Path, source: sour
   has_run = previous is not None or computed
   if config.rerun == "restart" and has_run:
     if main:
-      for path in [*_run_outputs(config, workdir), Path(workdir) / identity.RUN_FILE]:
-        atomic.remove(path)
+      for name in OUTPUTS + (identity.RUN_FILE,):
+        atomic.remove(workdir / name)
       atomic.remove(checkpoint_dir)
     _sync("deepalign_jax.train.restart")
     _log.warning("%s: config.rerun=restart: the previous run's checkpoints and outputs were removed", workdir)
