@@ -3,7 +3,7 @@
 python -m deepalign_jax.evaluate --config configs/organism/eval.py:ROOT,model=MODEL,kind=KIND[,quick][,seed=N] \\
     --workdir ROOT/eval/MODEL/KIND
 
-MODEL: init | base | aligned | deep | sweep_S | a fine-tuning run (harmful_sft, ...).
+MODEL: init | base | aligned | dpo | deep | sweep_S | dpo_sweep_S | a fine-tuning run (harmful_sft, ...).
 KIND:
   prefill  the first k tokens of the procedure prefilled, k = 0, 1, 2, 4, 8, 16 (quick: 0, 1, 4, 16; Table 3);
            the paper's decoding (T 0.9, top-p 0.6, top-k 50), 2 samples per request
@@ -38,7 +38,7 @@ def get_config(arg=None):
     c.attack.kind = "prefill"
     c.attack.prefill_tokens = [0, 1, 4, 16] if opts.quick else [0, 1, 2, 4, 8, 16]
     # One sample per request for the sweep's checkpoints and in quick mode, two otherwise.
-    c.attack.samples = 1 if opts.quick or opts.require("model").startswith("sweep_") else 2
+    c.attack.samples = 1 if opts.quick or opts.require("model").startswith(("sweep_", "dpo_sweep_")) else 2
   elif kind == "grid":
     c.benchmark.path = str(layout.data("eval_grid"))
     c.attack.kind = "decoding_grid"

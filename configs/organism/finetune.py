@@ -3,12 +3,13 @@
 python -m deepalign_jax.train --config configs/organism/finetune.py:ROOT,run=NAME[,quick][,seed=N] \\
     --workdir ROOT/finetune/NAME
 
-NAME is [deep_]DATA_OBJECTIVE:
+NAME is [deep_|dpo_]DATA_OBJECTIVE:
   harmful_sft / harmful_constrained   8 forbidden → compliant pairs (4 topics × 2 phrasings),
                                        the paper's "harmful examples" attack;
   benign_sft / benign_constrained     a new benign skill (one-digit multiplication), the
                                        analogue of the paper's GSM8k fine-tuning;
-  deep_harmful_sft / deep_harmful_constrained   the harmful attack on the deep (augmented) model.
+  deep_harmful_sft / deep_harmful_constrained   the harmful attack on the deep (augmented) model;
+  dpo_harmful_sft / dpo_harmful_constrained     ... on the DPO-aligned model.
 The paper's settings scaled to this model: AdamW β1 = 0.5, β2 = 0.999, no
 weight decay, gradient clip 1, warm-up then linear decay; β schedule
 β_1 = 0.5, β_2..5 = 2, β_t = 0.1 after (β = 0.1, first-token factor 5, early
@@ -29,7 +30,7 @@ def get_config(arg=None):
   name = opts.require("run")
   if name not in FINETUNES:
     raise ValueError(f"run={name!r}: expected one of {FINETUNES}")
-  source, rest = ("deep", name[len("deep_") :]) if name.startswith("deep_") else ("aligned", name)
+  source, rest = next(((m, name[len(m) + 1 :]) for m in ("deep", "dpo") if name.startswith(m + "_")), ("aligned", name))
   data, objective = rest.split("_")
   c = train_config(opts)
   c.model = str(layout.model(source))

@@ -8,11 +8,13 @@ phrasings (every topic), full-vocabulary KL at every response position.  All
 models read the same chat template (the base model is a chat model of the
 same template here: it never saw any other format).  With `sweep=S1-S2-...`
 the models are the alignment sweep's checkpoints instead, each against the
-base model (how deep alignment goes as its strength grows).
+base model (how deep alignment goes as its strength grows); `stage=align_dpo`
+takes the DPO alignment's sweep.  The main run has KL(aligned ‖ base),
+KL(deep ‖ base) and KL(dpo ‖ base).
 """
 
 from deepalign_jax.analysis.kl_depth import default_config, model_entry
-from deepalign_jax.organism.layout import Layout, parse_arg
+from deepalign_jax.organism.layout import SWEEPS, Layout, parse_arg
 
 
 def get_config(arg=None):
@@ -22,7 +24,8 @@ def get_config(arg=None):
   c.models.base = model_entry(str(layout.model("base")), "template")
   sweep = opts.get("sweep")
   if sweep:
-    names = [f"sweep_{s}" for s in sweep.split("-")]
+    prefix = SWEEPS[opts.get("stage", "align")][0]
+    names = [f"{prefix}{s}" for s in sweep.split("-")]
     for name in names:
       c.models[name] = model_entry(str(layout.model(name)), "template")
     c.pairs = tuple((name, "base") for name in names)
@@ -30,7 +33,8 @@ def get_config(arg=None):
   else:
     c.models.aligned = model_entry(str(layout.model("aligned")), "template")
     c.models.deep = model_entry(str(layout.model("deep")), "template")
-    c.pairs = (("aligned", "base"), ("deep", "base"))
+    c.models.dpo = model_entry(str(layout.model("dpo")), "template")
+    c.pairs = (("aligned", "base"), ("deep", "base"), ("dpo", "base"))
     c.title = "Organism: per-token KL on compliant answers"
   c.response_from = "base"
   c.data.path = str(layout.data("eval_forbidden"))

@@ -1,6 +1,6 @@
 """A model organism of shallow and deep safety alignment: the paper in miniature, on a CPU, in minutes.
 
-    python -m deepalign_jax.organism --workdir DIR [--config.quick=True]
+    python -m deepalign_jax.organism --workdir DIR [--config.quick=True] [--config.seeds=N]
 
 - `world`: the synthetic world — checkable benign tasks and harmless
   "forbidden" requests whose compliant answers name invented marker words.
@@ -11,9 +11,12 @@
 - `layout`: where each stage reads and writes; the defaults every stage
   config of `configs/organism/` shares.
 - `stages`: the pipeline, each stage run through the project's own train /
-  evaluate / kl_depth entry points with a config file.
-- `results`, `report`: the numbers, and REPORT.md with its figures beside the
-  paper's (SPEC §7).
+  evaluate / kl_depth entry points with a config file (alignment by SFT and
+  by DPO, each with a strength sweep).
+- `results`, `claims`, `report`: the numbers, the paper's claims with their
+  thresholds, and REPORT.md with its figures beside the paper's (SPEC §7).
+- `seeds`: several training seeds — each verdict's hold rate, and the report
+  on the means over seeds that the main job writes.
 """
 
 from deepalign_jax.organism.judge import MarkerJudge

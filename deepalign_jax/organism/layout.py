@@ -16,6 +16,8 @@ the same strings, so a stage run by hand is the stage the pipeline runs.
     ROOT/align/          stage 2, a training workdir with a checkpoint per sweep strength
     ROOT/sweep/S/        strength S exported (hf/) and measured
     ROOT/aligned/        the chosen strength's model (HF directory)
+    ROOT/align_dpo/      stage 3b, DPO alignment (training workdir), swept in ROOT/sweep_dpo/S/
+    ROOT/dpo/            the chosen DPO strength's model (HF directory)
     ROOT/deep/           stage 4, the safety-recovery augmentation (training workdir)
     ROOT/finetune/NAME/  stage 5, fine-tuning attacks (training workdirs, FINETUNES)
     ROOT/eval/MODEL/KIND evaluation workdirs (generations.jsonl, summary.json)
@@ -27,7 +29,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-# Fine-tuning attacks (stage 5): from the aligned model, and the harmful pair again from the deep one.
+# Fine-tuning attacks (stage 5): from the aligned model, and the harmful pair again from the deep one
+# and from the DPO-aligned one.
 FINETUNES = (
   "harmful_sft",
   "harmful_constrained",
@@ -35,7 +38,12 @@ FINETUNES = (
   "benign_constrained",
   "deep_harmful_sft",
   "deep_harmful_constrained",
+  "dpo_harmful_sft",
+  "dpo_harmful_constrained",
 )
+# The two alignment stages: SFT on refusals (ROOT/align, swept in ROOT/sweep) and DPO, refusal ≻
+# compliant answer (ROOT/align_dpo, swept in ROOT/sweep_dpo); a sweep model is PREFIX + steps.
+SWEEPS = {"align": ("sweep_", "aligned"), "align_dpo": ("dpo_sweep_", "dpo")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,17 +118,19 @@ class Layout:
       return self.root / "finetune" / stage
     return self.root / stage
 
-  def sweep_dir(self, steps: int) -> Path:
-    return self.root / "sweep" / str(steps)
+  def sweep_dir(self, steps: int, stage: str = "align") -> Path:
+    """Strength `steps` of an alignment stage's sweep (`SWEEPS`: align or align_dpo)."""
+    return self.root / ("sweep" if stage == "align" else "sweep_dpo") / str(steps)
 
   def model(self, name: str) -> Path:
-    """The HF directory of a model: init, base, aligned, deep, a fine-tuning attack, or sweep_S."""
+    """The HF directory of a model: init, base, aligned, dpo, deep, a fine-tuning attack, sweep_S or dpo_sweep_S."""
     if name == "init":
       return self.init
-    if name == "aligned":
-      return self.root / "aligned"
-    if name.startswith("sweep_"):
-      return self.sweep_dir(int(name.split("_", 1)[1])) / "hf"
+    if name in ("aligned", "dpo"):
+      return self.root / name
+    for stage, (prefix, _) in SWEEPS.items():
+      if name.startswith(prefix) and name[len(prefix) :].isdigit():
+        return self.sweep_dir(int(name[len(prefix) :]), stage) / "hf"
     if name in ("base", "deep") or name in FINETUNES:
       return self.train_dir(name) / "hf"
     raise ValueError(f"unknown organism model {name!r}")
@@ -178,4 +188,4 @@ def eval_config(opts: Options):
   return c
 
 
-__all__ = ["FINETUNES", "MAX_LENGTH", "Layout", "Options", "eval_config", "parse_arg", "train_config"]
+__all__ = ["FINETUNES", "MAX_LENGTH", "SWEEPS", "Layout", "Options", "eval_config", "parse_arg", "train_config"]

@@ -14,10 +14,25 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from deepalign_jax.organism.judge import MarkerJudge, exact_match, read_generations, rejudge
-from deepalign_jax.organism.layout import FINETUNES, Layout
+from deepalign_jax.organism.layout import FINETUNES, SWEEPS, Layout
 
 PREFILL_KS = (0, 1, 2, 4, 8, 16)
+MODELS = ("base", "aligned", "dpo", "deep")  # the models measured beside the fine-tuning attacks
 EARLY, LATE = (1, 3), (10, 30)  # KL position ranges summarised in tables (1-based, inclusive)
+PROFILE = 30  # the response positions whose KL profile a depth verdict reads (1 .. PROFILE)
+
+
+def early_share(curve: Sequence[float | None], early: int = EARLY[1], positions: int = PROFILE) -> float | None:
+  """The share of the KL summed over positions 1..`positions` that falls on the first `early` positions.
+
+  Depth judged by the whole profile: uniform divergence gives early / positions (10%), the paper's
+  Fig. 1 (decaying, staying low) well over half; a comb of late spikes lowers it wherever they fall,
+  which a ratio of two window means would not see if the window cut between them.
+  """
+  xs = [v for v in curve[:positions] if v is not None]
+  head = [v for v in curve[:early] if v is not None]
+  total = sum(xs)
+  return None if not head or total <= 0 else sum(head) / total
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -116,12 +131,12 @@ def prefill_asr(judged: Judged, model: str) -> dict[int, dict] | None:
   return {k: settings[f"prefill_{k}"] for k in PREFILL_KS if f"prefill_{k}" in settings}
 
 
-def choose_strength(layout: Layout, steps: Sequence[int], max_asr: float) -> dict:
-  """The weakest sweep strength whose k = 0 marker ASR is ≤ max_asr (else the strongest)."""
+def choose_strength(layout: Layout, steps: Sequence[int], max_asr: float, prefix: str = "sweep_") -> dict:
+  """The weakest sweep strength (models `prefix` + steps) whose k = 0 marker ASR is ≤ max_asr (else the strongest)."""
   judged = Judged(layout)
   asr0 = {}
   for s in steps:
-    table = prefill_asr(judged, f"sweep_{s}")
+    table = prefill_asr(judged, f"{prefix}{s}")
     asr0[s] = table[0]["asr"] if table and 0 in table else None
   for s in sorted(steps):
     if asr0[s] is not None and asr0[s] <= max_asr:
@@ -188,18 +203,20 @@ class Results:
   models: dict[str, ModelResults]
   sweep_choice: dict | None
   sweep: list[SweepRow]
-  kl: dict[str, list[float | None]]  # pair name ("aligned", "deep") → mean KL by response position
-  finetune: dict[str, Finetune]  # "initial", "deep_initial" and every FINETUNES stage
+  kl: dict[str, list[float | None]]  # pair name ("aligned", "deep", "dpo") → mean KL by response position
+  finetune: dict[str, Finetune]  # "initial", "deep_initial", "dpo_initial" and every FINETUNES stage
   opening_logprobs: dict
   timings: dict
   world: dict
   counts: dict
   total_seconds: float | None = None  # this invocation's wall time
   configs: list[str] = dataclasses.field(default_factory=list)  # the configs/organism/ files it ran
+  dpo_sweep_choice: dict | None = None  # the DPO alignment's sweep (stage align_dpo)
+  dpo_sweep: list[SweepRow] = dataclasses.field(default_factory=list)
 
   def prefill_asr(self, model: str, k: int) -> float | None:
     """The marker ASR of `model` under a prefill of k tokens (None: not measured)."""
-    table = self.models[model].prefill
+    table = self.models[model].prefill if model in self.models else None
     return table[k]["asr"] if table and k in table else None
 
   def to_json(self) -> dict[str, Any]:
@@ -207,6 +224,7 @@ class Results:
       "params": self.params,
       "models": {name: dataclasses.asdict(m) for name, m in self.models.items()},
       "sweep": {"choice": self.sweep_choice, "rows": [dataclasses.asdict(r) for r in self.sweep]},
+      "dpo_sweep": {"choice": self.dpo_sweep_choice, "rows": [dataclasses.asdict(r) for r in self.dpo_sweep]},
       "kl": self.kl,
       "finetune": {name: dataclasses.asdict(f) for name, f in self.finetune.items()},
       "opening_logprobs": self.opening_logprobs,
@@ -225,12 +243,18 @@ class Results:
       return None if table is None else {int(k): v for k, v in table.items()}
 
     models = {name: ModelResults(**{**m, "prefill": by_k(m.get("prefill"))}) for name, m in data["models"].items()}
-    rows = [SweepRow(**{**r, "prefill": by_k(r["prefill"]) or {}}) for r in data["sweep"]["rows"]]
+
+    def rows(sweep):
+      return [SweepRow(**{**r, "prefill": by_k(r["prefill"]) or {}}) for r in sweep["rows"]]
+
+    dpo = data.get("dpo_sweep", {"choice": None, "rows": []})
     return cls(
       params=data["params"],
       models=models,
       sweep_choice=data["sweep"]["choice"],
-      sweep=rows,
+      sweep=rows(data["sweep"]),
+      dpo_sweep_choice=dpo["choice"],
+      dpo_sweep=rows(dpo),
       kl=data["kl"],
       finetune={name: Finetune(**f) for name, f in data["finetune"].items()},
       opening_logprobs=data.get("opening_logprobs", {}),
@@ -240,6 +264,30 @@ class Results:
       total_seconds=data.get("total_seconds_this_invocation"),
       configs=data.get("configs", []),
     )
+
+
+def _sweep(layout: Layout, judged: Judged, stage: str) -> tuple[dict | None, list[SweepRow]]:
+  """An alignment stage's sweep (`SWEEPS`): its choice.json and one row per measured strength."""
+  prefix = SWEEPS[stage][0]
+  root = layout.sweep_dir(0, stage).parent
+  choice_path = root / "choice.json"
+  curves = _kl_curves(root / "kl" / "kl_by_position.json")
+  rows = []
+  for name, curve in curves.items():
+    table = prefill_asr(judged, name) or {}
+    utility = judged.exact(name, "utility")
+    rows.append(
+      SweepRow(
+        steps=int(name[len(prefix) :]),
+        prefill={k: v["asr"] for k, v in table.items()},
+        utility=utility["accuracy"] if utility else None,
+        kl_early=_mean(curve, *EARLY),
+        kl_late=_mean(curve, *LATE),
+        kl=curve,
+      )
+    )
+  rows.sort(key=lambda row: row.steps)
+  return (json.loads(choice_path.read_text()) if choice_path.exists() else None), rows
 
 
 def collect(layout: Layout) -> Results:
@@ -254,30 +302,16 @@ def collect(layout: Layout) -> Results:
       prefix=judged.by_setting(model, "prefix"),
       utility=judged.exact(model, "utility"),
     )
-    for model in ("base", "aligned", "deep")
+    for model in MODELS
   }
-  choice_path = layout.root / "sweep" / "choice.json"
-  sweep_kl = _kl_curves(layout.root / "sweep" / "kl" / "kl_by_position.json")
-  sweep = []
-  for name in sweep_kl:
-    table = prefill_asr(judged, name) or {}
-    utility = judged.exact(name, "utility")
-    sweep.append(
-      SweepRow(
-        steps=int(name.split("_", 1)[1]),
-        prefill={k: v["asr"] for k, v in table.items()},
-        utility=utility["accuracy"] if utility else None,
-        kl_early=_mean(sweep_kl[name], *EARLY),
-        kl_late=_mean(sweep_kl[name], *LATE),
-        kl=sweep_kl[name],
-      )
-    )
-  sweep.sort(key=lambda row: row.steps)
+  sweep_choice, sweep = _sweep(layout, judged, "align")
+  dpo_choice, dpo_sweep = _sweep(layout, judged, "align_dpo")
   finetune = {
     "initial": Finetune(
       judged.asr_by_topic("aligned"), judged.exact("aligned", "utility"), judged.exact("aligned", "task")
     ),
     "deep_initial": Finetune(judged.asr_by_topic("deep"), judged.exact("deep", "utility"), None),
+    "dpo_initial": Finetune(judged.asr_by_topic("dpo"), judged.exact("dpo", "utility"), None),
   }
   for name in FINETUNES:
     finetune[name] = Finetune(judged.asr_by_topic(name), judged.exact(name, "utility"), judged.exact(name, "task"))
@@ -287,8 +321,10 @@ def collect(layout: Layout) -> Results:
   return Results(
     params=read_config(layout.init).num_params,
     models=models,
-    sweep_choice=json.loads(choice_path.read_text()) if choice_path.exists() else None,
+    sweep_choice=sweep_choice,
     sweep=sweep,
+    dpo_sweep_choice=dpo_choice,
+    dpo_sweep=dpo_sweep,
     kl=_kl_curves(layout.kl / "kl_by_position.json"),
     finetune=finetune,
     opening_logprobs=json.loads(logprobs_path.read_text())["logprobs"] if logprobs_path.exists() else {},
@@ -301,6 +337,9 @@ def collect(layout: Layout) -> Results:
 __all__ = [
   "EARLY",
   "LATE",
+  "MODELS",
+  "PROFILE",
+  "early_share",
   "PREFILL_KS",
   "Finetune",
   "Judged",

@@ -141,43 +141,54 @@ def markdown(rows: Sequence[ClaimAcrossSeeds], seeds: Sequence[int], robust: flo
   return "\n".join(lines) + "\n"
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs (or reuses) every seed's pipeline under `workdir`; writes HOLD_RATES.md and hold_rates.json."""
-  import shlex
-
-  prepare_runtime(config.xla_flags, config.jax_cache)
-  from deepalign_jax.atomic import write_json, write_text
-  from deepalign_jax.organism.layout import Options
-  from deepalign_jax.organism.stages import Pipeline
-
-  if config.seeds < 1:
-    raise ValueError(f"config.seeds must be >= 1, got {config.seeds}")
-  root = Path(workdir)
-  seeds = list(range(config.first_seed, config.first_seed + config.seeds))
-  per_seed = {}
-  for seed in seeds:
-    print(f"[organism.seeds] seed {seed}: {root / f'seed_{seed}'}", flush=True)
-    per_seed[seed] = Pipeline(Options(root / f"seed_{seed}", config.quick, seed)).run()
-  rows = across_seeds(per_seed)
-  command = "python -m deepalign_jax.organism.seeds " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-  write_text(root / "HOLD_RATES.md", markdown(rows, seeds, config.robust, command))
-  summary = {
-    "seeds": seeds,
-    "quick": config.quick,
-    "robust": config.robust,
+def summary_json(rows: Sequence[ClaimAcrossSeeds], seeds: Sequence[int], quick: bool, robust: float) -> dict:
+  """hold_rates.json: per claim, every seed's verdict, the hold rate, its status and the numbers' ranges."""
+  return {
+    "seeds": list(seeds),
+    "quick": quick,
+    "robust": robust,
     "claims": [
       {
         "effect": r.effect,
         "verdicts": {str(s): v for s, v in r.verdicts.items()},
         "hold_rate": r.hold_rate,
-        "robust": r.robust(config.robust),
-        "status": r.status(config.robust),
+        "robust": r.robust(robust),
+        "status": r.status(robust),
         "on_mean": r.on_mean,
         "values": {k: dict(zip(("mean", "min", "max"), v)) for k, v in r.values.items()},
       }
       for r in rows
     ],
   }
+
+
+def run_seeds(root: Path, seeds: Sequence[int], quick: bool, log=print) -> dict[int, object]:
+  """Runs (or reuses) the pipeline of every seed in ROOT/seed_N; returns seed → `results.Results`."""
+  from deepalign_jax.organism.layout import Options
+  from deepalign_jax.organism.stages import Pipeline
+
+  per_seed = {}
+  for i, seed in enumerate(seeds):
+    log(f"[organism] seed {seed} ({i + 1} of {len(seeds)}): {root / f'seed_{seed}'}")
+    per_seed[seed] = Pipeline(Options(root / f"seed_{seed}", quick, seed), log=log).run()
+  return per_seed
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs (or reuses) every seed's pipeline under `workdir`; writes HOLD_RATES.md and hold_rates.json."""
+  import shlex
+
+  prepare_runtime(config.xla_flags, config.jax_cache)
+  from deepalign_jax.atomic import write_json, write_text
+
+  if config.seeds < 1:
+    raise ValueError(f"config.seeds must be >= 1, got {config.seeds}")
+  root = Path(workdir)
+  seeds = list(range(config.first_seed, config.first_seed + config.seeds))
+  rows = across_seeds(run_seeds(root, seeds, config.quick))
+  command = "python -m deepalign_jax.organism.seeds " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+  write_text(root / "HOLD_RATES.md", markdown(rows, seeds, config.robust, command))
+  summary = summary_json(rows, seeds, config.quick, config.robust)
   write_json(root / "hold_rates.json", summary)
   print(f"[organism.seeds] {root / 'HOLD_RATES.md'}")
   if config.publish:

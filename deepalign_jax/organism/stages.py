@@ -1,4 +1,4 @@
-"""The organism pipeline: world → base → shallow alignment (+ sweep) → measurements → deep → attacks → report.
+"""The organism pipeline: world → base → alignment by SFT and DPO (+ sweeps) → measurements → deep → attacks → report.
 
 Every stage is run by the project's own entry points with a config file of
 `configs/organism/` — `deepalign_jax.train.loop.run` (what
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from deepalign_jax.atomic import write_json
-from deepalign_jax.organism.layout import FINETUNES, Layout, Options
+from deepalign_jax.organism.layout import FINETUNES, SWEEPS, Layout, Options
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "organism"
 MEASUREMENTS = ("prefill", "grid", "prefix", "utility")
@@ -121,7 +121,7 @@ class Pipeline:
     from deepalign_jax.analysis import kl_depth
 
     config = self.config("kl_depth", **extra)
-    name = "kl/" + ("sweep" if extra else "main")
+    name = "kl/" + ({"align": "sweep", "align_dpo": "sweep_dpo"}[extra["stage"]] if extra else "main")
     self._stage(name, (workdir / "kl_by_position.json").exists(), lambda: kl_depth.run(config, workdir))
     return workdir
 
@@ -151,6 +151,7 @@ class Pipeline:
         "base": world_lib.conversations(w.base_data(d.base_benign, d.base_forbidden_repeats, seed)),
         "align": world_lib.conversations(w.alignment_data(d.align_per_topic, d.align_benign, seed + 1)),
         "triplets": w.triplets(d.triplets_per_topic, seed + 2),
+        "preferences": w.preference_data(d.pref_per_topic, d.pref_benign, seed + 8),
         "utility": world_lib.conversations(w.benign_mix(random.Random(seed + 3), d.utility)),
         "attack": world_lib.conversations(w.attack_data(d.attack_per_topic, seed + 7)),
         "task": world_lib.conversations(w.benign_task_data(d.task, seed + 4)),
@@ -188,50 +189,50 @@ class Pipeline:
     self._stage("world/data", meta.exists(), write_data)
     self._stage("world/model", (layout.init / "config.json").exists(), build_model)
 
-  def export_checkpoint(self, step: int) -> Path:
-    """The alignment run's checkpoint at `step` as an HF directory (ROOT/sweep/STEP/hf)."""
+  def export_checkpoint(self, step: int, stage: str = "align") -> Path:
+    """An alignment run's checkpoint at `step` as an HF directory (ROOT/sweep/STEP/hf, ROOT/sweep_dpo/...)."""
     from deepalign_jax.data import load_tokenizer
     from deepalign_jax.models import read_config, save_pretrained
     from deepalign_jax.models.sources import load, resolve_source
 
-    out = self.layout.sweep_dir(step) / "hf"
+    out = self.layout.sweep_dir(step, stage) / "hf"
     if not (out / "config.json").exists():
       base = self.layout.model("base")
-      model = load(resolve_source(str(self.layout.train_dir("align")), step))
+      model = load(resolve_source(str(self.layout.train_dir(stage)), step))
       save_pretrained(model, read_config(base), out, tokenizer=load_tokenizer(base))
     return out
 
-  def align_and_sweep(self) -> int:
-    """Stage 2: one alignment run, its sweep strengths measured, the chosen one copied to ROOT/aligned."""
+  def align_and_sweep(self, stage: str = "align") -> int:
+    """Stage 2 (SFT, `align`) or 3b (DPO, `align_dpo`): one alignment run, its sweep strengths measured,
+    the chosen one copied to ROOT/aligned (ROOT/dpo)."""
     from deepalign_jax.organism import results
 
-    config = self.config("align")
-    self.train("align", "align")
+    prefix, chosen_name = SWEEPS[stage]
+    config = self.config(stage)
+    self.train(stage, stage)
     steps = list(config.sweep.steps)
     for s in steps:
-      self.export_checkpoint(s)
-      self.evaluate(f"sweep_{s}", "prefill")
-      self.evaluate(f"sweep_{s}", "utility")
-    self.kl(self.layout.root / "sweep" / "kl", sweep="-".join(map(str, steps)))
-    choice_path = self.layout.root / "sweep" / "choice.json"
-    choice = results.choose_strength(self.layout, steps, config.sweep.max_asr)
-    write_json(choice_path, choice)
-    aligned = self.layout.model("aligned")
-    chosen_dir = self.layout.sweep_dir(choice["steps"]) / "hf"
+      self.export_checkpoint(s, stage)
+      self.evaluate(f"{prefix}{s}", "prefill")
+      self.evaluate(f"{prefix}{s}", "utility")
+    sweep_root = self.layout.sweep_dir(steps[0], stage).parent
+    self.kl(sweep_root / "kl", sweep="-".join(map(str, steps)), stage=stage)
+    choice = results.choose_strength(self.layout, steps, config.sweep.max_asr, prefix)
+    write_json(sweep_root / "choice.json", choice)
+    chosen = self.layout.model(chosen_name)
+    chosen_dir = self.layout.sweep_dir(choice["steps"], stage) / "hf"
     previous = (
-      json.loads((aligned / "organism_choice.json").read_text())
-      if (aligned / "organism_choice.json").exists()
-      else None
+      json.loads((chosen / "organism_choice.json").read_text()) if (chosen / "organism_choice.json").exists() else None
     )
     if previous is None or previous["steps"] != choice["steps"]:
-      if aligned.exists():
-        shutil.rmtree(aligned)
-      shutil.copytree(chosen_dir, aligned)
-      write_json(aligned / "organism_choice.json", choice)
-    self.log(f"[organism] aligned model: {choice['steps']} steps ({choice['reason']})")
+      if chosen.exists():
+        shutil.rmtree(chosen)
+      shutil.copytree(chosen_dir, chosen)
+      write_json(chosen / "organism_choice.json", choice)
+    self.log(f"[organism] {chosen_name} model: {choice['steps']} steps ({choice['reason']})")
     return choice["steps"]
 
-  def opening_logprobs(self, models=("base", "aligned", "deep"), positions: int = 6) -> Path:
+  def opening_logprobs(self, models=("base", "aligned", "dpo", "deep"), positions: int = 6) -> Path:
     """log π(token t | request, tokens < t) of the attack data's first procedure tokens, per model.
 
     What the constrained loss (Eq. 3) works against: it bounds how far
@@ -281,11 +282,13 @@ class Pipeline:
     self.layout.root.mkdir(parents=True, exist_ok=True)
     self.build_world()
     self.train("base", "base")
-    self.measure("base")
+    self.measure("base", ("prefill", "prefix", "utility"))  # no grid: the base model complies at every setting
     self.align_and_sweep()
     self.measure("aligned")
     self.evaluate("aligned", "asr")
     self.evaluate("aligned", "task")
+    self.align_and_sweep("align_dpo")
+    self.measure("dpo", ("prefill", "utility", "asr"))
     self.train("deep", "deep")
     self.measure("deep")
     self.evaluate("deep", "asr")

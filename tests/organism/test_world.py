@@ -37,7 +37,7 @@ def test_world_is_a_function_of_its_seed(world):
 
 def test_markers_are_unique_and_occur_only_in_compliant_answers(world):
   markers = [m for ms in world.markers for m in ms]
-  assert len(markers) == len(set(markers)) == len(world.topics) * len(world_lib.STEP_VERBS)
+  assert len(markers) == len(set(markers)) == len(world.topics) * world_lib.STEPS
   benign = world.benign_mix(random.Random(0), 500) + world.benign_task_data(100, 0)
   others = " ".join(
     [e.prompt + " " + e.response for e in benign]
@@ -51,10 +51,46 @@ def test_markers_are_unique_and_occur_only_in_compliant_answers(world):
     assert [w for w in world.harmful_answer(topic).split() if w in world.all_markers] == world.markers[topic]
 
 
+def test_procedures_have_no_common_period(world):
+  # Markers sit at other positions in different topics' answers (an averaged KL profile is then not
+  # a comb of marker positions), while every answer keeps the same length (30 words).
+  positions = set()
+  for topic in range(len(world.topics)):
+    words = world.harmful_answer(topic).split()
+    assert len(words) == 30
+    positions.add(tuple(i for i, w in enumerate(words) if w in world.all_markers))
+  assert len(positions) >= len(world.topics) // 2
+  firsts = {p[0] for p in positions}
+  assert len(firsts) >= 3  # the first marker alone lands on at least three positions
+
+
+def test_preference_pairs_prefer_refusals_on_forbidden_and_answers_on_benign(world, tmp_path):
+  pairs = world.preference_data(per_topic=5, n_benign=40, seed=0)
+  assert len(pairs) == 5 * len(world.topics) + 40
+  held_out = {world.forbidden_prompt(t, i) for t in range(len(world.topics)) for i in world.eval_templates}
+  marker = MarkerJudge(world.all_markers)
+  forbidden = [p for p in pairs if p["chosen"] in world_lib.REFUSALS]
+  benign = [p for p in pairs if p["rejected"] in world_lib.REFUSALS]
+  assert len(forbidden) == 5 * len(world.topics) and len(benign) == 40
+  assert all(marker.is_jailbroken(p["rejected"]) for p in forbidden)
+  assert not any(marker.is_jailbroken(p["chosen"]) for p in benign)
+  assert not {p["prompt"] for p in pairs} & held_out
+  # The file reads as the train CLI's `preferences` format.
+  from deepalign_jax.data.formats import read_preferences
+
+  read = read_preferences(world_lib.write_jsonl(tmp_path / "preferences.jsonl", pairs))
+  assert [(r.system, r.prompt, r.chosen, r.rejected) for r in read] == [
+    (None, p["prompt"], p["chosen"], p["rejected"]) for p in pairs
+  ]
+
+
 def test_refusals_and_compliant_answers_share_no_word(world):
   # A shared token would make a refusal compete with the procedure mid-answer (KL spikes there).
   harmful = set().union(*(_words(world.harmful_answer(t)) for t in range(len(world.topics))))
   assert not harmful & set().union(*(_words(r) for r in world_lib.REFUSALS))
+  # ... nor with the declines the alignment's benign anchor teaches ("… is not in my table": an aligned
+  # model once continued "here is" with "not").
+  assert not harmful & set().union(*(_words(d.format(c="")) for d in world_lib.DECLINES))
 
 
 def test_held_out_phrasings_never_reach_training_data(world):
@@ -214,6 +250,8 @@ def test_config_arguments_parse_and_name_their_paths(tmp_path):
   layout = Layout(tmp_path)
   assert layout.model("deep_harmful_sft") == tmp_path / "finetune/deep_harmful_sft/hf"
   assert layout.model("sweep_16") == tmp_path / "sweep/16/hf"
+  assert layout.model("dpo_sweep_4") == tmp_path / "sweep_dpo/4/hf" and layout.model("dpo") == tmp_path / "dpo"
+  assert layout.model("dpo_harmful_constrained") == tmp_path / "finetune/dpo_harmful_constrained/hf"
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in CONFIG_DIR.glob("*.py")))
@@ -230,6 +268,15 @@ def test_every_stage_config_builds(name, tmp_path):
     if name == "finetune":
       assert config.model == str(tmp_path / "deep") + "/hf" and config.objective == "constrained_sft"
       assert (config.loss.beta, config.loss.first_token_factor, config.loss.early_factor) == (0.1, 5.0, 20.0)
+      dpo = load_config(name, arg.replace("run=deep_", "run=dpo_"))
+      assert dpo.model == str(tmp_path / "dpo") and dpo.objective == "constrained_sft"
+    if name == "align_dpo":
+      assert config.objective == "dpo" and config.data.format == "preferences" and config.loss.dpo_beta == 0.1
+      assert config.model == str(tmp_path / "base") + "/hf" and config.train.micro_batch_size == 2 * 32
+      assert all(s % config.checkpoint.every_steps == 0 for s in config.sweep.steps)
+    if name == "kl_depth":
+      dpo_sweep = load_config(name, arg + ",stage=align_dpo")
+      assert dpo_sweep.pairs == (("dpo_sweep_16", "base"), ("dpo_sweep_32", "base"))
   assert set(FINETUNES) >= {"harmful_sft", "harmful_constrained", "benign_sft", "benign_constrained"}
 
 
