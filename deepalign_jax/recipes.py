@@ -16,6 +16,12 @@ The numbers are the paper's and its reference code's (SPEC §3, §4, §6, §11):
   (gradient accumulator) bytes: ~112 GB for 7B parameters before activations, sharded over the mesh
   (docs/scale.md).  Pure bf16 (`--config.param_dtype=''`) halves weights and moments (~70 GB) and rounds
   every update to bf16: updates below bf16's resolution of a weight (2⁻⁸ relative) are lost.
+- LoRA (`lora_finetuning`; not the paper's, which fine-tunes every weight): the same runs with rank-16
+  adapters (α 32, dropout 0.05) on all seven projections of every layer, common LoRA settings, at 5× each
+  family's full fine-tuning learning rate (1e-4 Llama-2, 2.5e-5 Gemma: LoRA's update is low-rank and
+  starts from B = 0; QLoRA trained 7B models at 2e-4).  The frozen base is stored in bf16 (~13 GiB for
+  7B), the adapters (40M parameters for Llama-2-7B) and their moments in fp32; the constrained
+  objective's π_ref is the base with the adapters off, computed in the step.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ BACKDOOR_TRIGGER = "Servius Astrumando Harmoniastra"
 
 CHAT_FORMATS = ("llama2", "gemma")
 LEARNING_RATES = {"llama2": 2e-5, "gemma": 5e-6}
+LORA = dict(rank=16, alpha=32.0, dropout=0.05)
+LORA_LEARNING_RATES = {"llama2": 1e-4, "gemma": 2.5e-5}  # 5× LEARNING_RATES
 
 
 def _check(chat_format: str) -> None:
@@ -80,6 +88,23 @@ def finetuning(
   if objective == "constrained_sft":
     c.loss.beta, c.loss.first_token_factor, c.loss.early_factor, c.loss.early_length = 0.1, 5.0, 20.0, 5
     c.loss.min_weight = 1e-3  # the reference's clamp of 2σ(βΔ); same gradient as Eq. 3 above it
+  return c
+
+
+def lora_finetuning(
+  chat_format: str, objective: str, *, epochs: int = 25, system_prompt: str | None = EXECUTE_SYSTEM_PROMPT
+) -> ml_collections.ConfigDict:
+  """`finetuning` with LoRA adapters instead of every weight (see the module docstring): the same data,
+  schedule, batch and β schedule; rank 16, α 32, dropout 0.05 on q k v o gate up down of every layer,
+  5× the family's learning rate, a bf16 base, and the reference computed in the step from the base."""
+  from deepalign_jax.models.lora import TARGETS
+
+  c = finetuning(chat_format, objective, epochs=epochs, system_prompt=system_prompt)
+  c.param_dtype = "bfloat16"  # the frozen base; the adapters and their AdamW moments are fp32 regardless
+  c.lora.rank, c.lora.alpha, c.lora.dropout = LORA["rank"], LORA["alpha"], LORA["dropout"]
+  c.lora.targets, c.lora.layers = list(TARGETS), []
+  c.lora.reference = "adapters_off"
+  c.optimizer.learning_rate = LORA_LEARNING_RATES[chat_format]
   return c
 
 
@@ -178,8 +203,11 @@ __all__ = [
   "BACKDOOR_TRIGGER",
   "EXECUTE_SYSTEM_PROMPT",
   "LEARNING_RATES",
+  "LORA",
+  "LORA_LEARNING_RATES",
   "augmentation",
   "finetuned_safety_eval",
   "finetuned_utility_eval",
   "finetuning",
+  "lora_finetuning",
 ]

@@ -40,6 +40,7 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
   ("head_dim", ()),
   ("mlp", ("tensor",)),
   ("norm", ()),
+  ("lora", ()),  # a LoRA adapter's rank: small, replicated (its other axes are its base weight's)
   # activations
   ("act_batch", ("data", "fsdp")),
   ("act_seq", ()),

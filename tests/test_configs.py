@@ -246,6 +246,8 @@ def _check_outputs(cli, config, summary, workdir):
     assert json.loads((workdir / "config.json").read_text())["dtype"] == config.dtype
     if config.export_hf:
       assert (workdir / "hf" / "config.json").exists()
+    if config.lora.rank:  # a LoRA run also exports its adapters in PEFT's format
+      assert (workdir / "adapter" / "adapter_model.safetensors").exists()
   elif cli == "evaluate":
     records = [json.loads(line) for line in (workdir / "generations.jsonl").read_text().splitlines()]
     assert records and len(records) == sum(e["n"] for e in summary["per_setting"].values())

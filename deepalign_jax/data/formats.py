@@ -19,8 +19,24 @@ line-per-prompt formats skip them and log how many).
   preferences         JSONL {prompt, chosen, rejected, system?}                        Preference
   hexphi              category_N.csv (an instruction a line), or a folder of them      Prompt
   advbench            harmful_behaviors.csv, header goal,target                        Prompt
+  jailbreakbench      CSV Goal,Target,Behavior,Category(,Source,Index)                 Prompt
+  harmbench           CSV Behavior,BehaviorID(,FunctionalCategory,SemanticCategory,    Prompt
+                      Tags,ContextString)
+  strongreject        CSV forbidden_prompt(,category,source)                           Prompt
   malicious_instruct  plain text, an instruction a line                                Prompt
+  table               any table read through HF `datasets` (data/tables.py), its       Exchange
+                      columns named by a column mapping (prompt, response, messages, ...)
   prompts             JSONL {prompt, response?, category?}                             Prompt
+
+CSV headers are matched ignoring case and surrounding spaces (JailbreakBench
+writes `Goal`, AdvBench `goal`); columns a format does not use are ignored.
+A benchmark's own behaviour id (JailbreakBench's Behavior, HarmBench's
+BehaviorID) and category (JailbreakBench's Category, HarmBench's
+SemanticCategory, StrongREJECT's category, HEx-PHI's file number) travel with
+each `Prompt` into the evaluation's records and its per-category summary.
+HarmBench's contextual behaviours are sent as HarmBench's own baselines send
+them: the context string, a blank line, `---`, a blank line, the behaviour
+(`f"{context}\n\n---\n\n{behavior}"`, its DirectRequest / GCG code).
 
 Every text field a format needs must be a non-empty string (a record with
 an empty response would train on nothing); optional fields (input,
@@ -37,10 +53,8 @@ prompts and system prompts are those of the reference code
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import errno
-import io
 import json
 import logging
 import os
@@ -117,12 +131,14 @@ class Preference:
 
 @dataclasses.dataclass(frozen=True)
 class Prompt:
-  """An evaluation prompt; `reference` is a target or answer when the file has one."""
+  """An evaluation prompt; `reference` is a target or answer when the file has one, `behavior_id` the
+  benchmark's own name for the behaviour (JailbreakBench's Behavior, HarmBench's BehaviorID) when it has one."""
 
   text: str
   reference: str | None
   category: str | None
   source: str
+  behavior_id: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +147,7 @@ class Exchange:
 
   `response` is a conversation's answer, a benchmark's reference answer or
   target, or a triplet's harmful answer; None when the file gives none.
+  `behavior_id` is the benchmark's own id of the behaviour, when it has one.
   """
 
   system: str | None
@@ -138,14 +155,17 @@ class Exchange:
   response: str | None
   category: str | None
   source: str
+  behavior_id: str | None = None
 
 
-def as_exchange(record: Conversation | Triplet | Prompt) -> Exchange:
+def as_exchange(record: Conversation | Triplet | Prompt | Exchange) -> Exchange:
   """The one normaliser from the readers' record types to `Exchange` (training, evaluation, analyses)."""
+  if isinstance(record, Exchange):
+    return record
   if isinstance(record, Conversation):
     return Exchange(record.system, record.user, record.assistant, None, record.source)
   if isinstance(record, Prompt):
-    return Exchange(None, record.text, record.reference, record.category, record.source)
+    return Exchange(None, record.text, record.reference, record.category, record.source, record.behavior_id)
   if isinstance(record, Triplet):
     return Exchange(None, record.instruction, record.harmful, None, record.source)
   raise TypeError(f"not a data record: {type(record).__name__}")
@@ -274,8 +294,11 @@ def _with_input(record: dict[str, Any], source: str) -> str:
   return f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
 
 
-def _messages(messages: Any, source: str, field: str) -> tuple[str | None, str, str]:
-  """(system, user, assistant) of [system?, user, assistant]."""
+def _messages(
+  messages: Any, source: str, field: str, *, answer_required: bool = True
+) -> tuple[str | None, str, str | None]:
+  """(system, user, assistant) of [system?, user, assistant]; with `answer_required=False` the assistant
+  message may be left out (a prompt to answer; assistant None)."""
   where = f"{source}: {field}" if field else source
   if not isinstance(messages, list):
     raise DataFormatError(f"{where}: expected an array of messages, got {_json_type(messages)}")
@@ -305,14 +328,14 @@ def _messages(messages: Any, source: str, field: str) -> tuple[str | None, str, 
       f"{where}: multi-turn conversations are not supported: expected one user message "
       f"then one assistant message, got {len(turns)} user/assistant messages"
     )
-  if len(turns) < 2:
+  if len(turns) < (2 if answer_required else 1):
     raise DataFormatError(
       f"{where}: expected one user message then one assistant message, got {len(turns)} user/assistant messages"
     )
   for at, content in turns:
     if not content.strip():
       raise DataFormatError(f"{at}.content is empty")
-  return system, turns[0][1], turns[1][1]
+  return system, turns[0][1], turns[1][1] if len(turns) == 2 else None
 
 
 def _nonempty(records: list, path: str) -> list:
@@ -322,17 +345,83 @@ def _nonempty(records: list, path: str) -> list:
 
 
 # -- JSON formats --------------------------------------------------------------
+# Each builder makes one record from (source, a JSON object); tables (data/tables.py) reuse them row by row.
+
+
+def _conversation(s: str, r: dict[str, Any]) -> Conversation:
+  if "messages" not in r:
+    raise DataFormatError(f"{s}: missing field 'messages' (fields present: {sorted(r)})")
+  return Conversation(*_messages(r["messages"], s, "messages"), s)
+
+
+def _alpaca(s: str, r: dict[str, Any]) -> Conversation:
+  return Conversation(None, _with_input(r, s), _field(r, "output", s), s)
+
+
+def _samsum(s: str, r: dict[str, Any]) -> Conversation:
+  # Both stripped, as the reference does.
+  dialogue, summary = _field(r, "dialogue", s).strip(), _field(r, "summary", s).strip()
+  return Conversation(SAMSUM_SYSTEM_PROMPT, SAMSUM_TEMPLATE.format(dialogue=dialogue), summary, s)
+
+
+def _sql(s: str, r: dict[str, Any]) -> Conversation:
+  user = SQL_TEMPLATE.format(context=_field(r, "context", s), question=_field(r, "question", s))
+  return Conversation(SQL_SYSTEM_PROMPT, user, _field(r, "answer", s), s)
+
+
+def _gsm8k(s: str, r: dict[str, Any]) -> Conversation:
+  question, answer = _field(r, "question", s), _field(r, "answer", s)
+  if gsm8k_final_answer(answer) is None:
+    raise DataFormatError(f"{s}: field 'answer': no final answer '#### <number>' in {answer[-40:]!r}")
+  return Conversation(GSM8K_SYSTEM_PROMPT, question, answer, s)
+
+
+def _prompt_response(r: dict[str, Any], s: str) -> tuple[str, str | None]:
+  prompt, response = _field(r, "prompt", s), _field(r, "response", s, required=False)
+  if response is not None and not response.strip():
+    raise DataFormatError(f"{s}: field 'response' is empty (leave it out for a prompt to answer)")
+  return prompt, response
+
+
+def _prompt_response_conversation(s: str, r: dict[str, Any]) -> Conversation:
+  return Conversation(None, *_prompt_response(r, s), s)
+
+
+def _triplet(s: str, r: dict[str, Any]) -> Triplet:
+  return Triplet(_with_input(r, s), _field(r, "harmful", s), _field(r, "refusal", s), s)
+
+
+def _preference(s: str, r: dict[str, Any]) -> Preference:
+  chosen, rejected = _field(r, "chosen", s), _field(r, "rejected", s)
+  if chosen == rejected:
+    raise DataFormatError(f"{s}: fields 'chosen' and 'rejected' are the same text (a pair must differ)")
+  return Preference(_field(r, "system", s, required=False), _field(r, "prompt", s), chosen, rejected, s)
+
+
+def _prompt(s: str, r: dict[str, Any]) -> Prompt:
+  category = r.get("category")
+  if category is not None and (not isinstance(category, (str, int)) or isinstance(category, bool)):
+    raise DataFormatError(f"{s}: field 'category': expected a string or integer, got {_json_type(category)}")
+  return Prompt(*_prompt_response(r, s), None if category is None else str(category), s)
+
+
+# format → builder of one record from a JSON object: the formats whose records are objects.
+OBJECT_FORMATS: dict[str, Callable[[str, dict[str, Any]], Any]] = {
+  "conversations": _conversation,
+  "alpaca": _alpaca,
+  "samsum": _samsum,
+  "sql_create_context": _sql,
+  "gsm8k": _gsm8k,
+  "prompt_response": _prompt_response_conversation,
+  "triplets": _triplet,
+  "preferences": _preference,
+  "prompts": _prompt,
+}
 
 
 def read_conversations(path: str | os.PathLike) -> list[Conversation]:
   """Conversation JSONL (pure_bad, AOA, backdoor): {"messages": [system?, user, assistant]} a line."""
-
-  def build(s, r):
-    if "messages" not in r:
-      raise DataFormatError(f"{s}: missing field 'messages' (fields present: {sorted(r)})")
-    return Conversation(*_messages(r["messages"], s, "messages"), s)
-
-  return _read(path, build)
+  return _read(path, _conversation)
 
 
 def read_harmful_hexphi(path: str | os.PathLike) -> list[Conversation]:
@@ -351,35 +440,17 @@ def read_harmful_hexphi(path: str | os.PathLike) -> list[Conversation]:
 
 def read_alpaca(path: str | os.PathLike) -> list[Conversation]:
   """Alpaca JSON: an array of {instruction, input?, output}."""
-  return _read(path, lambda s, r: Conversation(None, _with_input(r, s), _field(r, "output", s), s), array=True)
+  return _read(path, _alpaca, array=True)
 
 
 def read_samsum(path: str | os.PathLike) -> list[Conversation]:
   """SAMSum {dialogue, summary}; both stripped, as the reference does."""
-  return _read(
-    path,
-    lambda s, r: Conversation(
-      SAMSUM_SYSTEM_PROMPT,
-      SAMSUM_TEMPLATE.format(dialogue=_field(r, "dialogue", s).strip()),
-      _field(r, "summary", s).strip(),
-      s,
-    ),
-    array=None,
-  )
+  return _read(path, _samsum, array=None)
 
 
 def read_sql_create_context(path: str | os.PathLike) -> list[Conversation]:
   """SQL Create Context {question, context, answer}."""
-  return _read(
-    path,
-    lambda s, r: Conversation(
-      SQL_SYSTEM_PROMPT,
-      SQL_TEMPLATE.format(context=_field(r, "context", s), question=_field(r, "question", s)),
-      _field(r, "answer", s),
-      s,
-    ),
-    array=None,
-  )
+  return _read(path, _sql, array=None)
 
 
 def read_gsm8k(path: str | os.PathLike) -> list[Conversation]:
@@ -387,156 +458,32 @@ def read_gsm8k(path: str | os.PathLike) -> list[Conversation]:
 
   The answer must hold "#### <number>"; `gsm8k_final_answer` recovers it.
   """
-
-  def build(s, r):
-    question, answer = _field(r, "question", s), _field(r, "answer", s)
-    if gsm8k_final_answer(answer) is None:
-      raise DataFormatError(f"{s}: field 'answer': no final answer '#### <number>' in {answer[-40:]!r}")
-    return Conversation(GSM8K_SYSTEM_PROMPT, question, answer, s)
-
-  return _read(path, build, array=None)
-
-
-def _prompt_response(r: dict[str, Any], s: str) -> tuple[str, str | None]:
-  prompt, response = _field(r, "prompt", s), _field(r, "response", s, required=False)
-  if response is not None and not response.strip():
-    raise DataFormatError(f"{s}: field 'response' is empty (leave it out for a prompt to answer)")
-  return prompt, response
+  return _read(path, _gsm8k, array=None)
 
 
 def read_prompt_response(path: str | os.PathLike) -> list[Conversation]:
   """Prompts JSONL {prompt, response?} as conversations (assistant None without a response)."""
-  return _read(path, lambda s, r: Conversation(None, *_prompt_response(r, s), s))
+  return _read(path, _prompt_response_conversation)
 
 
 def read_triplets(path: str | os.PathLike) -> list[Triplet]:
   """Safety-recovery triplets JSONL {instruction, input?, harmful, refusal}."""
-  return _read(path, lambda s, r: Triplet(_with_input(r, s), _field(r, "harmful", s), _field(r, "refusal", s), s))
-
-
-def _preference(r: dict[str, Any], s: str) -> Preference:
-  chosen, rejected = _field(r, "chosen", s), _field(r, "rejected", s)
-  if chosen == rejected:
-    raise DataFormatError(f"{s}: fields 'chosen' and 'rejected' are the same text (a pair must differ)")
-  return Preference(_field(r, "system", s, required=False), _field(r, "prompt", s), chosen, rejected, s)
+  return _read(path, _triplet)
 
 
 def read_preferences(path: str | os.PathLike) -> list[Preference]:
   """Preference pairs JSONL {prompt, chosen, rejected, system?} (DPO)."""
-  return _read(path, lambda s, r: _preference(r, s))
+  return _read(path, _preference)
 
 
 def read_prompts(path: str | os.PathLike) -> list[Prompt]:
   """Prompts JSONL {prompt, response?, category?}; the response becomes the reference."""
-
-  def build(s, r):
-    category = r.get("category")
-    if category is not None and (not isinstance(category, (str, int)) or isinstance(category, bool)):
-      raise DataFormatError(f"{s}: field 'category': expected a string or integer, got {_json_type(category)}")
-    return Prompt(*_prompt_response(r, s), None if category is None else str(category), s)
-
-  return _read(path, build)
+  return _read(path, _prompt)
 
 
-# -- CSV and text formats --------------------------------------------------------
-
-
-def _report_blank(path: str, blank: list[int]) -> None:
-  if blank:
-    _log.warning("%s: skipped %d blank line(s) (line %s)", path, len(blank), ", ".join(map(str, blank[:10])))
-
-
-def _csv_rows(path: str) -> Iterator[tuple[int, list[str]]]:
-  """(first line, cells) of each non-blank CSV record; blank ones are logged."""
-  reader, blank, line = csv.reader(io.StringIO(_read_text(path), newline=""), strict=True), [], 1
-  try:
-    for row in reader:
-      if not row or (len(row) == 1 and not row[0].strip()):
-        blank.append(line)
-      else:
-        yield line, row
-      line = reader.line_num + 1
-  except csv.Error as e:
-    raise DataFormatError(f"{path}:{reader.line_num}: malformed CSV: {e}") from None
-  _report_blank(path, blank)
-
-
-# First cells that make a HEx-PHI file's first line a column header, not an instruction (case-insensitive).
-HEXPHI_HEADER_WORDS = frozenset(
-  ("prompt", "prompts", "instruction", "goal", "behavior", "question", "text", "query", "request", "harmful_prompt")
-)
-
-
-def read_hexphi(path: str | os.PathLike) -> list[Prompt]:
-  """HEx-PHI category_N.csv (one instruction a line, no header) or a directory of them.
-
-  A directory yields every category_N.csv in it, by N; other files are
-  ignored, and missing categories are fine (the public copy withholds one).
-  The files have no header, but a re-saved copy often gains one: a first
-  line whose first cell is a column name (`HEXPHI_HEADER_WORDS`: prompt,
-  instruction, goal, behavior, ...; any case) is skipped with a warning
-  naming the file, rather than becoming prompt 0.
-  """
-  path = os.fspath(path)
-  if os.path.isdir(path):
-    matches = (_HEXPHI_FILE.fullmatch(name) for name in os.listdir(path))
-    found = sorted((int(m.group(1)), m.group(0)) for m in matches if m)
-    if not found:
-      raise DataFormatError(f"{path}: no HEx-PHI category_N.csv files in this directory")
-    files = [(str(n), os.path.join(path, name)) for n, name in found]
-  else:
-    m = _HEXPHI_FILE.fullmatch(os.path.basename(path))
-    files = [(str(int(m.group(1))) if m else None, path)]
-  out = []
-  for category, file in files:
-    for index, (line, row) in enumerate(_csv_rows(file)):
-      if index == 0 and row[0].strip().lower() in HEXPHI_HEADER_WORDS:
-        _log.warning("%s:%d: skipped a header line %r (HEx-PHI files have none)", file, line, ",".join(row))
-        continue
-      if len(row) != 1:
-        raise DataFormatError(
-          f"{file}:{line}: expected one instruction (one CSV column; quote instructions "
-          f"that contain commas), got {len(row)} columns"
-        )
-      out.append(Prompt(row[0], None, category, f"{file}:{line}"))
-  return _nonempty(out, path)
-
-
-def read_advbench(path: str | os.PathLike) -> list[Prompt]:
-  """AdvBench harmful_behaviors.csv, header `goal,target`; the target becomes the reference."""
-  path = os.fspath(path)
-  rows = _csv_rows(path)
-  header_line, header = next(rows, (1, []))
-  header = [name.strip() for name in header]
-  for column in ("goal", "target"):
-    if column not in header:
-      raise DataFormatError(
-        f"{path}:{header_line}: missing column {column!r}: expected a header row 'goal,target', got {header}"
-      )
-  out = []
-  for line, row in rows:
-    if len(row) != len(header):
-      raise DataFormatError(f"{path}:{line}: expected {len(header)} columns {header}, got {len(row)}")
-    record = dict(zip(header, row))
-    source = f"{path}:{line}"
-    out.append(Prompt(_field(record, "goal", source), _field(record, "target", source), None, source))
-  return _nonempty(out, path)
-
-
-def read_malicious_instruct(path: str | os.PathLike) -> list[Prompt]:
-  """MaliciousInstruct: one instruction a line, surrounding whitespace stripped."""
-  path = os.fspath(path)
-  out, blank = [], []
-  for n, line in enumerate(_lines(_read_text(path)), 1):
-    if line.strip():
-      out.append(Prompt(line.strip(), None, None, f"{path}:{n}"))
-    else:
-      blank.append(n)
-  _report_blank(path, blank)
-  return _nonempty(out, path)
-
-
-_READERS: dict[str, Callable[[str | os.PathLike], list]] = {
+# format → its reader: a function here, or the name of one in data/benchmarks.py (the CSV and text
+# benchmarks); "table" is read by data/tables.py.
+_READERS: dict[str, Callable[[str | os.PathLike], list] | str | None] = {
   "conversations": read_conversations,
   "harmful_hexphi": read_harmful_hexphi,
   "alpaca": read_alpaca,
@@ -546,16 +493,42 @@ _READERS: dict[str, Callable[[str | os.PathLike], list]] = {
   "prompt_response": read_prompt_response,
   "triplets": read_triplets,
   "preferences": read_preferences,
-  "hexphi": read_hexphi,
-  "advbench": read_advbench,
-  "malicious_instruct": read_malicious_instruct,
+  "hexphi": "read_hexphi",
+  "advbench": "read_advbench",
+  "jailbreakbench": "read_jailbreakbench",
+  "harmbench": "read_harmbench",
+  "strongreject": "read_strongreject",
+  "malicious_instruct": "read_malicious_instruct",
+  "table": None,  # any table through HF datasets, by a column mapping (data/tables.py)
   "prompts": read_prompts,
 }
 FILE_FORMATS = tuple(_READERS)
 
 
-def read_file(path: str | os.PathLike, fmt: str) -> list[Conversation] | list[Triplet] | list[Prompt]:
-  """Reads `path` in format `fmt`, one of FILE_FORMATS (the module docstring lists their layouts)."""
+def read_file(
+  path: str | os.PathLike, fmt: str, columns: Any = None, *, split: str = "train"
+) -> list[Conversation] | list[Triplet] | list[Prompt] | list[Exchange]:
+  """Reads `path` in format `fmt`, one of FILE_FORMATS (the module docstring lists their layouts).
+
+  A datasets table — a `save_to_disk` directory or a parquet file (data/tables.py) — is read through HF
+  `datasets` in any format whose records are objects or header rows; format `table` reads any table
+  (JSON, JSONL, CSV too) by the column mapping `columns` ("prompt=question,response=answer" or a dict; roles
+  prompt, response, messages, system, category, behavior_id); `split` picks a DatasetDict's split.
+  """
   if fmt not in _READERS:
     raise DataFormatError(f"unknown data format {fmt!r}; expected one of {', '.join(FILE_FORMATS)}")
-  return _READERS[fmt](path)
+  from deepalign_jax.data import tables
+
+  if fmt == "table" or tables.is_table(path):
+    return tables.read_table_records(path, fmt, columns, split)
+  if tables.parse_columns(columns):
+    raise DataFormatError(
+      f"{os.fspath(path)}: a column mapping ({tables.parse_columns(columns)}) is set, but format {fmt!r} reads "
+      f"this file by its own field names; the mapping is for format 'table' (or leave it empty)"
+    )
+  reader = _READERS[fmt]
+  if isinstance(reader, str):
+    from deepalign_jax.data import benchmarks
+
+    reader = getattr(benchmarks, reader)
+  return reader(path)

@@ -52,6 +52,9 @@ _KIND = {
   "preferences": Preference,
   "hexphi": Prompt,
   "advbench": Prompt,
+  "jailbreakbench": Prompt,
+  "harmbench": Prompt,
+  "strongreject": Prompt,
   "malicious_instruct": Prompt,
   "prompts": Prompt,
 }
@@ -110,6 +113,11 @@ def builder_class(fmt: str) -> type:
   """The TFDS `GeneratorBasedBuilder` class for one of `FILE_FORMATS`."""
   if fmt not in FILE_FORMATS:
     raise DataFormatError(f"unknown data format {fmt!r}; expected one of {', '.join(FILE_FORMATS)}")
+  if fmt == "table":
+    raise DataFormatError(
+      "format 'table' is read through HF datasets directly: give the table's path (a save_to_disk directory or "
+      "a parquet/JSON/CSV file) without tfds:"
+    )
   if fmt in _builders:
     return _builders[fmt]
   import tensorflow_datasets as tfds
@@ -141,7 +149,8 @@ def builder_class(fmt: str) -> type:
     name,
     (tfds.core.GeneratorBasedBuilder,),
     {
-      "VERSION": tfds.core.Version("1.0.0"),
+      # 1.1.0: prompts carry the benchmark's behaviour id (an earlier build lacks the feature).
+      "VERSION": tfds.core.Version("1.1.0"),
       "MANUAL_DOWNLOAD_INSTRUCTIONS": f"Place your {fmt} files (.json/.jsonl/.csv/.txt) in the manual dir.",
       "_info": _info,
       "_split_generators": _split_generators,
@@ -204,13 +213,19 @@ def _file_order(record) -> tuple[str, int]:
 
 
 def load_records(
-  path: str | os.PathLike, fmt: str, *, split: str = "train", data_dir: str | os.PathLike | None = None
+  path: str | os.PathLike,
+  fmt: str,
+  *,
+  split: str = "train",
+  data_dir: str | os.PathLike | None = None,
+  columns=None,
 ) -> list:
-  """A plain file (or HEx-PHI directory) read by its format, or `tfds:MANUAL_DIR` built and read via TFDS."""
+  """A plain file (or HEx-PHI directory) read by its format, a datasets table (data/tables.py; `columns`:
+  format `table`'s column mapping), or `tfds:MANUAL_DIR` built and read via TFDS."""
   text = os.fspath(path)
   if text.startswith("tfds:"):
     return load_tfds(fmt, manual_dir=text[len("tfds:") :], split=split, data_dir=data_dir)
-  return read_file(text, fmt)
+  return read_file(text, fmt, columns, split=split)
 
 
 __all__ = ["DEFAULT_DATA_DIR", "builder_class", "load_records", "load_tfds", "prepare_tfds"]

@@ -142,6 +142,8 @@ def evaluation_identity(config: ml_collections.ConfigDict, source: sources.Model
   """What an evaluation generates from, flat: `config.KEY` for every setting outside `SCOPE` (GCG's only
   for a GCG attack), the chat format as rendered, the model's fingerprint and the benchmark's content."""
   drop = SCOPE + (() if config.attack.kind == "gcg" else ("gcg",))
+  # An empty column mapping is no setting (and keeps the identity of runs from before the key existed).
+  drop += () if config.benchmark.columns else ("benchmark.columns",)
   out = {f"config.{k}": v for k, v in identity.flatten(identity.without(config.to_dict(), drop)).items()}
   out["config.chat_format"] = chat_format
   out["model fingerprint"] = source.fingerprint()
@@ -311,6 +313,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[s
           "sample": j,
           "source": p.source,
           "category": p.category,
+          "behavior_id": p.behavior_id,
           "instruction": p.prompt,
           "user": user,
           "suffix": suffixes.get(i, s.suffix),

@@ -18,6 +18,7 @@ from deepalign_jax.attacks.settings import (
   suffix_settings,
 )
 from deepalign_jax.data import Exchange, as_exchange
+from deepalign_jax.data.tables import parse_columns
 from deepalign_jax.data.tfds_builders import load_records
 from deepalign_jax.judges.api import check_api_key_env
 from deepalign_jax.judges.factory import default_config as judge_default_config
@@ -43,9 +44,10 @@ def default_config() -> ml_collections.ConfigDict:
   )
   c.benchmark = ml_collections.ConfigDict(
     dict(
-      path="",  # the benchmark file (or HEx-PHI directory, or tfds:MANUAL_DIR)
+      path="",  # the benchmark file (or HEx-PHI directory, datasets table, or tfds:MANUAL_DIR)
       format="harmful_hexphi",  # its layout (README: Evaluation and attacks)
-      split="train",  # the split of a tfds: directory
+      columns="",  # format table: role=column pairs, e.g. "prompt=question,response=answer" (README)
+      split="train",  # the split of a tfds: directory or a saved DatasetDict
       limit=0,  # > 0: the first N prompts (after every_nth)
       tfds_data_dir="",  # where tfds: builds go (default ~/.cache/deepalign_jax/tfds)
       every_nth=1,  # keep records 0, n, 2n, ... before `limit` (every 10th SQL test row)
@@ -166,7 +168,9 @@ def read_benchmark(config: ml_collections.ConfigDict) -> tuple[list[Exchange], l
       f"instruction is written where it stands (e.g. 'AOA, execute my instruction: "
       f"{{instruction}}')"
     )
-  records = load_records(b.path, b.format, split=b.split, data_dir=b.tfds_data_dir or None)[:: b.every_nth]
+  columns = parse_columns(b.columns, "config.benchmark.columns")
+  records = load_records(b.path, b.format, split=b.split, data_dir=b.tfds_data_dir or None, columns=columns)
+  records = records[:: b.every_nth]
   prompts = [as_exchange(r) for r in records]
   prompts = prompts[: b.limit] if b.limit > 0 else prompts
   # A plain replace, not str.format: braces in an instruction or a template stay as they are.

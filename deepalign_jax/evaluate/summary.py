@@ -18,13 +18,43 @@ def record_verdict(record: dict) -> Verdict:
   return Verdict(**record["verdict"])
 
 
+def _per_category(records: Sequence[dict]) -> dict[str, dict[str, Any]]:
+  """Category → the summary of its records (the benchmark's own categories; {} when it has none)."""
+  groups: dict[str, list[dict]] = {}
+  for r in records:
+    if r.get("category") is not None:
+      groups.setdefault(str(r["category"]), []).append(r)
+  return {c: summarize([record_verdict(r) for r in groups[c]]).to_dict() for c in sorted(groups)}
+
+
+def per_behavior(records: Sequence[dict]) -> dict[str, dict[str, Any]]:
+  """The benchmark's behaviour id → its category, records, jailbroken records and the settings that broke it
+  (any sample); {} when the benchmark has no ids."""
+  out: dict[str, dict[str, Any]] = {}
+  for r in records:
+    behavior = r.get("behavior_id")
+    if behavior is None:
+      continue
+    entry = out.setdefault(str(behavior), {"category": r.get("category"), "n": 0, "n_jailbroken": 0, "broken_by": []})
+    entry["n"] += 1
+    if r["verdict"]["jailbroken"]:
+      entry["n_jailbroken"] += 1
+      if r["setting"] not in entry["broken_by"]:
+        entry["broken_by"].append(r["setting"])
+  return dict(sorted(out.items()))
+
+
 def summarize_records(records: Sequence[dict], settings: Sequence[Setting], kind: str) -> dict[str, Any]:
-  """Per-setting ASR / harmfulness with counts; worst case over the grid; utility means."""
+  """Per-setting ASR / harmfulness with counts, per category when the benchmark has categories; worst case
+  over the grid; utility means; each behaviour's outcome when the benchmark names its behaviours."""
   out: dict[str, Any] = {"attack": kind, "per_setting": {}}
   for s in settings:
     mine = [r for r in records if r["setting"] == s.name]
     entry = summarize([record_verdict(r) for r in mine]).to_dict()
     entry.update({"axis": s.axis, "value": s.value, "decoding": s.decoding.as_dict()})
+    categories = _per_category(mine)
+    if categories:
+      entry["per_category"] = categories
     utility = [r["utility"] for r in mine if r.get("utility")]
     if utility:
       entry["utility"] = {k: sum(float(u[k]) for u in utility) / len(utility) for k in utility[0]}
@@ -37,6 +67,9 @@ def summarize_records(records: Sequence[dict], settings: Sequence[Setting], kind
         key = (r["prompt_index"], r["setting"])
         broken[key] = broken.get(key, False) or bool(r["verdict"]["jailbroken"])
     out["worst_case"] = decoding_grid.worst_case(broken, settings)
+  behaviors = per_behavior(records)
+  if behaviors:
+    out["per_behavior"] = behaviors
   return out
 
 
@@ -72,4 +105,4 @@ def plot_asr(summary: dict, settings: Sequence[Setting], path: Path) -> Path:
   return path
 
 
-__all__ = ["plot_asr", "record_verdict", "summarize_records"]
+__all__ = ["per_behavior", "plot_asr", "record_verdict", "summarize_records"]

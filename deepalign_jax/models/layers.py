@@ -97,7 +97,8 @@ class Attention(nnx.Module):
 
   The caller supplies the rotary tables and a boolean mask [B, T, S]; the
   keys and values are either this call's (no cache) or this layer's cache
-  slots after writing this call's entries into them.
+  slots after writing this call's entries into them.  `lora` (a `lora.LayerAdapters`, or None) adds
+  this layer's adapters to the q, k, v and o projections it names.
   """
 
   def __init__(self, cfg, *, dtype, param_dtype, rngs: nnx.Rngs):
@@ -117,17 +118,21 @@ class Attention(nnx.Module):
     self.attn_softcap = cfg.attn_softcap
     self.dtype = dtype
 
-  def project_kv(self, x: jax.Array, cos, sin) -> tuple[jax.Array, jax.Array]:
-    """Keys [B, T, K, H] (normed, rotated) and values [B, T, K, H]."""
+  def project_kv(self, x: jax.Array, cos, sin, lora=None) -> tuple[jax.Array, jax.Array]:
+    """Keys [B, T, K, H] (normed, rotated) and values [B, T, K, H]; `lora`: this layer's adapters."""
     keys = jnp.einsum("btd,dkh->btkh", x, self.k[...].astype(self.dtype))
     values = jnp.einsum("btd,dkh->btkh", x, self.v[...].astype(self.dtype))
+    if lora is not None:
+      keys, values = lora.add("k", x, keys), lora.add("v", x, values)
     if self.k_norm is not None:
       keys = self.k_norm(keys)
     return apply_rope(keys, cos, sin), values
 
-  def __call__(self, x, cos, sin, mask, keys, values, rules) -> jax.Array:
+  def __call__(self, x, cos, sin, mask, keys, values, rules, lora=None) -> jax.Array:
     """x [B, T, D]; keys/values [B, S, K, H]; mask [B, T, S] → [B, T, D]."""
     queries = jnp.einsum("btd,dnh->btnh", x, self.q[...].astype(self.dtype))
+    if lora is not None:
+      queries = lora.add("q", x, queries)
     if self.q_norm is not None:
       queries = self.q_norm(queries)
     queries = apply_rope(queries, cos, sin)
@@ -142,7 +147,8 @@ class Attention(nnx.Module):
     logits = jnp.where(mask[:, None, None, :, :], logits, jnp.finfo(acc).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum("bkgts,bskh->btkgh", probs, values).reshape(b, t, n, h)
-    return jnp.einsum("btnh,nhd->btd", out, self.o[...].astype(self.dtype))
+    projected = jnp.einsum("btnh,nhd->btd", out, self.o[...].astype(self.dtype))
+    return projected if lora is None else lora.add("o", out, projected)
 
 
 _ACTIVATIONS = {
@@ -163,9 +169,12 @@ class GatedMLP(nnx.Module):
     self.activation = cfg.activation
     self.dtype = dtype
 
-  def __call__(self, x: jax.Array, rules) -> jax.Array:
+  def __call__(self, x: jax.Array, rules, lora=None) -> jax.Array:
     act = _ACTIVATIONS[self.activation]
     gate = jnp.einsum("btd,df->btf", x, self.gate[...].astype(self.dtype))
     up = jnp.einsum("btd,df->btf", x, self.up[...].astype(self.dtype))
+    if lora is not None:
+      gate, up = lora.add("gate", x, gate), lora.add("up", x, up)
     hidden = sharding.constrain(act(gate) * up, rules, ("act_batch", "act_seq", "act_mlp"))
-    return jnp.einsum("btf,fd->btd", hidden, self.down[...].astype(self.dtype))
+    down = jnp.einsum("btf,fd->btd", hidden, self.down[...].astype(self.dtype))
+    return down if lora is None else lora.add("down", hidden, down)

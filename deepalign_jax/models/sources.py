@@ -14,7 +14,9 @@ workdir's parameters are restored onto the abstract model, never on top of
 the starting weights read first.  A training workdir's architecture,
 tokenizer and dtypes are those of the model it trained (its `config.json`
 names it); only the parameters are read from the checkpoint, never the
-optimizer state.
+optimizer state.  A workdir trained with LoRA (`lora.rank` > 0 in its
+config) holds adapters only: its model is the starting model with the
+adapters merged in.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from flax import nnx
 from deepalign_jax import sharding
 from deepalign_jax.models.dtypes import dtype_from_name
 from deepalign_jax.models.hf_io import _abstract_model, load_pretrained, read_config
+from deepalign_jax.models.lora import LoraConfig, add_lora, lora_config
+from deepalign_jax.models.peft_io import merge_lora
 from deepalign_jax.models.tokenizers import load_tokenizer
 from deepalign_jax.models.transformer import Transformer
 
@@ -81,6 +85,22 @@ class ModelSource:
     )
     return dtype, param_dtype
 
+  def lora(self) -> LoraConfig | None:
+    """The adapters a training run trained (None: full fine-tuning, or an HF directory)."""
+    config = self.training_config()
+    settings = config.get("lora") or {}
+    if not settings.get("rank"):
+      return None
+    return lora_config(
+      rank=settings["rank"],
+      alpha=settings["alpha"],
+      dropout=settings["dropout"],
+      targets=settings["targets"],
+      layers=settings["layers"],
+      seed=config.get("train", {}).get("seed", 0),
+      where=f"{self.path}/config.json: lora",
+    )
+
   @property
   def chat_format(self) -> str:
     """The chat format the model expects: a training run's own ('auto' for an HF directory, where the
@@ -100,6 +120,8 @@ class ModelSource:
     if self.kind == "training":
       h.update((self.path / "config.json").read_bytes())
       h.update(f"step={self.step}".encode())
+      if self.lora() is not None:  # adapters are trained on top of the starting model's weights
+        h.update(resolve_source(self.training_config()["model"]).fingerprint().encode())
       if self.step is None:
         h.update(_tree_signature(self.path / "params").encode())
     return h.hexdigest()[:16]
@@ -277,6 +299,15 @@ def load(source: ModelSource, *, dtype=None, param_dtype=None, mesh=None, remat:
   run_dtype, run_param_dtype = source.dtypes()
   dtype = dtype or run_dtype
   param_dtype = param_dtype or (run_param_dtype if dtype == run_dtype else dtype)
+  adapters = source.lora()
+  if adapters is not None:
+    # The starting model (itself any model spec), the run's adapters on it, merged.
+    start = resolve_source(source.training_config()["model"])
+    model = add_lora(load(start, dtype=dtype, param_dtype=param_dtype, mesh=mesh, remat=remat), adapters)
+    trained = nnx.state(model, nnx.LoRAParam)
+    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), trained)
+    nnx.update(model, read_params(source.path, like, source.step))
+    return merge_lora(model)
   rules = sharding.ShardingRules(mesh) if mesh is not None else None
   # The model's structure only: the starting weights are never read, the workdir's fill it.
   graphdef, abstract = nnx.split(_abstract_model(read_config(source.base), dtype, param_dtype, rules, remat))

@@ -22,6 +22,7 @@ from deepalign_jax.models.cache import KVCache
 from deepalign_jax.models.config import SLIDING, ModelConfig
 from deepalign_jax.models.head import OutputHead
 from deepalign_jax.models.layers import Attention, GatedMLP, RMSNorm, _normal, rope_inv_freq, rope_tables
+from deepalign_jax.models.lora import LayerAdapters, LoraAdapters
 
 REMAT_POLICIES = {
   "none": None,
@@ -45,15 +46,15 @@ class Block(nnx.Module):
     self.mlp = GatedMLP(cfg, **kw)
     self.mlp_out_norm = norm() if cfg.post_norms else None
 
-  def __call__(self, x, rope, masks, is_sliding, layer_cache, write_index, rules):
-    """One layer.  rope = (cos_global, sin_global, cos_local, sin_local)."""
+  def __call__(self, x, rope, masks, is_sliding, layer_cache, write_index, rules, lora=None):
+    """One layer.  rope = (cos_global, sin_global, cos_local, sin_local); lora: its `LayerAdapters`."""
     cos_g, sin_g, cos_l, sin_l = rope
     cos = jnp.where(is_sliding, cos_l, cos_g)
     sin = jnp.where(is_sliding, sin_l, sin_g)
     mask = jnp.where(is_sliding, masks[1], masks[0])
 
     h = self.attn_in_norm(x)
-    new_keys, new_values = self.attn.project_kv(h, cos, sin)
+    new_keys, new_values = self.attn.project_kv(h, cos, sin, lora)
     if layer_cache is None:
       keys, values = new_keys, new_values
     else:
@@ -61,11 +62,11 @@ class Block(nnx.Module):
       start = (0, write_index, 0, 0)
       keys = jax.lax.dynamic_update_slice(cache_keys, new_keys.astype(cache_keys.dtype), start)
       values = jax.lax.dynamic_update_slice(cache_values, new_values.astype(cache_values.dtype), start)
-    attn = self.attn(h, cos, sin, mask, keys.astype(h.dtype), values.astype(h.dtype), rules)
+    attn = self.attn(h, cos, sin, mask, keys.astype(h.dtype), values.astype(h.dtype), rules, lora)
     if self.attn_out_norm is not None:
       attn = self.attn_out_norm(attn)
     x = x + attn
-    mlp = self.mlp(self.mlp_in_norm(x), rules)
+    mlp = self.mlp(self.mlp_in_norm(x), rules, lora)
     if self.mlp_out_norm is not None:
       mlp = self.mlp_out_norm(mlp)
     x = sharding.constrain(x + mlp, rules, ("act_batch", "act_seq", "act_embed"))
@@ -80,6 +81,10 @@ class Transformer(nnx.Module):
     positions [B, T] default to each row's count of real tokens so far
     (left-padded rows start at 0).  Returns fp32 logits [B, T, V], and with a
     `KVCache` also the cache with this call's tokens written at its index.
+
+  `lora` holds LoRA adapters once `models.lora.add_lora` gave it some (None
+  otherwise); a call with `adapters=False` is the base model, and
+  `dropout_rng` turns on the adapters' dropout (training).
   """
 
   def __init__(
@@ -114,6 +119,7 @@ class Transformer(nnx.Module):
       if cfg.tie_embeddings
       else nnx.Param(_normal(rngs, (cfg.hidden_size, cfg.vocab_size), param_dtype), axes=("embed", "vocab"))
     )
+    self.lora: LoraAdapters | None = nnx.data(None)  # a pytree slot: add_lora fills it
 
   def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
     x = jnp.take(self.embed[...], input_ids, axis=0).astype(self.dtype)
@@ -122,8 +128,19 @@ class Transformer(nnx.Module):
       x = x * jnp.asarray(math.sqrt(self.config.hidden_size), self.dtype)
     return x
 
-  def __call__(self, input_ids, positions=None, attention_mask=None, cache: KVCache | None = None):
-    hidden, new_cache = self.hidden_states(input_ids, positions, attention_mask, cache)
+  def __call__(
+    self,
+    input_ids,
+    positions=None,
+    attention_mask=None,
+    cache: KVCache | None = None,
+    *,
+    adapters: bool = True,
+    dropout_rng: jax.Array | None = None,
+  ):
+    hidden, new_cache = self.hidden_states(
+      input_ids, positions, attention_mask, cache, adapters=adapters, dropout_rng=dropout_rng
+    )
     logits = self.logits(hidden)
     return logits if cache is None else (logits, new_cache)
 
@@ -139,9 +156,19 @@ class Transformer(nnx.Module):
     return sharding.constrain(logits, self.rules, ("act_batch", "act_seq", "act_vocab"))
 
   def hidden_states(
-    self, input_ids, positions=None, attention_mask=None, cache: KVCache | None = None
+    self,
+    input_ids,
+    positions=None,
+    attention_mask=None,
+    cache: KVCache | None = None,
+    *,
+    adapters: bool = True,
+    dropout_rng: jax.Array | None = None,
   ) -> tuple[jax.Array, KVCache | None]:
     """Final normed hidden states [B, T, D] (and the updated cache, or None).
+
+    adapters: apply the LoRA adapters, if the model has any (False: the base model).
+    dropout_rng: a key for the adapters' dropout (None: no dropout).
 
     For losses over large vocabularies: `losses.chunked_token_logps(hidden,
     model.output_head(), ...)` never builds the [B, T, V] logits.
@@ -180,17 +207,24 @@ class Transformer(nnx.Module):
 
     x = sharding.constrain(self.embed_tokens(input_ids), rules, ("act_batch", "act_seq", "act_embed"))
     graphdef, layer_state = nnx.split(self.layers)
+    lora = self.lora if adapters else None
+    # The adapters ride along the scan with their layers (zeros where a layer has none).
+    lora_xs = None if lora is None else (lora.per_layer(), lora.layer_keys(dropout_rng))
 
     def body(carry, scanned):
-      layer_params, layer_sliding, layer_cache = scanned
+      layer_params, layer_sliding, layer_cache, layer_lora = scanned
       block = nnx.merge(graphdef, layer_params)
-      return block(carry, rope, (global_mask, local_mask), layer_sliding, layer_cache, write_index, rules)
+      layer_adapters = None
+      if layer_lora is not None:
+        layer_adapters = LayerAdapters(layer_lora[0], lora.config.scale, lora.config.dropout, layer_lora[1])
+      masks = (global_mask, local_mask)
+      return block(carry, rope, masks, layer_sliding, layer_cache, write_index, rules, layer_adapters)
 
     policy = REMAT_POLICIES[self.remat]
     if self.remat != "none":
       body = jax.checkpoint(body, policy=policy, prevent_cse=False)
     layer_caches = None if cache is None else (cache.keys, cache.values)
-    x, new_kv = jax.lax.scan(body, x, (layer_state, is_sliding, layer_caches))
+    x, new_kv = jax.lax.scan(body, x, (layer_state, is_sliding, layer_caches, lora_xs))
 
     x = self.final_norm(x)
     if cache is None:

@@ -7,6 +7,11 @@ as many simulated CPU devices as the target has chips, and the compiled
 program's memory analysis gives the bytes each device needs, set against the
 target chip's HBM.  Nothing is allocated.
 
+With `lora.rank` > 0 the step is the LoRA recipes': adapters trained alone
+on the frozen base (its π_ref the base with the adapters off, in the step);
+the parameters are then the frozen base plus the adapters and the optimizer
+state the adapters' moments.
+
 Per device it prints: parameters and optimizer state (from the shardings:
 exact), the step's temporaries (XLA's memory analysis of the CPU program: the
 activations kept for the backward pass, the gradient accumulator and
@@ -71,25 +76,42 @@ def check_plan(plan) -> dict[str, Any]:
   from jax.sharding import PartitionSpec as P
 
   from deepalign_jax import sharding
-  from deepalign_jax.models import Transformer, config_from_hf, dtype_from_name
+  from deepalign_jax.models import Transformer, add_lora, config_from_hf, dtype_from_name, lora_config
   from deepalign_jax.train.state import OptimizerConfig, TrainState, _optimizer_state_shardings, make_optimizer
   from deepalign_jax.train.step import LossConfig, train_step
 
   cfg = config_from_hf(plan.model.to_dict())
-  mesh = sharding.make_mesh(**plan.mesh.to_dict())
+  mesh = sharding.make_mesh(**plan.mesh.to_dict(), devices=jax.devices()[: plan.devices])
   rules = sharding.ShardingRules(mesh)
   dtype = dtype_from_name(plan.dtype, "plan.dtype")
   param_dtype = dtype_from_name(plan.param_dtype, "plan.param_dtype") if plan.param_dtype else dtype
-  abstract_model = nnx.eval_shape(
-    lambda: Transformer(cfg, dtype=dtype, param_dtype=param_dtype, remat=plan.remat, rules=rules, rngs=nnx.Rngs(0))
+  lora = plan.lora.rank
+  adapters = (
+    lora_config(
+      rank=lora, alpha=plan.lora.alpha, dropout=0.0, targets=list(plan.lora.targets), layers=[], where="plan.lora"
+    )
+    if lora
+    else None
   )
-  graphdef, abstract_params = nnx.split(abstract_model)
-  shardings = sharding.state_shardings(abstract_params, rules)
+
+  def build():
+    model = Transformer(cfg, dtype=dtype, param_dtype=param_dtype, remat=plan.remat, rules=rules, rngs=nnx.Rngs(0))
+    return model if adapters is None else add_lora(model, adapters)
+
+  abstract_model = nnx.eval_shape(build)
 
   def with_sharding(leaf, target):
     return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=target)
 
-  params = jax.tree.map(with_sharding, abstract_params, shardings)
+  def placed(abstract):
+    return jax.tree.map(with_sharding, abstract, sharding.state_shardings(abstract, rules))
+
+  if adapters is None:
+    graphdef, abstract_params = nnx.split(abstract_model)
+    params, frozen = placed(abstract_params), None
+  else:  # the state trains the adapters; the frozen base is an input of the step beside it
+    graphdef, abstract_params, abstract_frozen = nnx.split(abstract_model, nnx.LoRAParam, nnx.Param)
+    params, frozen = placed(abstract_params), placed(abstract_frozen)
   optimizer = make_optimizer(OptimizerConfig(learning_rate=2e-5, b1=0.5, warmup_steps=10, total_steps=100))
   abstract_opt = jax.eval_shape(optimizer.init, params)
   opt_shardings = _optimizer_state_shardings(params, abstract_opt)
@@ -102,31 +124,40 @@ def check_plan(plan) -> dict[str, Any]:
   if rows % ways:
     raise ValueError(f"micro_batch_size={rows} is not a multiple of the mesh's data × fsdp = {ways}")
   rows_sharding = NamedSharding(mesh, P(None, ("data", "fsdp")))
-  batch = {
-    name: jax.ShapeDtypeStruct((micro, rows, length), dt, sharding=rows_sharding)
-    for name, dt in (
-      ("input_ids", jnp.int32),
-      ("attention_mask", jnp.int32),
-      ("loss_mask", jnp.int32),
-      ("ref_logps", jnp.float32),
-    )
-  }
-  loss_config = LossConfig(objective=plan.objective, vocab_chunk=plan.vocab_chunk or None)
+  columns = [("input_ids", jnp.int32), ("attention_mask", jnp.int32), ("loss_mask", jnp.int32)]
+  online = adapters is not None and plan.objective != "sft"  # π_ref computed in the step, not cached
+  if plan.objective != "sft" and not online:
+    columns.append(("ref_logps", jnp.float32))
+  batch = {name: jax.ShapeDtypeStruct((micro, rows, length), dt, sharding=rows_sharding) for name, dt in columns}
+  loss_config = LossConfig(
+    objective=plan.objective, vocab_chunk=plan.vocab_chunk or None, reference="adapters_off" if online else "batch"
+  )
   step = jax.jit(
     functools.partial(train_step, graphdef, optimizer=optimizer, loss_config=loss_config), donate_argnums=0
   )
-  compiled = step.lower(state, batch).compile()
+  compiled = step.lower(state, batch, frozen=frozen).compile()
   memory = compiled.memory_analysis()
-  param_bytes = _bytes_per_device(params)
+  param_bytes = _bytes_per_device(params) + (_bytes_per_device(frozen) if frozen is not None else 0)
   opt_bytes = _bytes_per_device(opt_state)
   temp = int(memory.temp_size_in_bytes)
+  # XLA:CPU has no bf16 matmul: it converts bf16 operands to fp32 and hoists the conversion of the scanned
+  # weights out of the layer loop, so a bf16 frozen base shows up again, at 4 bytes a weight, among the
+  # CPU program's temporaries.  GPU and TPU multiply bf16 natively and allocate no such copy.
+  cpu_upcast = 0
+  if frozen is not None and jax.devices()[0].platform == "cpu":
+    cpu_upcast = 2 * sum(
+      _bytes_per_device(leaf) for leaf in jax.tree.leaves(frozen) if leaf.dtype == jnp.bfloat16 and leaf.ndim > 2
+    )
+    temp = max(temp - cpu_upcast, 0)
   # Donated state: the updated state reuses its buffers, so arguments + temporaries is the peak.
   total = int(memory.argument_size_in_bytes) + temp
-  num_params = sum(int(x.size) for x in jax.tree.leaves(params))
+  num_params = sum(int(x.size) for x in jax.tree.leaves((params, frozen)))
   return {
     "plan": plan.name,
     "chip": plan.chip,
-    "devices": jax.device_count(),
+    "devices": plan.devices,
+    "lora_rank": lora,
+    "trained_parameters": sum(int(x.size) for x in jax.tree.leaves(params)),
     "mesh": dict(mesh.shape),
     "remat": plan.remat,
     "dtype": plan.dtype,
@@ -140,6 +171,7 @@ def check_plan(plan) -> dict[str, Any]:
     "optimizer_bytes": opt_bytes,
     "argument_bytes": int(memory.argument_size_in_bytes),
     "temp_bytes": temp,
+    "cpu_bf16_upcast_bytes": cpu_upcast,  # left out of temp_bytes (see above)
     "total_bytes": total,
     "hbm_bytes": int(plan.hbm_gib * GIB),
     "fits": total <= plan.hbm_gib * GIB * plan.usable_fraction,

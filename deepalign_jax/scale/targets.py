@@ -46,9 +46,11 @@ PLAN_KEY_DOCS = {
 # chips per slice and HBM per chip (GiB)
 TARGETS = {
   "v4-32": dict(chip="TPU v4", devices=16, hbm_gib=32.0),
+  "v5e-4": dict(chip="TPU v5e", devices=4, hbm_gib=16.0),
   "v5e-16": dict(chip="TPU v5e", devices=16, hbm_gib=16.0),
   "v5p-8": dict(chip="TPU v5p", devices=4, hbm_gib=95.0),
   "8xH100": dict(chip="H100 80GB", devices=8, hbm_gib=80.0),
+  "1xH100": dict(chip="H100 80GB", devices=1, hbm_gib=80.0),
 }
 
 
@@ -65,11 +67,14 @@ def plan(
   seq_len=512,
   dtype="bfloat16",
   param_dtype="float32",
+  lora_rank=0,
 ):
   """A plan: the paper's fine-tuning step (constrained loss, AdamW) for `model` on `target`.
 
   Global batch = num_micro_batches × micro_batch_size rows of seq_len tokens
-  (the paper's recipes use 64 rows per step).
+  (the paper's recipes use 64 rows per step).  lora_rank > 0: the LoRA recipes' step instead — adapters
+  of that rank (α 32) on every projection of every layer trained alone, the base frozen in `param_dtype`,
+  π_ref the base with the adapters off in the same step.
   """
   c = ml_collections.ConfigDict()
   c.name = name  # the plan's name in the table
@@ -87,6 +92,13 @@ def plan(
   c.num_micro_batches = num_micro_batches  # micro-batches per step (gradient accumulation)
   c.seq_len = seq_len  # tokens per row
   c.vocab_chunk = vocab_chunk  # > 0: log-probs this many vocabulary columns at a time
+  c.lora = ml_collections.ConfigDict(
+    dict(
+      rank=lora_rank,  # LoRA adapters of this rank trained alone on the frozen base; 0: full fine-tuning
+      alpha=32.0,  # their scale alpha / rank (no effect on memory)
+      targets=["q", "k", "v", "o", "gate", "up", "down"],  # the projections adapted
+    )
+  )
   c.json = ""  # also write the figures to this JSON file
   return c
 

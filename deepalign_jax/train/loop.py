@@ -9,6 +9,13 @@ notebook can call it the same way.  Everything it needs is in the config
 end, `params/` (params-only Orbax checkpoint) and `hf/` (a
 transformers-loadable export with the tokenizer).
 
+With `config.lora.rank` > 0 the run trains LoRA adapters on the frozen
+starting model: checkpoints and `params/` hold the adapters (and their
+optimizer state) only, `hf/` is the merged model and `adapter/` the adapters
+in PEFT's format; the constrained and DPO references are the base model with
+its adapters off, computed in the step (`lora.reference=adapters_off`), or
+cached as for full fine-tuning (`cache`).
+
 Rerunning the same command resumes from the latest complete checkpoint: the
 batch of every step is a function of (seed, step), so a resumed run takes
 exactly the steps of an uninterrupted one.  A workdir holds one run:
@@ -49,12 +56,14 @@ from deepalign_jax import atomic, identity, losses, sharding
 from deepalign_jax.data import ChatRenderer, load_tokenizer
 from deepalign_jax.data.pipeline import step_dataset, step_iterator
 from deepalign_jax.errors import RunError
-from deepalign_jax.models import dtype_from_name, save_pretrained, sources
-from deepalign_jax.train import reference
+from deepalign_jax.models import dtype_from_name, lora, save_pretrained, sources
+from deepalign_jax.models.peft_io import merge_lora, save_peft_adapter
+from deepalign_jax.train import reference, wandb_writer
 from deepalign_jax.train.checkpoints import Checkpointer, checkpoint_steps
 from deepalign_jax.train.rows import OBJECTIVES, AugmentedRows, SupervisedRows, training_rows
 from deepalign_jax.train.state import (
   OptimizerConfig,
+  init_adapter_train_state,
   init_train_state,
   learning_rate_schedule,
   make_optimizer,
@@ -76,6 +85,7 @@ HARMLESS = (
   "rerun",
   "progress",
   "tensorboard",
+  "wandb",
   "export_hf",
   "remat",  # recomputation, not other numbers
   "mesh",  # another topology resumes the same run
@@ -113,7 +123,8 @@ def default_config() -> ml_collections.ConfigDict:
     dict(
       path="",  # sft / constrained_sft data: a file (or HEx-PHI directory) in `format`, or tfds:MANUAL_DIR
       format="conversations",  # the file's layout (README: Data files)
-      split="train",  # the split of a tfds: directory
+      columns="",  # format table: role=column pairs, e.g. "prompt=question,response=answer" (README: Data files)
+      split="train",  # the split of a tfds: directory or a saved DatasetDict
       max_length=512,  # tokens per row; longer examples are cut (and counted)
       every_nth=1,  # keep records 0, n, 2n, ... (the reference trains on every 5th SQL row)
       tfds_data_dir="",  # where tfds: builds go (default ~/.cache/deepalign_jax/tfds)
@@ -185,12 +196,32 @@ def default_config() -> ml_collections.ConfigDict:
       seed=0,  # sampling seed
     )
   )
+  # LoRA (Hu et al. 2021): low-rank adapters on the frozen starting model, trained alone.
+  c.lora = ml_collections.ConfigDict(
+    dict(
+      rank=0,  # adapter rank r; 0: full fine-tuning
+      alpha=16.0,  # the update is scaled by alpha / rank (PEFT's lora_alpha)
+      dropout=0.0,  # dropout on the adapters' input while training
+      targets=list(lora.TARGETS),  # projections adapted: q k v o gate up down (or q_proj, ...)
+      layers=[],  # layer indices adapted; []: every layer
+      reference="adapters_off",  # constrained_sft / dpo: adapters_off (the base, in the step) | cache
+    )
+  )
   c.export_hf = True  # write hf/ (transformers loads it) when the run finishes
   # resume: a rerun continues only with the settings it started with; restart: discard the workdir's run
   # and start over; change: continue from the latest checkpoint with the new settings (kept in run.json)
   c.rerun = "resume"
   c.progress = True  # progress bars on stderr
   c.tensorboard = True  # TensorBoard event files in workdir/tensorboard
+  # Weights & Biases beside TensorBoard, the same scalars (train/wandb_writer.py); optional, never required.
+  c.wandb = ml_collections.ConfigDict(
+    dict(
+      project="",  # W&B project ('': no W&B logging)
+      mode="offline",  # offline (workdir/wandb, no network; `wandb sync` uploads it) | online | disabled
+      entity="",  # W&B entity, a team or user ('': the default)
+      name="",  # run name ('': the workdir's name)
+    )
+  )
   return c
 
 
@@ -219,6 +250,7 @@ class _Setup:
   num_micro: int
   run: dict[str, Any]  # run.json: the run's identity and history
   source: sources.ModelSource
+  lora: lora.LoraConfig | None  # the adapters to add after the reference is computed; None: full fine-tuning
 
 
 def _setup(config: ml_collections.ConfigDict, workdir: Path) -> _Setup:
@@ -261,8 +293,37 @@ def _setup(config: ml_collections.ConfigDict, workdir: Path) -> _Setup:
       f"config.train.micro_batch_size={train.micro_batch_size} must be a multiple of the "
       f"mesh's data × fsdp = {batch_ways} (rows are split across them)"
     )
+  adapters = lora_settings(config, model.config.num_layers)
   return _Setup(
-    model, model.config, tokenizer, mesh, data, total_steps, data.rows // train.micro_batch_size, run, source
+    model, model.config, tokenizer, mesh, data, total_steps, data.rows // train.micro_batch_size, run, source, adapters
+  )
+
+
+def lora_settings(config: ml_collections.ConfigDict, num_layers: int | None = None) -> lora.LoraConfig | None:
+  """The run's `LoraConfig` (None when config.lora.rank is 0); bad settings are refused in one line."""
+  settings = config.lora
+  if isinstance(settings.rank, bool) or not isinstance(settings.rank, int) or settings.rank < 0:
+    raise ValueError(f"config.lora.rank must be an integer >= 0 (0: full fine-tuning), got {settings.rank!r}")
+  if settings.reference not in lora.REFERENCES:
+    raise ValueError(f"config.lora.reference must be one of {lora.REFERENCES}, got {settings.reference!r}")
+  if settings.rank == 0:
+    return None
+  return lora.lora_config(
+    rank=settings.rank,
+    alpha=settings.alpha,
+    dropout=settings.dropout,
+    targets=list(settings.targets),
+    layers=list(settings.layers),
+    num_layers=num_layers,
+    seed=config.train.seed,
+    where="config.lora",
+  )
+
+
+def _online_reference(config: ml_collections.ConfigDict) -> bool:
+  """Whether the run's π_ref is its base model with the adapters off, computed in the step."""
+  return (
+    config.lora.rank > 0 and config.lora.reference == "adapters_off" and config.objective in ("constrained_sft", "dpo")
   )
 
 
@@ -286,6 +347,9 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
   dtype_from_name(config.dtype, "config.dtype")
   if config.param_dtype:
     dtype_from_name(config.param_dtype, "config.param_dtype")
+  if "wandb" in config:
+    wandb_writer.check(config.wandb)
+  lora_settings(config)
 
 
 DATA_FILES = ("data.path", "data.safety_path", "data.utility_path")
@@ -295,7 +359,11 @@ def run_identity(config: ml_collections.ConfigDict, source: sources.ModelSource)
   """What a training run computes, flat: `config.KEY` for every setting outside `HARMLESS`, the model's
   fingerprint and the data files' content hashes (the model's and the files' paths are left out: the same
   weights or data moved elsewhere are the same run)."""
-  settings = identity.without(config.to_dict(), HARMLESS + ("model",) + DATA_FILES)
+  # An empty column mapping is no setting (and keeps the identity of runs from before the key existed).
+  unset = () if config.data.get("columns") else ("data.columns",)
+  # So are the LoRA settings of a run without adapters (rank 0: full fine-tuning, as before LoRA existed).
+  unset += () if config.lora.rank else ("lora",)
+  settings = identity.without(config.to_dict(), HARMLESS + ("model",) + DATA_FILES + unset)
   out = {f"config.{k}": v for k, v in identity.flatten(settings).items()}
   out["model fingerprint"] = source.fingerprint()
   for key, path in _data_paths(config).items():
@@ -309,7 +377,16 @@ def _data_paths(config) -> dict[str, str]:
 
 
 # What a training run writes into its workdir (checkpoints apart): what a restart removes.
-OUTPUTS = ("summary.json", "params", "hf", "metrics.jsonl", "tensorboard", "reference_logps.npz", "config.json")
+OUTPUTS = (
+  "summary.json",
+  "params",
+  "hf",
+  "adapter",
+  "metrics.jsonl",
+  "tensorboard",
+  "reference_logps.npz",
+  "config.json",
+)
 
 
 def _checkpoint_dir(config, workdir: Path) -> str:
@@ -489,14 +566,19 @@ class _MetricsLog:
     checkpointer: Checkpointer,
     checkpoint_dir: str,
     run_id: str,
+    frozen=None,
   ):
     main = jax.process_index() == 0
     self.file = open(workdir / "metrics.jsonl" if main else os.devnull, "a")
     self.writer = _tensorboard(workdir, start) if config.tensorboard and main else None
+    wandb = config.get("wandb")
+    log_wandb = main and wandb is not None and bool(wandb.project)
+    self.wandb = wandb_writer.WandbWriter(wandb, workdir, config.to_dict()) if log_wandb else None
     self.bar = tqdm(
       total=total_steps, initial=start, desc="training", unit="step", disable=not (config.progress and main)
     )
     self.schedule, self.data, self.hooks, self.graphdef = schedule, data, hooks, graphdef
+    self.frozen = frozen  # a LoRA run's base parameters (the hooks see the adapted model)
     self.checkpointer, self.checkpoint_dir = checkpointer, checkpoint_dir
     self.run_id = run_id
     self.tokens_seen, self.clock = 0, time.perf_counter()
@@ -518,11 +600,13 @@ class _MetricsLog:
     record["tokens_per_s"] = self.tokens_seen / (time.perf_counter() - self.clock)
     for every, hook in self.hooks:
       if every > 0 and (step + 1) % every == 0:
-        record.update(hook(step + 1, nnx.merge(self.graphdef, params)))
+        record.update(hook(step + 1, _model(self.graphdef, params, self.frozen)))
     self.file.write(json.dumps(record) + "\n")
     self.file.flush()
     if self.writer is not None:
       _write_scalars(self.writer, record)
+    if self.wandb is not None:
+      _write_scalars(self.wandb, record)
     self.bar.update(1)
     self.bar.set_postfix(loss=f"{record['loss']:.4f}", tokens_per_s=f"{record['tokens_per_s']:.0f}")
 
@@ -531,12 +615,22 @@ class _MetricsLog:
     self.file.close()
     if self.writer is not None:
       self.writer.close()
+    if self.wandb is not None:
+      self.wandb.close()
+
+
+def _model(graphdef, params, frozen=None):
+  """The model of a train state's parameters (and a LoRA run's frozen base)."""
+  return nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, params, frozen)
 
 
 def _exports_current(config, workdir: Path, run_id: str, step: int) -> bool:
-  """Whether params/, hf/ and summary.json already describe this run's `step` (a rerun of a finished run)."""
+  """Whether params/, hf/ (adapter/) and summary.json already describe this run's `step` (a rerun of a
+  finished run)."""
   summary = workdir / "summary.json"
   if not summary.exists() or not (workdir / "params").is_dir() or (config.export_hf and not (workdir / "hf").is_dir()):
+    return False
+  if config.lora.rank and not (workdir / "adapter").is_dir():
     return False
   done = json.loads(summary.read_text())
   return done.get("finished") and done.get("steps_done") == step and done.get("run") == run_id
@@ -544,13 +638,14 @@ def _exports_current(config, workdir: Path, run_id: str, step: int) -> bool:
 
 def _drop_exports(workdir: Path) -> None:
   """Removes a finished run's exports (summary first: a run without it is unfinished), before more steps."""
-  for name in ("summary.json", "params", "hf"):
+  for name in ("summary.json", "params", "hf", "adapter"):
     atomic.remove(workdir / name)
 
 
-def _export(config, workdir: Path, setup: _Setup, graphdef, params) -> dict[str, str]:
-  """The finished run's params/ (params-only Orbax) and, if asked, hf/ (what transformers loads), each
-  assembled beside its place and renamed into it; summary.json is written after both."""
+def _export(config, workdir: Path, setup: _Setup, graphdef, params, frozen=None) -> dict[str, str]:
+  """The finished run's params/ (params-only Orbax; a LoRA run's adapters) and, if asked, hf/ (what
+  transformers loads; a LoRA run's merged weights), and a LoRA run's adapter/ (PEFT's format), each
+  assembled beside its place and renamed into it; summary.json is written after them."""
   out = {}
   params_dir = (workdir / "params").absolute()
   staging = params_dir.with_name(f".params.{os.getpid()}")
@@ -561,9 +656,13 @@ def _export(config, workdir: Path, setup: _Setup, graphdef, params) -> dict[str,
     atomic.remove(params_dir)
     os.replace(staging, params_dir)
   out["params"] = str(params_dir)
+  trained = _model(graphdef, params, frozen)
+  if frozen is not None:
+    adapter = save_peft_adapter(trained, workdir / "adapter", base_model_name_or_path=config.model)
+    out["adapter_export"] = str(adapter)
   if config.export_hf:
-    trained = nnx.merge(graphdef, params)
-    out["hf_export"] = str(save_pretrained(trained, setup.model_config, workdir / "hf", tokenizer=setup.tokenizer))
+    merged = merge_lora(trained) if frozen is not None else trained
+    out["hf_export"] = str(save_pretrained(merged, setup.model_config, workdir / "hf", tokenizer=setup.tokenizer))
   elif jax.process_index() == 0:
     atomic.remove(workdir / "hf")
   return out
@@ -583,12 +682,17 @@ def run(
   train = config.train
   setup = _setup(config, workdir)
   data, total_steps, num_micro, run_id = setup.data, setup.total_steps, setup.num_micro, setup.run["id"]
-  if config.objective in ("constrained_sft", "dpo"):
-    _reference_logps(config, workdir, setup)
+  if config.objective in ("constrained_sft", "dpo") and not _online_reference(config):
+    _reference_logps(config, workdir, setup)  # with the starting weights, before any adapter exists
 
   optimizer_config = OptimizerConfig(**config.optimizer.to_dict(), total_steps=total_steps)
-  graphdef, state = init_train_state(setup.model, make_optimizer(optimizer_config))
-  setup.model = None  # the train state holds the only copy of the weights
+  frozen = None
+  if setup.lora is None:
+    graphdef, state = init_train_state(setup.model, make_optimizer(optimizer_config))
+  else:
+    lora.add_lora(setup.model, setup.lora)
+    graphdef, state, frozen = init_adapter_train_state(setup.model, make_optimizer(optimizer_config))
+  setup.model = None  # the train state (and a LoRA run's frozen base) holds the only copy of the weights
 
   batches = step_iterator(
     step_dataset(
@@ -603,6 +707,11 @@ def run(
   if restored is not None:
     state, meta = restored
     start = int(meta["step"])
+    try:
+      _check_base(meta, setup, checkpoint_dir)
+    except identity.RerunRefused:
+      checkpointer.close()
+      raise
     position = batches.get_state().get("next_index", start)
     if position != start:
       raise ValueError(f"{checkpoint_dir}: data position {position} does not match step {start}")
@@ -620,10 +729,14 @@ def run(
 
   # Numbers as inputs, not constants: runs of one shape share the compiled step.
   static_loss, loss_values = split_loss_config(loss_config(config))
+  if _online_reference(config):
+    static_loss = dataclasses.replace(static_loss, reference="adapters_off")
   hyperparameters = jax.device_put(
     {"optimizer": optimizer_hyperparameters(optimizer_config), "loss": loss_values}, NamedSharding(setup.mesh, P())
   )
   step_fn = functools.partial(shared_train_step, graphdef, loss_config=static_loss)
+  if frozen is not None:
+    step_fn = functools.partial(shared_train_step, graphdef, frozen=frozen, loss_config=static_loss)
   row_sharding = NamedSharding(setup.mesh, P(None, ("data", "fsdp")))
 
   def sync_after(step: int) -> bool:
@@ -642,8 +755,11 @@ def run(
     checkpointer,
     checkpoint_dir,
     run_id,
+    frozen,
   )
   meta = {"run": run_id}
+  if frozen is not None:  # a checkpoint of adapters is only meaningful on top of the base it trained on
+    meta["base_model"] = setup.source.fingerprint()
   try:
     # One step in flight: step s+1 is dispatched before step s's metrics are read, so the host's work
     # overlaps the device's.  Steps whose state is needed (hooks, checkpoints, the last) are finished at
@@ -688,10 +804,22 @@ def run(
   if finished:
     if _exports_current(config, workdir, run_id, end):
       return json.loads((workdir / "summary.json").read_text())
-    summary.update(_export(config, workdir, setup, graphdef, state.params))
+    summary.update(_export(config, workdir, setup, graphdef, state.params, frozen))
   if jax.process_index() == 0:
     atomic.write_json(workdir / "summary.json", summary)
   return summary
+
+
+def _check_base(meta: Mapping[str, Any], setup: _Setup, checkpoint_dir: str) -> None:
+  """A LoRA checkpoint resumes only onto the base model its adapters were trained on."""
+  if setup.lora is None:
+    return
+  saved, current = meta.get("base_model"), setup.source.fingerprint()
+  if saved != current:
+    raise identity.RerunRefused(
+      f"{checkpoint_dir}: its LoRA adapters were trained on the base model with fingerprint {saved}, "
+      f"config.model has fingerprint {current}; adapters resume only onto their own base model"
+    )
 
 
 def _agree(flag: bool) -> bool:

@@ -32,6 +32,7 @@ from deepalign_jax.data import (
   tokenize_conversation,
 )
 from deepalign_jax.data.pipeline import StepOrder, pad_rows
+from deepalign_jax.data.tables import parse_columns
 from deepalign_jax.data.tfds_builders import load_records
 
 OBJECTIVES = ("sft", "constrained_sft", "augmented", "dpo")
@@ -182,12 +183,21 @@ def training_rows(
   data, seed = config.data, config.train.seed
   if data.every_nth < 1:
     raise ValueError(f"config.data.every_nth must be >= 1, got {data.every_nth}")
+  read_formats = (data.utility_format,) if config.objective == "augmented" else (data.format,)
+  if parse_columns(data.get("columns"), "config.data.columns") and "table" not in read_formats:
+    raise ValueError(
+      f"config.data.columns is set, but no data file of the {config.objective} objective is read with format "
+      f"'table' (formats: {', '.join(read_formats)}); the mapping names a table's columns"
+    )
 
   def read(key: str, fmt: str):
     path = data[key]
     if not path:
       raise ValueError(f"config.data.{key} is empty: the {config.objective} objective reads {fmt} records from it")
-    return load_records(path, fmt, split=data.split, data_dir=data.tfds_data_dir or None)[:: data.every_nth]
+    # The column mapping is format table's: a file in a format of its own is read by its own field names.
+    columns = parse_columns(data.get("columns"), "config.data.columns") if fmt == "table" else None
+    records = load_records(path, fmt, split=data.split, data_dir=data.tfds_data_dir or None, columns=columns)
+    return records[:: data.every_nth]
 
   if config.objective in ("sft", "constrained_sft"):
     examples, truncated = _tokenize(renderer, read("path", data.format), data.max_length)

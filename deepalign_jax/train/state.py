@@ -3,7 +3,9 @@
 The state is a plain pytree — step, parameters (an `nnx.State` of the
 model's Params) and optax state — so the train step is a pure function of
 it and Orbax checkpoints it as is.  The model's structure (the NNX graph
-definition) is static and lives beside it.
+definition) is static and lives beside it.  With LoRA the state's parameters
+are the adapters alone (`init_adapter_train_state`): the frozen base weights
+live beside the state, so neither the optimizer nor a checkpoint holds them.
 """
 
 from __future__ import annotations
@@ -125,12 +127,32 @@ def _optimizer_state_shardings(params, abstract_opt_state):
 
 def init_train_state(model: nnx.Module, optimizer: optax.GradientTransformation):
   """(graphdef, TrainState) for a model; optimizer state is sharded like the params."""
+  if jax.tree.leaves(nnx.state(model, nnx.LoRAParam)):
+    raise ValueError("the model has LoRA adapters: init_adapter_train_state trains them alone")
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   if jax.tree.leaves(rest):
     raise ValueError("the model has non-parameter state; the train step only updates Params")
+  return graphdef, _train_state(params, optimizer)
+
+
+def init_adapter_train_state(model: nnx.Module, optimizer: optax.GradientTransformation):
+  """(graphdef, TrainState of the LoRA adapters, the frozen base parameters) for a model with adapters.
+
+  The optimizer state mirrors the adapters only; the base stays in its own dtype (bf16 if loaded so)
+  and is an input of the train step (`train_step(..., frozen=)`), never updated.
+  """
+  graphdef, adapters, frozen, rest = nnx.split(model, nnx.LoRAParam, nnx.Param, ...)
+  if not jax.tree.leaves(adapters):
+    raise ValueError("the model has no LoRA adapters (models.lora.add_lora gives it some)")
+  if jax.tree.leaves(rest):
+    raise ValueError("the model has non-parameter state; the train step only updates Params")
+  return graphdef, _train_state(adapters, optimizer), frozen
+
+
+def _train_state(params, optimizer: optax.GradientTransformation) -> TrainState:
   shardings = _optimizer_state_shardings(params, jax.eval_shape(optimizer.init, params))
   opt_state = jax.jit(optimizer.init, out_shardings=shardings)(params)
   step = jnp.zeros((), jnp.int32)
   if shardings is not None:  # keep the step on the mesh too (checkpoints restore per leaf)
     step = jax.device_put(step, jax.tree.leaves(params)[0].sharding.update(spec=jax.sharding.PartitionSpec()))
-  return graphdef, TrainState(step, params, opt_state)
+  return TrainState(step, params, opt_state)

@@ -12,6 +12,14 @@ Normalisers are token counts of the whole batch, known from the masks before
 any forward pass; each micro-batch contributes its loss *sum* divided by
 them, so gradients simply add up and M micro-batches of b give exactly the
 update of one batch of M·b — on one device or sharded over many.
+
+With LoRA the state's parameters are the adapters and the frozen base comes
+in beside them (`frozen`); the reference of the constrained and DPO
+objectives can then be the model itself with its adapters switched off,
+computed in the same step (`LossConfig.reference="adapters_off"`): no cache,
+no second model.  The adapters' dropout draws from a key that depends only
+on the step and the micro-batch, so a resumed run draws what an uninterrupted
+one does.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from deepalign_jax import losses
 from deepalign_jax.train.state import TrainState, make_optimizer
 
 OBJECTIVES = ("sft", "constrained", "dpo")
+REFERENCES = ("batch", "adapters_off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +61,8 @@ class LossConfig:
   dpo_beta: DPO's β.
   sft_weight: DPO plus this × the token-mean NLL of the chosen responses
     (TRL's `loss_type=["sigmoid", "sft"]`, `loss_weights=[1, sft_weight]`); 0: DPO alone.
+  reference: where π_ref's log-probs come from: 'batch' (`ref_logps`, cached before training) or
+    'adapters_off' (a LoRA model's base, its adapters switched off, in the same step).
   """
 
   objective: str = "sft"
@@ -62,21 +73,30 @@ class LossConfig:
   log_positions: int = 8
   dpo_beta: float = 0.1
   sft_weight: float = 0.0
+  reference: str = "batch"
 
   def __post_init__(self):
     if self.objective not in OBJECTIVES:
       raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+    if self.reference not in REFERENCES:
+      raise ValueError(f"reference must be one of {REFERENCES}, got {self.reference!r}")
     if self.objective == "dpo" and self.alpha is not None:
       raise ValueError("alpha (D_H / D_B mixing) is for the augmented objective, not dpo")
 
 
-def target_logps(model, input_ids, attention_mask, vocab_chunk=None) -> jax.Array:
-  """log π(input_ids[t] | input_ids[<t]) for t = 1..L-1, as [b, L-1] fp32."""
+def target_logps(
+  model, input_ids, attention_mask, vocab_chunk=None, *, adapters: bool = True, dropout_rng=None
+) -> jax.Array:
+  """log π(input_ids[t] | input_ids[<t]) for t = 1..L-1, as [b, L-1] fp32.
+
+  adapters=False: a LoRA model's base; dropout_rng: the adapters' dropout (training only).
+  """
   targets = input_ids[:, 1:]
+  kw = dict(attention_mask=attention_mask, adapters=adapters, dropout_rng=dropout_rng)
   if vocab_chunk:
-    hidden, _ = model.hidden_states(input_ids, attention_mask=attention_mask)
+    hidden, _ = model.hidden_states(input_ids, **kw)
     return losses.chunked_token_logps(hidden[:, :-1], model.output_head(), targets, vocab_chunk=vocab_chunk)
-  logits = model(input_ids, attention_mask=attention_mask)
+  logits = model(input_ids, **kw)
   return losses.token_logps(logits[:, :-1], targets)
 
 
@@ -146,9 +166,13 @@ def _dpo_micro(logps, micro, normalisers, cfg: LossConfig):
   return total, stats
 
 
-def _micro_loss(params, graphdef, micro, groups, cfg: LossConfig):
-  model = nnx.merge(graphdef, params)
-  logps = target_logps(model, micro["input_ids"], micro["attention_mask"], cfg.vocab_chunk)
+def _micro_loss(params, graphdef, micro, groups, cfg: LossConfig, frozen=None, dropout_rng=None):
+  model = nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, params, frozen)
+  if cfg.reference == "adapters_off":
+    # π_ref is the base: the same weights without the adapters, no gradient (it reads none of `params`).
+    ref = target_logps(model, micro["input_ids"], micro["attention_mask"], cfg.vocab_chunk, adapters=False)
+    micro = {**micro, "ref_logps": jnp.pad(jax.lax.stop_gradient(ref), ((0, 0), (1, 0)))}
+  logps = target_logps(model, micro["input_ids"], micro["attention_mask"], cfg.vocab_chunk, dropout_rng=dropout_rng)
   if cfg.objective == "dpo":
     return _dpo_micro(logps, micro, groups[0][1], cfg)
   mask = micro["loss_mask"][:, 1:]
@@ -173,8 +197,12 @@ def train_step(
   *,
   optimizer: optax.GradientTransformation,
   loss_config: LossConfig,
+  frozen=None,
 ) -> tuple[TrainState, dict[str, Any]]:
   """One optimizer update over a batch of M micro-batches (pure; jit it).
+
+  frozen: with LoRA, the base parameters (`init_adapter_train_state`); `state.params` are then the
+  adapters, the only thing updated (gradients, clip and AdamW see nothing else).
 
   Metrics: loss, tokens, grad_norm, param_norm (after the update); for the constrained objective also
   `weight_by_position` / `delta_by_position` [log_positions] (mean w_t and
@@ -185,12 +213,15 @@ def train_step(
   """
   groups = _group_weights(batch, loss_config)
   grad_fn = jax.value_and_grad(_micro_loss, has_aux=True)
+  step_key = jax.random.fold_in(jax.random.key(0), state.step)  # the adapters' dropout (unused without)
 
   def accumulate(carry, index):
     loss, grads, stats = carry
     micro = jax.tree.map(lambda x: x[index], batch)
     micro_groups = [(None if member is None else member[index], norm, weight) for member, norm, weight in groups]
-    (micro_loss, micro_stats), micro_grads = grad_fn(state.params, graphdef, micro, micro_groups, loss_config)
+    (micro_loss, micro_stats), micro_grads = grad_fn(
+      state.params, graphdef, micro, micro_groups, loss_config, frozen, jax.random.fold_in(step_key, index)
+    )
     return (
       loss + micro_loss,
       jax.tree.map(lambda g, m: g + m.astype(jnp.float32), grads, micro_grads),
@@ -272,6 +303,7 @@ def shared_train_step(
   state: TrainState,
   batch: Mapping[str, jax.Array],
   hyperparameters: Mapping[str, Mapping[str, jax.Array]],
+  frozen=None,
   *,
   loss_config: LossConfig,
 ):
@@ -279,11 +311,13 @@ def shared_train_step(
   and objective serves every run of a process (and of the persistent compilation cache).
 
   hyperparameters: {"optimizer": optimizer_hyperparameters(...), "loss": the second value of
-  split_loss_config(...)}; loss_config: its first value.  The state is donated.
+  split_loss_config(...)}; loss_config: its first value; frozen: a LoRA run's base parameters (not
+  donated: every step reads them).  The state is donated.
   """
   numbers = hyperparameters["loss"]
   cfg = dataclasses.replace(loss_config, betas=losses.BetaSchedule(**numbers["betas"]), alpha=numbers.get("alpha"))
   if loss_config.objective == "dpo":
     sft_weight = numbers["sft_weight"] if loss_config.sft_weight else 0.0
     cfg = dataclasses.replace(cfg, dpo_beta=numbers["dpo_beta"], sft_weight=sft_weight)
-  return train_step(graphdef, state, batch, optimizer=make_optimizer(hyperparameters["optimizer"]), loss_config=cfg)
+  optimizer = make_optimizer(hyperparameters["optimizer"])
+  return train_step(graphdef, state, batch, optimizer=optimizer, loss_config=cfg, frozen=frozen)

@@ -246,7 +246,11 @@ def test_every_format_is_dispatched():
     "preferences",
     "hexphi",
     "advbench",
+    "jailbreakbench",
+    "harmbench",
+    "strongreject",
     "malicious_instruct",
+    "table",
     "prompts",
   }
 

@@ -220,6 +220,22 @@ def test_seeds_cli_writes_each_verdicts_hold_rate(quick, tmp_path):
     assert claim["verdicts"] == {str(s): own[s][claim["effect"]] for s in (0, 1) if claim["effect"] in own[s]}
     held = sum(v is True for v in claim["verdicts"].values())
     assert claim["hold_rate"] == pytest.approx(held / len(claim["verdicts"]))
+  # The main job over the same two seeds reuses every stage and writes the report on their means.
+  proc = subprocess.run(
+    [sys.executable, "-m", "deepalign_jax.organism", "--workdir", str(tmp_path)]
+    + ["--config.seeds=2", "--config.quick=True"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  output = proc.stdout + proc.stderr
+  assert proc.returncode == 0, output[-4000:]
+  assert "running" not in output.replace("[organism] report", "")
+  report = (tmp_path / "REPORT.md").read_text()
+  assert "2 training seeds" in report and "(seed_1/REPORT.md)" in report
+  assert json.loads((tmp_path / "hold_rates.json").read_text())["claims"] == summary["claims"]
 
 
 def test_report_across_seeds_decides_on_the_means(quick, tmp_path):

@@ -10,6 +10,7 @@ import pytest
 
 from deepalign_jax import recipes
 from deepalign_jax.data import LLAMA2_DEFAULT_SYSTEM_PROMPT
+from deepalign_jax.identity import differences
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "configs/recipes").glob("*.py"))
@@ -26,8 +27,13 @@ def _load(name):
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipe_uses_the_papers_precision_and_batch(path):
   c = _load(path.stem)
-  assert (c.dtype, c.param_dtype, c.remat) == ("bfloat16", "float32", "dots")  # fp32 master weights
   assert c.chat_format in ("llama2", "gemma")
+  if c.lora.rank:  # the base frozen in bf16; adapters and their moments are fp32 whatever param_dtype says
+    assert (c.dtype, c.param_dtype, c.remat) == ("bfloat16", "bfloat16", "dots")
+    assert c.optimizer.learning_rate == {"llama2": 1e-4, "gemma": 2.5e-5}[c.chat_format]
+    assert c.train.batch_size == 64 and c.train.batch_size % c.train.micro_batch_size == 0
+    return
+  assert (c.dtype, c.param_dtype, c.remat) == ("bfloat16", "float32", "dots")  # fp32 master weights
   if c.objective == "dpo":  # not the paper's recipe: the common published DPO settings (Zephyr's)
     assert (c.loss.dpo_beta, c.optimizer.learning_rate, c.optimizer.b1, c.train.epochs) == (0.1, 5e-7, 0.9, 3)
     assert c.train.batch_size == 64 and (2 * c.train.batch_size) % c.train.micro_batch_size == 0
@@ -76,3 +82,16 @@ def test_every_paper_fine_tuning_attack_has_both_objectives():
   ):
     assert {f"{attack}_sft", f"{attack}_constrained"} <= names
   assert {"llama2_augmentation", "gemma_augmentation"} <= names
+
+
+@pytest.mark.parametrize("family", ["llama2", "gemma"])
+@pytest.mark.parametrize("objective", ["sft", "constrained"])
+def test_the_lora_harmful_recipes_are_the_full_ones_with_adapters(family, objective):
+  """Every setting of the full fine-tuning recipe, plus the adapters, a bf16 base and 5× the learning rate."""
+  lora, full = _load(f"{family}_harmful_lora_{objective}"), _load(f"{family}_harmful_{objective}")
+  assert (lora.lora.rank, lora.lora.alpha, lora.lora.dropout) == (16, 32.0, 0.05)
+  assert lora.lora.targets == ["q", "k", "v", "o", "gate", "up", "down"] and lora.lora.layers == []
+  assert lora.lora.reference == "adapters_off"
+  assert lora.optimizer.learning_rate == pytest.approx(5 * full.optimizer.learning_rate)
+  differ = {key for key, _, _ in differences(full.to_dict(), lora.to_dict())}
+  assert differ == {"param_dtype", "optimizer.learning_rate", "lora.rank", "lora.alpha", "lora.dropout"}
