@@ -12,9 +12,7 @@ SFT-style alignment is tuned to.  If none qualifies, the strongest is taken and
 the report says so.
 """
 
-import ml_collections
-
-from deepalign_jax.organism.layout import Layout, parse_arg, train_config
+from deepalign_jax.organism.layout import Layout, alignment_sweep, parse_arg, train_config
 
 
 def get_config(arg=None):
@@ -28,12 +26,7 @@ def get_config(arg=None):
   # the procedure (REPORT.md, "What was changed after seeing results").
   c.optimizer.learning_rate = 1e-4
   c.optimizer.b1, c.optimizer.b2 = 0.9, 0.99
-  c.optimizer.warmup_steps = 0
-  c.optimizer.decay = "constant"  # a checkpoint at step s is then exactly an s-step alignment
   c.train.batch_size = c.train.micro_batch_size = 32
   steps = [48, 96] if opts.quick else [16, 32, 64, 96]
-  c.train.num_steps = max(steps)
-  c.checkpoint.every_steps = 16
-  c.checkpoint.keep = max(steps) // 16
-  c.sweep = ml_collections.ConfigDict(dict(steps=steps, max_asr=0.05))
+  alignment_sweep(c, steps, every=16)
   return c

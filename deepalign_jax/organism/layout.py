@@ -164,6 +164,20 @@ def train_config(opts: Options):
   return c
 
 
+def alignment_sweep(c, steps, every: int, max_asr: float = 0.05) -> None:
+  """An alignment run that is its own strength sweep: a constant learning rate (a checkpoint at step s
+  is then exactly an s-step alignment), a checkpoint every `every` steps kept, and `c.sweep` — the
+  strengths the pipeline measures and the k = 0 ASR its choice must reach."""
+  import ml_collections
+
+  c.optimizer.warmup_steps = 0
+  c.optimizer.decay = "constant"
+  c.train.num_steps = max(steps)
+  c.checkpoint.every_steps = every
+  c.checkpoint.keep = max(steps) // every
+  c.sweep = ml_collections.ConfigDict(dict(steps=list(steps), max_asr=max_asr))
+
+
 def eval_config(opts: Options):
   """The evaluation defaults of every organism measurement (the paper's decoding, SPEC §6)."""
   from deepalign_jax.evaluate import default_config
@@ -188,4 +202,14 @@ def eval_config(opts: Options):
   return c
 
 
-__all__ = ["FINETUNES", "MAX_LENGTH", "SWEEPS", "Layout", "Options", "eval_config", "parse_arg", "train_config"]
+__all__ = [
+  "FINETUNES",
+  "MAX_LENGTH",
+  "SWEEPS",
+  "Layout",
+  "alignment_sweep",
+  "Options",
+  "eval_config",
+  "parse_arg",
+  "train_config",
+]

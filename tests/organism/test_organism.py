@@ -23,14 +23,18 @@ from deepalign_jax.organism.results import EARLY, LATE, early_share
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_quick(workdir: Path, seed: int = 0) -> tuple[dict, str]:
-  """Runs the quick pipeline in a fresh process; returns (results.json, its output)."""
-  env = dict(os.environ)
-  # One CPU device: tests/conftest.py simulates 8 for the sharding tests.
+def _env() -> dict:
+  """The environment of an organism subprocess: one CPU device (tests/conftest.py simulates 8)."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   env["XLA_FLAGS"] = " ".join(
     f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f
   )
-  env["JAX_PLATFORMS"] = "cpu"
+  return env
+
+
+def run_quick(workdir: Path, seed: int = 0) -> tuple[dict, str]:
+  """Runs the quick pipeline in a fresh process; returns (results.json, its output)."""
+  env = _env()
   proc = subprocess.run(
     [
       sys.executable,
@@ -195,8 +199,7 @@ def test_seeds_cli_writes_each_verdicts_hold_rate(quick, tmp_path):
 
   root, _, _ = quick
   shutil.copytree(root, tmp_path / "seed_0")
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
+  env = _env()
   proc = subprocess.run(
     [sys.executable, "-m", "deepalign_jax.organism.seeds", "--workdir", str(tmp_path)]
     + ["--config.seeds=2", "--config.quick=True"],
