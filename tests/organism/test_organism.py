@@ -274,17 +274,18 @@ def _numbers(collected):
 
 
 def test_dpo_alignment_starts_at_the_reference_and_learns_the_preference(quick):
-  """The DPO stage: at step 1 the policy is its reference (every reward 0, loss log 2); by its last step the
-  refusal is preferred on (nearly) every pair, and the chosen model is one of its sweep's strengths."""
+  """The DPO stage: at step 1 the policy is its reference (every reward 0: the DPO term is log 2, and the
+  SFT term on the chosen answers adds their NLL); by its last step the refusal is preferred on (nearly)
+  every pair, and the chosen model is one of its sweep's strengths."""
   import math
 
   root, results, _ = quick
   metrics = [json.loads(line) for line in (root / "align_dpo/metrics.jsonl").read_text().splitlines() if line]
   first, last = metrics[0], metrics[-1]
-  assert first["loss"] == pytest.approx(math.log(2), abs=1e-4)
   assert abs(first["chosen_reward"]) < 1e-4 and abs(first["rejected_reward"]) < 1e-4
+  config = json.loads((root / "align_dpo/config.json").read_text())
+  assert config["loss"]["sft_weight"] > 0 and first["loss"] > math.log(2) + 0.1  # log 2 + the chosen NLL (3.9-6.5, seeds 0-2)
   assert last["reward_margin"] > 1.0 and last["reward_accuracy"] >= 0.9
   choice = results["dpo_sweep"]["choice"]
-  config = json.loads((root / "align_dpo/config.json").read_text())
   assert choice["steps"] in config["sweep"]["steps"] and config["objective"] == "dpo"
   assert json.loads((root / "dpo/organism_choice.json").read_text())["steps"] == choice["steps"]
