@@ -284,7 +284,8 @@ def test_dpo_alignment_starts_at_the_reference_and_learns_the_preference(quick):
   first, last = metrics[0], metrics[-1]
   assert abs(first["chosen_reward"]) < 1e-4 and abs(first["rejected_reward"]) < 1e-4
   config = json.loads((root / "align_dpo/config.json").read_text())
-  assert config["loss"]["sft_weight"] > 0 and first["loss"] > math.log(2) + 0.1  # log 2 + the chosen NLL (3.9-6.5, seeds 0-2)
+  # log 2 plus the chosen answers' NLL (3.9-6.5 nats for seeds 0-2)
+  assert config["loss"]["sft_weight"] > 0 and first["loss"] > math.log(2) + 0.1
   assert last["reward_margin"] > 1.0 and last["reward_accuracy"] >= 0.9
   choice = results["dpo_sweep"]["choice"]
   assert choice["steps"] in config["sweep"]["steps"] and config["objective"] == "dpo"
