@@ -52,8 +52,13 @@ def _adapted(path, targets=ALL, layers=(), rank=4, alpha=8.0, mesh=None, **load)
   return add_lora(model, lora_config(rank=rank, alpha=alpha, dropout=0.0, targets=targets, layers=list(layers))), cfg
 
 
-def _randomise(model, seed=0, std=0.3):
-  """Every adapter weight random (B included), so the adapters change the logits."""
+def _randomise(model, seed=0, std=0.1):
+  """Every adapter weight random (B included), so the adapters change the logits.
+
+  At std 0.1 the update (α/r)·A·B is about the size of the base weights (std 0.06) and moves the
+  logits by 80-150% of their scale.  At 0.3 it was six times the base weights in every target: the
+  network amplified fp32 rounding so much that two exact computations of it (PyTorch's merged and
+  adapted models) differed by 4e-5 relative, too close to the bounds below to test anything."""
   state = nnx.state(model, nnx.LoRAParam)
   leaves, treedef = jax.tree.flatten(state)
   keys = jax.random.split(jax.random.key(seed), len(leaves))
@@ -122,7 +127,7 @@ def test_peft_loads_our_adapters_with_the_same_logits_and_our_merged_export_agre
   expected_modules = len(layers or range(cfg.num_layers)) * len(targets)
   assert len(loaded) == 2 * expected_modules  # every adapter we wrote, none missing
   theirs = hf_logits(peft_model, ids, mask, positions)[real]
-  assert np.abs(ours - theirs).max() <= 1e-4 * scale  # measured ≤ 2e-6 relative
+  assert np.abs(ours - theirs).max() <= 1e-4 * scale  # measured ≤ 4e-6 relative (all four cases)
 
   merged = merge_lora(model)
   assert merged.lora is None and model.lora is not None  # the adapted model is left as it was
