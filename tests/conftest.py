@@ -11,17 +11,27 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+# A process may hold 65,530 memory maps (vm.max_map_count); each XLA:CPU executable maps its machine
+# code, and the suite's thousands of them reached the limit at ~84% of the suite, where the next
+# compilation crashed inside LLVM (SIGSEGV / SIGABRT, no Python error).  One module adds up to ~20,000.
+RELEASE_AT_MAPS = 30_000
+
+
+def _memory_maps() -> int:
+  try:
+    with open("/proc/self/maps") as maps:
+      return sum(1 for _ in maps)
+  except OSError:  # not Linux
+    return 0
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
-  """Drops JAX's compiled programs after each test module.
-
-  Every XLA:CPU executable maps its machine code into the process; the suite's thousands of them
-  outgrew the kernel's 65,530 memory maps per process (vm.max_map_count) at ~84% of the suite, and
-  the next compilation crashed inside LLVM (SIGSEGV / SIGABRT, not a Python error).  A module's
-  tests still share their compiled programs.
-  """
+  """After a test module, drops JAX's compiled programs once the process holds RELEASE_AT_MAPS maps
+  (not after every module: later modules reuse compiled programs, e.g. the generation loop's)."""
   yield
-  import jax
+  if _memory_maps() > RELEASE_AT_MAPS:
+    import jax
 
-  jax.clear_caches()
-  gc.collect()
+    jax.clear_caches()
+    gc.collect()

@@ -194,4 +194,6 @@ def test_every_objective_trains_with_lora(models, tmp_path, objective):
   metrics = _metrics(tmp_path / "run")
   assert all(np.isfinite(m["loss"]) and m["grad_norm"] > 0 for m in metrics)
   if objective == "dpo":  # π = π_ref at step 1: the base with its adapters off is the policy itself
-    assert metrics[0]["loss"] == pytest.approx(np.log(2), rel=1e-6) and metrics[0]["reward_margin"] == 0.0
+    # up to fp32 rounding: the adapters-on and adapters-off programs are compiled apart (measured 4e-7)
+    assert metrics[0]["loss"] == pytest.approx(np.log(2), rel=1e-6)
+    assert metrics[0]["reward_margin"] == pytest.approx(0.0, abs=1e-5)
