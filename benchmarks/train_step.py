@@ -1,7 +1,7 @@
 """Train-step speed: deepalign_jax vs transformers + PyTorch, same model, batch and loss.
 
     python benchmarks/train_step.py [--model DIR] [--batch 4] [--seq 256]
-                                    [--objective constrained] [--peak_gflops 155]
+                                    [--objective constrained] [--peak_gflops 155] [--unroll]
 
 Both sides run one optimizer step of the same objective on the same tokens:
 forward, per-token log-probs, the loss (the token-wise constrained loss of
@@ -38,6 +38,7 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--peak_gflops", type=float, default=155.0)
   parser.add_argument("--skip_torch", action="store_true")
+  parser.add_argument("--unroll", action="store_true", help="the layers unrolled (scan_layers=False)")
   args = parser.parse_args()
 
   from deepalign_jax.models import load_pretrained
@@ -53,6 +54,7 @@ def main() -> None:
 
   path = args.model or str(packaged_checkpoint("smollm2"))
   model, cfg = load_pretrained(path)
+  model.scan_layers = not args.unroll
   rng = np.random.default_rng(0)
   b, t = args.batch, args.seq
   ids = rng.integers(10, cfg.vocab_size - 10, (b, t)).astype(np.int32)

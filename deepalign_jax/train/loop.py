@@ -88,6 +88,7 @@ HARMLESS = (
   "wandb",
   "export_hf",
   "remat",  # recomputation, not other numbers
+  "scan_layers",  # the same computation compiled another way
   "mesh",  # another topology resumes the same run
   "eval",  # the in-training evaluation logs numbers beside the loss, it changes no weight
   "train.stop_after_steps",
@@ -108,6 +109,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.dtype = "float32"  # compute dtype (float32 | bfloat16); parameters too unless param_dtype is set
   c.param_dtype = ""  # "float32" with dtype "bfloat16": fp32 master weights and AdamW moments
   c.remat = "none"  # rematerialisation of the layer scan: none | dots | full
+  # True: the layers run as one jax.lax.scan (fast compiles, the default); False: unrolled, faster steps for
+  # small models on CPU (benchmarks/train_step.py --unroll), compile time growing with the layer count
+  c.scan_layers = True
   c.mesh = ml_collections.ConfigDict(
     dict(
       data=1,  # data-parallel ways (rows)
@@ -273,6 +277,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: Path) -> _Setup:
   dtype = dtype_from_name(config.dtype, "config.dtype")
   param_dtype = dtype_from_name(config.param_dtype, "config.param_dtype") if config.param_dtype else dtype
   model = sources.load(source, dtype=dtype, param_dtype=param_dtype, mesh=mesh, remat=config.remat)
+  model.scan_layers = config.scan_layers
   tokenizer = load_tokenizer(source.tokenizer)
   renderer = ChatRenderer(tokenizer, config.chat_format, config.system_prompt, config.response_end)
   data = training_rows(config, renderer, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)

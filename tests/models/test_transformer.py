@@ -36,6 +36,34 @@ def test_remat_changes_nothing_but_memory(remat):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("family,remat", [("gemma2", "none"), ("llama", "dots")])
+def test_unrolled_layers_compute_what_the_scan_computes(family, remat):
+  """scan_layers=False (the layer loop unrolled) gives the scanned stack's loss, gradients and
+  decoded logits through the KV cache; only the compiled program differs."""
+  from deepalign_jax.models import init_cache
+
+  cfg = config_from_hf(FAMILY_CONFIGS[family]().to_dict())
+  ids, mask, _ = left_padded_batch((16, 11), 16)
+  ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+  scanned, unrolled = create_model(cfg, seed=3, remat=remat), create_model(cfg, seed=3, remat=remat)
+  unrolled.scan_layers = False
+  # The scanned stack is one loop over the layers; the unrolled one has none.
+  programs = [nnx.jit(lambda m: m(ids, attention_mask=mask)).lower(m).as_text() for m in (scanned, unrolled)]
+  assert "stablehlo.while" in programs[0] and "stablehlo.while" not in programs[1]
+  loss, grads = _loss_and_grads(scanned, ids, mask)
+  loss_u, grads_u = _loss_and_grads(unrolled, ids, mask)
+  np.testing.assert_allclose(float(loss_u), float(loss), rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(grads_u), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+  decoded = []
+  for model in (scanned, unrolled):
+    logits, cache = model(ids, attention_mask=mask, cache=init_cache(cfg, 2, 17))
+    step, _ = model(ids[:, -1:], attention_mask=jnp.ones((2, 1), jnp.int32), cache=cache)
+    decoded.append((np.asarray(logits), np.asarray(step)))
+  np.testing.assert_allclose(decoded[1][0], decoded[0][0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(decoded[1][1], decoded[0][1], rtol=1e-5, atol=1e-5)
+
+
 def test_unknown_remat_policy_is_refused():
   cfg = config_from_hf(FAMILY_CONFIGS["llama"]().to_dict())
   with pytest.raises(ValueError, match="remat must be one of"):
