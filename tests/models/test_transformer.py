@@ -36,7 +36,9 @@ def test_remat_changes_nothing_but_memory(remat):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("family,remat", [("gemma2", "none"), ("llama", "dots")])
+@pytest.mark.parametrize(
+  "family,remat", [("gemma2", "none"), pytest.param("llama", "dots", marks=pytest.mark.slow)]
+)  # an unrolled stack compiles slowly: ~20 s a case on 2 cores
 def test_unrolled_layers_compute_what_the_scan_computes(family, remat):
   """scan_layers=False (the layer loop unrolled) gives the scanned stack's loss, gradients and
   decoded logits through the KV cache; only the compiled program differs."""
