@@ -1,4 +1,4 @@
-"""Test setup: 8 simulated CPU devices, before JAX is imported anywhere; compiled programs released per module."""
+"""Test setup: 8 simulated CPU devices, before JAX is imported anywhere; compiled programs dropped past a limit."""
 
 import gc
 import os

@@ -109,8 +109,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.dtype = "float32"  # compute dtype (float32 | bfloat16); parameters too unless param_dtype is set
   c.param_dtype = ""  # "float32" with dtype "bfloat16": fp32 master weights and AdamW moments
   c.remat = "none"  # rematerialisation of the layer scan: none | dots | full
-  # True: the layers run as one jax.lax.scan (fast compiles, the default); False: unrolled, faster steps for
-  # small models on CPU (benchmarks/train_step.py --unroll), compile time growing with the layer count
+  # True: the layers run as one jax.lax.scan (the default); False: unrolled, the same numbers, compile time
+  # growing with the layers; slower on XLA:CPU (benchmarks/train_step.py --unroll), unmeasured on accelerators
   c.scan_layers = True
   c.mesh = ml_collections.ConfigDict(
     dict(
