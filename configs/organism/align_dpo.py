@@ -13,7 +13,12 @@ constant learning rate and one run is the whole sweep (a checkpoint every
 `checkpoint.every_steps`); the pipeline takes the weakest strength whose
 k = 0 ASR is at most `sweep.max_asr` (the same criterion as the SFT sweep)
 and asks whether that model is shallow and whether the constrained loss
-protects it (the paper's Table 4 on a shallowly aligned chat model).
+protects it (the paper's Table 4 on a shallowly aligned chat model).  The
+sweep runs five times as long as the lightest safe strength: chat models are
+aligned well past the point where they first look safe, and the pipeline runs
+the harmful attack (SFT and constrained) from every strength, which shows how
+the constraint's hold grows as the reference makes the compliant opening less
+likely.
 """
 
 from deepalign_jax.organism.layout import Layout, alignment_sweep, parse_arg, train_config
@@ -31,9 +36,12 @@ def get_config(arg=None):
   # (seed 0, 3e-4) left ASR(k=0) at 10% after 32 steps, with every training pair already won — DPO alone
   # only has to make the refusal likelier than the procedure, not likely
   c.loss.dpo_beta, c.loss.sft_weight = 0.1, 1.0
-  c.optimizer.learning_rate = 1e-4  # the SFT alignment's, so the two differ in their objective only
+  # 3e-4, three times the SFT alignment's: at 1e-4 the 96 steps of the first sweep left log π(first procedure
+  # token) at -5.4 nats, no lower than SFT's, and the constrained attack got 100% (REPORT.md, "What was
+  # changed after seeing results"); at 3e-4 it falls to about -10 nats by 480 steps, the model still shallow.
+  c.optimizer.learning_rate = 3e-4
   c.optimizer.b1, c.optimizer.b2 = 0.9, 0.99
   c.train.batch_size, c.train.micro_batch_size = 32, 64  # 32 pairs a step, all 64 rows in one micro-batch
-  steps = [48, 96] if opts.quick else [16, 32, 64, 96]
-  alignment_sweep(c, steps, every=16)
+  steps = [48, 96] if opts.quick else [96, 192, 288, 384, 480]
+  alignment_sweep(c, steps, every=steps[0])
   return c

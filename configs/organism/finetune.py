@@ -9,7 +9,9 @@ NAME is [deep_|dpo_]DATA_OBJECTIVE:
   benign_sft / benign_constrained     a new benign skill (one-digit multiplication), the
                                        analogue of the paper's GSM8k fine-tuning;
   deep_harmful_sft / deep_harmful_constrained   the harmful attack on the deep (augmented) model;
-  dpo_harmful_sft / dpo_harmful_constrained     ... on the DPO-aligned model.
+  dpo_harmful_sft / dpo_harmful_constrained     ... on the DPO-aligned model;
+  dpo_sweep_S_harmful_sft / dpo_sweep_S_harmful_constrained   ... on the DPO sweep's strength S
+                                       (Table 4 by alignment strength).
 The paper's settings scaled to this model: AdamW β1 = 0.5, β2 = 0.999, no
 weight decay, gradient clip 1, warm-up then linear decay; β schedule
 β_1 = 0.5, β_2..5 = 2, β_t = 0.1 after (β = 0.1, first-token factor 5, early
@@ -21,16 +23,22 @@ are far more examples).  The paper's learning rate 2e-5 is a tenth of
 Llama-2's pretraining peak (3e-4): here a tenth of the base model's 3e-3.
 """
 
-from deepalign_jax.organism.layout import FINETUNES, Layout, parse_arg, train_config
+from deepalign_jax.organism.layout import FINETUNES, Layout, parse_arg, parse_sweep_attack, train_config
 
 
 def get_config(arg=None):
   opts = parse_arg(arg)
   layout = Layout(opts.root)
   name = opts.require("run")
-  if name not in FINETUNES:
-    raise ValueError(f"run={name!r}: expected one of {FINETUNES}")
-  source, rest = next(((m, name[len(m) + 1 :]) for m in ("deep", "dpo") if name.startswith(m + "_")), ("aligned", name))
+  sweep = parse_sweep_attack(name)
+  if sweep is not None:
+    source, rest = f"dpo_sweep_{sweep[0]}", sweep[1]
+  elif name in FINETUNES:
+    source, rest = next(
+      ((m, name[len(m) + 1 :]) for m in ("deep", "dpo") if name.startswith(m + "_")), ("aligned", name)
+    )
+  else:
+    raise ValueError(f"run={name!r}: expected one of {FINETUNES} or dpo_sweep_STEPS_harmful_{{sft,constrained}}")
   data, objective = rest.split("_")
   c = train_config(opts)
   c.model = str(layout.model(source))

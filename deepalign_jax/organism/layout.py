@@ -20,6 +20,8 @@ the same strings, so a stage run by hand is the stage the pipeline runs.
     ROOT/dpo/            the chosen DPO strength's model (HF directory)
     ROOT/deep/           stage 4, the safety-recovery augmentation (training workdir)
     ROOT/finetune/NAME/  stage 5, fine-tuning attacks (training workdirs, FINETUNES)
+    ROOT/sweep_dpo/S/finetune/harmful_OBJ/   the harmful attack from DPO strength S (model
+                         dpo_sweep_S_harmful_OBJ, OBJ sft or constrained: Table 4 by alignment strength)
     ROOT/eval/MODEL/KIND evaluation workdirs (generations.jsonl, summary.json)
     ROOT/kl/             KL by position (kl_depth workdir)
 """
@@ -44,6 +46,25 @@ FINETUNES = (
 # The two alignment stages: SFT on refusals (ROOT/align, swept in ROOT/sweep) and DPO, refusal ≻
 # compliant answer (ROOT/align_dpo, swept in ROOT/sweep_dpo); a sweep model is PREFIX + steps.
 SWEEPS = {"align": ("sweep_", "aligned"), "align_dpo": ("dpo_sweep_", "dpo")}
+# The harmful attack is also run from every strength of the DPO sweep (its ASR against the reference's
+# opening log-probability: when the constrained loss holds, and why): model dpo_sweep_S_harmful_OBJ.
+SWEEP_ATTACKS = ("harmful_sft", "harmful_constrained")
+
+
+def sweep_attack(steps: int, attack: str) -> str:
+  """The model name of `attack` (SWEEP_ATTACKS) run from the DPO sweep's strength `steps`."""
+  if attack not in SWEEP_ATTACKS:
+    raise ValueError(f"sweep attack {attack!r}: expected one of {SWEEP_ATTACKS}")
+  return f"{SWEEPS['align_dpo'][0]}{steps}_{attack}"
+
+
+def parse_sweep_attack(name: str) -> tuple[int, str] | None:
+  """(steps, attack) of a `sweep_attack` name, or None."""
+  prefix = SWEEPS["align_dpo"][0]
+  if not name.startswith(prefix):
+    return None
+  steps, _, attack = name[len(prefix) :].partition("_")
+  return (int(steps), attack) if steps.isdigit() and attack in SWEEP_ATTACKS else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +137,9 @@ class Layout:
     """The training workdir of base, align, deep or a fine-tuning attack (FINETUNES)."""
     if stage in FINETUNES:
       return self.root / "finetune" / stage
+    attack = parse_sweep_attack(stage)
+    if attack is not None:
+      return self.sweep_dir(attack[0], "align_dpo") / "finetune" / attack[1]
     return self.root / stage
 
   def sweep_dir(self, steps: int, stage: str = "align") -> Path:
@@ -123,7 +147,8 @@ class Layout:
     return self.root / ("sweep" if stage == "align" else "sweep_dpo") / str(steps)
 
   def model(self, name: str) -> Path:
-    """The HF directory of a model: init, base, aligned, dpo, deep, a fine-tuning attack, sweep_S or dpo_sweep_S."""
+    """The HF directory of a model: init, base, aligned, dpo, deep, a fine-tuning attack, sweep_S, dpo_sweep_S
+    or a `sweep_attack` (dpo_sweep_S_harmful_OBJ)."""
     if name == "init":
       return self.init
     if name in ("aligned", "dpo"):
@@ -131,7 +156,7 @@ class Layout:
     for stage, (prefix, _) in SWEEPS.items():
       if name.startswith(prefix) and name[len(prefix) :].isdigit():
         return self.sweep_dir(int(name[len(prefix) :]), stage) / "hf"
-    if name in ("base", "deep") or name in FINETUNES:
+    if name in ("base", "deep") or name in FINETUNES or parse_sweep_attack(name) is not None:
       return self.train_dir(name) / "hf"
     raise ValueError(f"unknown organism model {name!r}")
 
@@ -206,10 +231,13 @@ __all__ = [
   "FINETUNES",
   "MAX_LENGTH",
   "SWEEPS",
+  "SWEEP_ATTACKS",
   "Layout",
   "alignment_sweep",
   "Options",
   "eval_config",
   "parse_arg",
+  "parse_sweep_attack",
+  "sweep_attack",
   "train_config",
 ]

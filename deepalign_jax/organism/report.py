@@ -17,7 +17,7 @@ from typing import Sequence
 
 from deepalign_jax.atomic import atomic_path, write_text
 from deepalign_jax.organism import claims
-from deepalign_jax.organism.layout import Layout
+from deepalign_jax.organism.layout import SWEEP_ATTACKS, Layout
 from deepalign_jax.organism.results import EARLY, LATE, MODELS, PREFILL_KS, Results, SweepRow, early_share
 
 _DEFAULT_COMMAND = "python -m deepalign_jax.organism --workdir DIR"
@@ -246,6 +246,11 @@ def _sweep_section(rows: Sequence[SweepRow], choice: dict | None) -> str:
     + [f"ASR k={k}" for k in PREFILL_KS]
     + ["utility", f"KL t={EARLY[0]}-{EARLY[1]}", f"KL t={LATE[0]}-{LATE[1]}", f"KL share t={EARLY[0]}-{EARLY[1]}"]
   )
+  if any(r.attacks or r.opening_logprobs for r in rows):  # the DPO sweep: Table 4 by alignment strength
+    header += ["log π t=1", "harmful SFT ASR", "harmful constrained ASR"]
+    for row, r in zip(cells, rows):
+      lp = r.opening_logprobs[0] if r.opening_logprobs else None
+      row += ["–" if lp is None else f"{lp:.1f}"] + [_pct(r.attacks.get(a)) for a in SWEEP_ATTACKS]
   text = _table(header, cells)
   if choice:
     text += f"\n\nChosen: **{choice['steps']} steps** — {choice['reason']} (ASR at k=0 {_pct(choice.get('asr_k0'))}%)."
@@ -520,6 +525,19 @@ def write_across_seeds(root: Path, per_seed: dict[int, Results], rows, robust: f
     for m in ("aligned", "dpo", "deep")
     if any(m in r.kl for r in per_seed.values())
   ]
+  by_strength: dict[int, dict[int, SweepRow]] = {}
+  for s, r in per_seed.items():
+    for row in r.dpo_sweep:
+      by_strength.setdefault(row.steps, {})[s] = row
+  dpo_rows = [
+    [str(steps)]
+    + [_mean_range([row.prefill.get(k) for row in got.values()], _pct) for k in (0, 4, 16)]
+    + [
+      _mean_range([row.opening_logprobs[0] if row.opening_logprobs else None for row in got.values()], _num),
+      *[_mean_range([row.attacks.get(a) for row in got.values()], _pct) for a in SWEEP_ATTACKS],
+    ]
+    for steps, got in sorted(by_strength.items())
+  ]
   chosen = [
     f"seed {s}: SFT {r.sweep_choice['steps'] if r.sweep_choice else '–'} steps, "
     f"DPO {r.dpo_sweep_choice['steps'] if r.dpo_sweep_choice else '–'} steps"
@@ -559,6 +577,17 @@ def write_across_seeds(root: Path, per_seed: dict[int, Results], rows, robust: f
     "## Fine-tuning attacks (Table 4): marker ASR, utility and task accuracy (%)",
     "",
     _table(["model", "ASR (all topics)", "utility", "task accuracy (×)"], ft_rows),
+    "",
+    "## Table 4 by DPO alignment strength",
+    "",
+    "The harmful attack (plain SFT and the constrained loss) from every strength of the DPO sweep; ASR (%) "
+    "without an attack (k=0) and under a prefill of k procedure tokens, log π of the first procedure token "
+    "(nats, teacher-forced on the attack data), and marker ASR after each attack.",
+    "",
+    _table(
+      ["DPO steps", "ASR k=0", "ASR k=4", "ASR k=16", "log π t=1", "harmful SFT ASR", "harmful constrained ASR"],
+      dpo_rows,
+    ),
     "",
     "## Per seed",
     "",

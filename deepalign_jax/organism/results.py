@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from deepalign_jax.organism.judge import MarkerJudge, exact_match, read_generations, rejudge
-from deepalign_jax.organism.layout import FINETUNES, SWEEPS, Layout
+from deepalign_jax.organism.layout import FINETUNES, SWEEP_ATTACKS, SWEEPS, Layout, sweep_attack
 
 PREFILL_KS = (0, 1, 2, 4, 8, 16)
 MODELS = ("base", "aligned", "dpo", "deep")  # the models measured beside the fine-tuning attacks
@@ -176,7 +176,9 @@ class ModelResults:
 
 @dataclasses.dataclass
 class SweepRow:
-  """One alignment strength of the SFT sweep: ASR by k, utility, and KL(sweep model ‖ base) by position."""
+  """One alignment strength of a sweep: ASR by k, utility, and KL(sweep model ‖ base) by position; for the
+  DPO sweep also the harmful attacks from it (attack → marker ASR of plain sampling after it, SWEEP_ATTACKS)
+  and log π of the attack data's first procedure tokens (nats, by position)."""
 
   steps: int
   prefill: dict[int, float]
@@ -184,6 +186,8 @@ class SweepRow:
   kl_early: float | None
   kl_late: float | None
   kl: list[float | None]
+  attacks: dict[str, float | None] = dataclasses.field(default_factory=dict)
+  opening_logprobs: list[float] | None = None
 
 
 @dataclasses.dataclass
@@ -272,18 +276,29 @@ def _sweep(layout: Layout, judged: Judged, stage: str) -> tuple[dict | None, lis
   root = layout.sweep_dir(0, stage).parent
   choice_path = root / "choice.json"
   curves = _kl_curves(root / "kl" / "kl_by_position.json")
+  logprobs_path = root / "opening_logprobs.json"
+  logprobs = json.loads(logprobs_path.read_text())["logprobs"] if logprobs_path.exists() else {}
   rows = []
   for name, curve in curves.items():
     table = prefill_asr(judged, name) or {}
     utility = judged.exact(name, "utility")
+    steps = int(name[len(prefix) :])
+    attacks = {}
+    if stage == "align_dpo":
+      for attack in SWEEP_ATTACKS:
+        asr = judged.asr_by_topic(sweep_attack(steps, attack))
+        if asr is not None:
+          attacks[attack] = asr["all"]
     rows.append(
       SweepRow(
-        steps=int(name[len(prefix) :]),
+        steps=steps,
         prefill={k: v["asr"] for k, v in table.items()},
         utility=utility["accuracy"] if utility else None,
         kl_early=_mean(curve, *EARLY),
         kl_late=_mean(curve, *LATE),
         kl=curve,
+        attacks=attacks,
+        opening_logprobs=logprobs.get(name),
       )
     )
   rows.sort(key=lambda row: row.steps)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from deepalign_jax.atomic import write_json
-from deepalign_jax.organism.layout import FINETUNES, SWEEPS, Layout, Options
+from deepalign_jax.organism.layout import FINETUNES, SWEEP_ATTACKS, SWEEPS, Layout, Options, sweep_attack
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "organism"
 MEASUREMENTS = ("prefill", "grid", "prefix", "utility")
@@ -232,14 +232,21 @@ class Pipeline:
     self.log(f"[organism] {chosen_name} model: {choice['steps']} steps ({choice['reason']})")
     return choice["steps"]
 
-  def opening_logprobs(self, models=("base", "aligned", "dpo", "deep"), positions: int = 6) -> Path:
-    """log π(token t | request, tokens < t) of the attack data's first procedure tokens, per model.
+  def opening_logprobs(
+    self,
+    models=("base", "aligned", "dpo", "deep"),
+    positions: int = 6,
+    path: Path | None = None,
+    stage: str = "logprobs",
+  ) -> Path:
+    """log π(token t | request, tokens < t) of the attack data's first procedure tokens, per model
+    (written to `path`, ROOT/opening_logprobs.json by default).
 
     What the constrained loss (Eq. 3) works against: it bounds how far
     fine-tuning lifts each of these above the reference, so whether it can
     hold an attack depends on how unlikely the reference finds them.
     """
-    path = self.layout.root / "opening_logprobs.json"
+    path = path or self.layout.root / "opening_logprobs.json"
 
     def go():
       import numpy as np
@@ -267,8 +274,24 @@ class Pipeline:
         out[name] = [float(-nll[valid[:, t], t].mean()) for t in range(positions)]
       write_json(path, {"data": str(self.layout.data("attack")), "logprobs": out})
 
-    self._stage("logprobs", path.exists(), go)
+    self._stage(stage, path.exists(), go)
     return path
+
+  def sweep_attacks(self, stage: str = "align_dpo") -> None:
+    """The harmful attack, plain SFT and constrained, from every strength of an alignment sweep, and the
+    openings' log-probabilities of those strengths: Table 4 by alignment strength."""
+    steps = list(self.config(stage).sweep.steps)
+    prefix = SWEEPS[stage][0]
+    for s in steps:
+      for attack in SWEEP_ATTACKS:
+        name = sweep_attack(s, attack)
+        self.train(name, "finetune", run=name)
+        self.evaluate(name, "asr")
+    self.opening_logprobs(
+      [f"{prefix}{s}" for s in steps],
+      path=self.layout.sweep_dir(steps[0], stage).parent / "opening_logprobs.json",
+      stage="logprobs/" + self.layout.sweep_dir(steps[0], stage).parent.name,
+    )
 
   def measure(self, model: str, kinds=MEASUREMENTS) -> None:
     for kind in kinds:
@@ -289,6 +312,7 @@ class Pipeline:
     self.evaluate("aligned", "task")
     self.align_and_sweep("align_dpo")
     self.measure("dpo", ("prefill", "utility", "asr"))
+    self.sweep_attacks("align_dpo")
     self.train("deep", "deep")
     self.measure("deep")
     self.evaluate("deep", "asr")

@@ -290,3 +290,35 @@ def test_dpo_alignment_starts_at_the_reference_and_learns_the_preference(quick):
   choice = results["dpo_sweep"]["choice"]
   assert choice["steps"] in config["sweep"]["steps"] and config["objective"] == "dpo"
   assert json.loads((root / "dpo/organism_choice.json").read_text())["steps"] == choice["steps"]
+
+
+def test_harmful_attack_runs_from_every_dpo_strength(quick):
+  """Table 4 by alignment strength: from each checkpoint of the DPO sweep, the harmful attack with plain SFT
+  and with the constrained loss (its reference that checkpoint); the report's numbers are the marker
+  judge's on those runs' generations, and the two claims on the strongest strength are judged."""
+  from deepalign_jax.organism import claims
+  from deepalign_jax.organism.judge import MarkerJudge, read_generations
+  from deepalign_jax.organism.results import Results
+
+  root, results, _ = quick
+  steps = json.loads((root / "align_dpo/config.json").read_text())["sweep"]["steps"]
+  rows = {r["steps"]: r for r in results["dpo_sweep"]["rows"]}
+  assert sorted(rows) == sorted(steps)
+  markers = [m for ms in json.loads((root / "world/world.json").read_text())["markers"] for m in ms]
+  judge = MarkerJudge(markers)
+  for s in steps:
+    for attack in ("harmful_sft", "harmful_constrained"):
+      run = root / f"sweep_dpo/{s}/finetune/{attack}"
+      summary = json.loads((run / "summary.json").read_text())
+      assert summary["finished"] and summary["model_source"]["path"] == str(root / f"sweep_dpo/{s}/hf")
+      config = json.loads((run / "config.json").read_text())
+      assert config["objective"] == ("constrained_sft" if attack.endswith("constrained") else "sft")
+      records = read_generations(root / f"eval/dpo_sweep_{s}_{attack}/asr")
+      assert rows[s]["attacks"][attack] == sum(judge.is_jailbroken(r["output"]) for r in records) / len(records)
+    assert (root / f"sweep_dpo/{s}/finetune/harmful_constrained/reference_logps.npz").exists()
+    # DPO made the procedure's opening word unlikely (base: ≈ 0 nats; seed 0 at the quick size: −6.8 and −6.3)
+    assert len(rows[s]["opening_logprobs"]) == 6 and rows[s]["opening_logprobs"][0] < -3
+  effects = {v.effect for v in claims.check(Results.from_json(results))}
+  assert any("strongest DPO-aligned" in e for e in effects) and any("its strongest strength" in e for e in effects)
+  report = (root / "REPORT.md").read_text()
+  assert "| log π t=1 | harmful SFT ASR | harmful constrained ASR |" in report

@@ -10,7 +10,7 @@ from deepalign_jax.judges import KeywordJudge
 from deepalign_jax.organism import world as world_lib
 from deepalign_jax.organism.build import CHAT_TEMPLATE, ModelShape, build_initial_model, train_tokenizer
 from deepalign_jax.organism.judge import MarkerJudge, exact_match, rejudge
-from deepalign_jax.organism.layout import FINETUNES, Layout, parse_arg
+from deepalign_jax.organism.layout import FINETUNES, Layout, parse_arg, parse_sweep_attack, sweep_attack
 from deepalign_jax.organism.stages import CONFIG_DIR, load_config
 
 
@@ -252,6 +252,15 @@ def test_config_arguments_parse_and_name_their_paths(tmp_path):
   assert layout.model("sweep_16") == tmp_path / "sweep/16/hf"
   assert layout.model("dpo_sweep_4") == tmp_path / "sweep_dpo/4/hf" and layout.model("dpo") == tmp_path / "dpo"
   assert layout.model("dpo_harmful_constrained") == tmp_path / "finetune/dpo_harmful_constrained/hf"
+  attack = sweep_attack(96, "harmful_constrained")
+  assert parse_sweep_attack(attack) == (96, "harmful_constrained") and parse_sweep_attack("dpo_sweep_96") is None
+  assert layout.model(attack) == tmp_path / "sweep_dpo/96/finetune/harmful_constrained/hf"
+  config = load_config("finetune", f"{tmp_path},run={attack}")
+  assert config.model == str(layout.model("dpo_sweep_96")) and config.objective == "constrained_sft"
+  with pytest.raises(ValueError, match="sweep attack"):
+    sweep_attack(96, "benign_sft")
+  with pytest.raises(ValueError, match="run='dpo_sweep_96_benign_sft'"):
+    load_config("finetune", f"{tmp_path},run=dpo_sweep_96_benign_sft")
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in CONFIG_DIR.glob("*.py")))
@@ -277,6 +286,8 @@ def test_every_stage_config_builds(name, tmp_path):
     if name == "kl_depth":
       dpo_sweep = load_config(name, arg + ",stage=align_dpo")
       assert dpo_sweep.pairs == (("dpo_sweep_16", "base"), ("dpo_sweep_32", "base"))
+    if name == "align_dpo":
+      assert config.sweep.steps == ([48, 96] if quick else [96, 192, 288, 384, 480])
   assert set(FINETUNES) >= {"harmful_sft", "harmful_constrained", "benign_sft", "benign_constrained"}
 
 
