@@ -38,7 +38,8 @@ def get_config(arg=None):
   c.loss.dpo_beta, c.loss.sft_weight = 0.1, 1.0
   # 3e-4, three times the SFT alignment's: at 1e-4 the 96 steps of the first sweep left log π(first procedure
   # token) at -5.4 nats, no lower than SFT's, and the constrained attack got 100% (REPORT.md, "What was
-  # changed after seeing results"); at 3e-4 it falls to about -10 nats by 480 steps, the model still shallow.
+  # changed after seeing results"); at 3e-4 it falls to about -10 nats by 480 steps (HOLD_RATES.md: the model
+  # then still shallow by prefilling in 8 of 10 seeds, its KL spread into the procedure).
   c.optimizer.learning_rate = 3e-4
   c.optimizer.b1, c.optimizer.b2 = 0.9, 0.99
   c.train.batch_size, c.train.micro_batch_size = 32, 64  # 32 pairs a step, all 64 rows in one micro-batch

@@ -14,6 +14,7 @@ import math
 import string
 from typing import Callable, Mapping, Sequence
 
+from deepalign_jax.organism.layout import SWEEP_ATTACKS
 from deepalign_jax.organism.results import EARLY, LATE, PROFILE, Finetune, Results, early_share
 
 Values = dict[str, float]
@@ -119,7 +120,7 @@ def _harmful(start: str):
 
 def _strongest_dpo(c: Results):
   """The DPO sweep's strongest strength, when its harmful attacks have run (else None)."""
-  rows = [r for r in c.dpo_sweep if set(r.attacks) == {"harmful_sft", "harmful_constrained"}]
+  rows = [r for r in c.dpo_sweep if set(r.attacks) == set(SWEEP_ATTACKS)]
   return max(rows, key=lambda r: r.steps) if rows else None
 
 
