@@ -277,20 +277,20 @@ class Pipeline:
     self._stage(stage, path.exists(), go)
     return path
 
-  def sweep_attacks(self, stage: str = "align_dpo") -> None:
-    """The harmful attack, plain SFT and constrained, from every strength of an alignment sweep, and the
-    openings' log-probabilities of those strengths: Table 4 by alignment strength."""
-    steps = list(self.config(stage).sweep.steps)
-    prefix = SWEEPS[stage][0]
+  def sweep_attacks(self) -> None:
+    """The harmful attack, plain SFT and constrained, from every strength of the DPO sweep, and the openings'
+    log-probabilities of those strengths: Table 4 by alignment strength."""
+    steps = list(self.config("align_dpo").sweep.steps)
     for s in steps:
       for attack in SWEEP_ATTACKS:
         name = sweep_attack(s, attack)
         self.train(name, "finetune", run=name)
         self.evaluate(name, "asr")
+    sweep_root = self.layout.sweep_dir(steps[0], "align_dpo").parent
     self.opening_logprobs(
-      [f"{prefix}{s}" for s in steps],
-      path=self.layout.sweep_dir(steps[0], stage).parent / "opening_logprobs.json",
-      stage="logprobs/" + self.layout.sweep_dir(steps[0], stage).parent.name,
+      [f"{SWEEPS['align_dpo'][0]}{s}" for s in steps],
+      path=sweep_root / "opening_logprobs.json",
+      stage=f"logprobs/{sweep_root.name}",
     )
 
   def measure(self, model: str, kinds=MEASUREMENTS) -> None:
@@ -312,7 +312,7 @@ class Pipeline:
     self.evaluate("aligned", "task")
     self.align_and_sweep("align_dpo")
     self.measure("dpo", ("prefill", "utility", "asr"))
-    self.sweep_attacks("align_dpo")
+    self.sweep_attacks()
     self.train("deep", "deep")
     self.measure("deep")
     self.evaluate("deep", "asr")
