@@ -1,7 +1,8 @@
 """The key/value cache.
 
 One cache serves every family: keys and values for all layers stacked on a
-leading layer axis (so the layer scan slices it like the parameters), the
+leading layer axis (the layer scan carries the stack and each layer writes its
+own slots in place, so a decode step never copies the cache), the
 position of the token held in each slot (-1 for an empty or padding slot),
 the next slot to write, and the number of real tokens each row has seen.
 

@@ -52,8 +52,12 @@ class Block(nnx.Module):
     self.mlp = GatedMLP(cfg, **kw)
     self.mlp_out_norm = norm() if cfg.post_norms else None
 
-  def __call__(self, x, rope, masks, is_sliding, layer_cache, write_index, rules, lora=None):
-    """One layer.  rope = (cos_global, sin_global, cos_local, sin_local); lora: its `LayerAdapters`."""
+  def __call__(self, x, rope, masks, is_sliding, cache_kv, layer, write_index, rules, lora=None):
+    """One layer.  rope = (cos_global, sin_global, cos_local, sin_local); lora: its `LayerAdapters`.
+
+    cache_kv: None, or the whole stack's (keys, values) [L, B, S, K, H]: this call's keys and values
+    are written into layer `layer`'s slots in place (no copy of the cache), and the stack is returned.
+    """
     cos_g, sin_g, cos_l, sin_l = rope
     cos = jnp.where(is_sliding, cos_l, cos_g)
     sin = jnp.where(is_sliding, sin_l, sin_g)
@@ -61,13 +65,15 @@ class Block(nnx.Module):
 
     h = self.attn_in_norm(x)
     new_keys, new_values = self.attn.project_kv(h, cos, sin, lora)
-    if layer_cache is None:
+    if cache_kv is None:
       keys, values = new_keys, new_values
     else:
-      cache_keys, cache_values = layer_cache
-      start = (0, write_index, 0, 0)
-      keys = jax.lax.dynamic_update_slice(cache_keys, new_keys.astype(cache_keys.dtype), start)
-      values = jax.lax.dynamic_update_slice(cache_values, new_values.astype(cache_values.dtype), start)
+      start = (layer, 0, write_index, 0, 0)
+      cache_kv = tuple(
+        jax.lax.dynamic_update_slice(stack, new[None].astype(stack.dtype), start)
+        for stack, new in zip(cache_kv, (new_keys, new_values))
+      )
+      keys, values = (jax.lax.dynamic_index_in_dim(stack, layer, keepdims=False) for stack in cache_kv)
     attn = self.attn(h, cos, sin, mask, keys.astype(h.dtype), values.astype(h.dtype), rules, lora)
     if self.attn_out_norm is not None:
       attn = self.attn_out_norm(attn)
@@ -76,7 +82,7 @@ class Block(nnx.Module):
     if self.mlp_out_norm is not None:
       mlp = self.mlp_out_norm(mlp)
     x = sharding.constrain(x + mlp, rules, ("act_batch", "act_seq", "act_embed"))
-    return x, (None if layer_cache is None else (keys, values))
+    return x, cache_kv
 
 
 class Transformer(nnx.Module):
@@ -219,21 +225,26 @@ class Transformer(nnx.Module):
     # The adapters ride along the scan with their layers (zeros where a layer has none).
     lora_xs = None if lora is None else (lora.per_layer(), lora.layer_keys(dropout_rng))
 
+    # The cache is carried whole (not scanned): each layer writes its slots in place, so a decode
+    # step moves only this call's keys and values, never a copy of the cache.
     def body(carry, scanned):
-      layer_params, layer_sliding, layer_cache, layer_lora = scanned
+      x, cache_kv = carry
+      layer_params, layer_sliding, layer, layer_lora = scanned
       block = nnx.merge(graphdef, layer_params)
       layer_adapters = None
       if layer_lora is not None:
         layer_adapters = LayerAdapters(layer_lora[0], lora.config.scale, lora.config.dropout, layer_lora[1])
       masks = (global_mask, local_mask)
-      return block(carry, rope, masks, layer_sliding, layer_cache, write_index, rules, layer_adapters)
+      out = block(x, rope, masks, layer_sliding, cache_kv, layer, write_index, rules, layer_adapters)
+      return out, None
 
     policy = REMAT_POLICIES[self.remat]
     if self.remat != "none":
       body = jax.checkpoint(body, policy=policy, prevent_cse=False)
-    layer_caches = None if cache is None else (cache.keys, cache.values)
+    cache_kv = None if cache is None else (cache.keys, cache.values)
     unroll = 1 if self.scan_layers else cfg.num_layers
-    x, new_kv = jax.lax.scan(body, x, (layer_state, is_sliding, layer_caches, lora_xs), unroll=unroll)
+    layers = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+    (x, new_kv), _ = jax.lax.scan(body, (x, cache_kv), (layer_state, is_sliding, layers, lora_xs), unroll=unroll)
 
     x = self.final_norm(x)
     if cache is None:

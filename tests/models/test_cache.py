@@ -1,5 +1,8 @@
 """The KV cache: prefill + one-token decode steps give the full forward's logits."""
 
+import re
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -37,3 +40,33 @@ def test_cached_decode_matches_full_forward(family):
   np.testing.assert_allclose(cached[real], full[real], atol=1e-5, rtol=0)
   assert int(cache.index) == TOTAL
   np.testing.assert_array_equal(np.asarray(cache.lengths), mask.sum(axis=1))
+
+
+def _copied_shapes(hlo: str) -> list[tuple[int, ...]]:
+  """The result shapes of every `copy` instruction in an optimized HLO module's text."""
+  shapes = []
+  for dims, op in re.findall(r"=\s*\w+\[([\d,]*)\][^ ]*\s+([\w-]+)\(", hlo):
+    if op == "copy":
+      shapes.append(tuple(int(d) for d in dims.split(",") if d))
+  return shapes
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_decode_step_writes_the_cache_in_place(scan_layers):
+  # A decode step must write its one token's keys and values into the cache, not copy the cache:
+  # a copy per step moves the whole cache through memory every token (the layer scan's stacked
+  # outputs used to cost three such copies).
+  cfg = config_from_hf(FAMILY_CONFIGS["llama"]().to_dict())
+  model = create_model(cfg, seed=1)
+  model.scan_layers = scan_layers
+  cache = init_cache(cfg, batch_size=2, max_length=64)
+  graphdef, state = nnx.split(model)
+
+  def decode(state, cache, token):
+    return nnx.merge(graphdef, state)(token, attention_mask=jnp.ones_like(token), cache=cache)
+
+  token = jnp.ones((2, 1), jnp.int32)
+  hlo = jax.jit(decode, donate_argnums=1).lower(state, cache, token).compile().as_text()
+  whole, one_layer = cache.keys.shape, cache.keys.shape[1:]
+  copies = _copied_shapes(hlo)
+  assert whole not in copies and one_layer not in copies, copies
