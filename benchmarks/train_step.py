@@ -1,7 +1,7 @@
 """Train-step speed: deepalign_jax vs transformers + PyTorch, same model, batch and loss.
 
     python benchmarks/train_step.py [--model DIR] [--batch 4] [--seq 256] [--objective constrained]
-                                    [--dtype float32] [--remat none] [--peak_gflops 155] [--unroll]
+                                    [--dtype float32] [--remat none] [--attention einsum] [--peak_gflops P] [--unroll]
 
 Both sides run one optimizer step of the same objective on the same tokens:
 forward, per-token log-probs, the loss (the token-wise constrained loss of
@@ -13,9 +13,9 @@ MFU = achieved FLOP/s / --peak_gflops, with FLOPs per step =
 6 · N · tokens (forward + backward of the parameter matmuls, N = parameters
 excluding the embedding lookup but including the output projection)
 + 12 · layers · seq · d_attn · tokens (attention scores and values,
-forward + backward), d_attn = heads · head_dim.  The default peak, 155
-GFLOP/s, is the fp32 matmul rate measured on the 2-core CPU machines; pass
-your accelerator's.  Default model: SmolLM2-135M-Instruct from its package.
+forward + backward), d_attn = heads · head_dim.  The peak is a 2048³ matmul
+in the step's dtype measured in the same run (`timing.matmul_rate`) unless
+--peak_gflops gives one.  Default model: SmolLM2-135M-Instruct from its package.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from timing import best_time  # benchmarks/timing.py (script directory)
+from timing import best_time, matmul_rate  # benchmarks/timing.py (script directory)
 
 
 def torch_device() -> str:
@@ -53,6 +53,7 @@ def measure(
   dtype: str = "float32",
   remat: str = "none",
   unroll: bool = False,
+  attention: str = "einsum",
   repeats: int = 3,
   skip_torch: bool = False,
 ) -> dict:
@@ -74,6 +75,7 @@ def measure(
   jdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
   model, cfg = load_pretrained(path, dtype=jdtype, remat=remat)
   model.scan_layers = not unroll
+  model.attention = attention
   rng = np.random.default_rng(0)
   b, t = batch, seq
   ids = rng.integers(10, cfg.vocab_size - 10, (b, t)).astype(np.int32)
@@ -151,14 +153,16 @@ def main() -> None:
   parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
   parser.add_argument("--remat", choices=["none", "dots", "full"], default="none")
   parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--peak_gflops", type=float, default=155.0)
+  parser.add_argument("--peak_gflops", type=float, default=None, help="default: measured in this run")
   parser.add_argument("--skip_torch", action="store_true")
   parser.add_argument("--unroll", action="store_true", help="the layers unrolled (scan_layers=False)")
+  parser.add_argument("--attention", choices=["einsum", "xla", "cudnn", "auto"], default="einsum")
   args = parser.parse_args()
 
   from deepalign_jax.models.gguf import packaged_checkpoint
 
   path = args.model or str(packaged_checkpoint("smollm2"))
+  peak = args.peak_gflops or matmul_rate(2048, args.dtype) / 1e9
   result = measure(
     path,
     batch=args.batch,
@@ -167,6 +171,7 @@ def main() -> None:
     dtype=args.dtype,
     remat=args.remat,
     unroll=args.unroll,
+    attention=args.attention,
     repeats=args.repeats,
     skip_torch=args.skip_torch,
   )
@@ -176,13 +181,14 @@ def main() -> None:
     rows.append(("transformers + PyTorch", result["torch"]))
   print(
     f"\nmodel {path} ({cfg.num_params / 1e6:.1f}M params), {args.dtype}, batch {args.batch} x {args.seq} tokens, "
-    f"objective {args.objective}, remat {args.remat}, device {jax.devices()[0].device_kind}"
+    f"objective {args.objective}, remat {args.remat}, attention {args.attention}, device {jax.devices()[0].device_kind}"
   )
-  print(f"FLOPs per step {flops / 1e9:.1f} G; MFU against {args.peak_gflops:.0f} GFLOP/s")
+  source = "given" if args.peak_gflops else f"a {args.dtype} 2048³ matmul measured in this run"
+  print(f"FLOPs per step {flops / 1e9:.1f} G; MFU against {peak:.0f} GFLOP/s ({source})")
   print(f"{'':28s} {'tokens/s':>10s} {'GFLOP/s':>9s} {'MFU':>6s}")
   for name, seconds in rows:
     gflops = flops / seconds / 1e9
-    print(f"{name:28s} {tokens / seconds:10.1f} {gflops:9.1f} {gflops / args.peak_gflops * 100:5.1f}%")
+    print(f"{name:28s} {tokens / seconds:10.1f} {gflops:9.1f} {gflops / peak * 100:5.1f}%")
   if len(rows) == 2:
     print(f"{'ratio JAX / PyTorch':28s} {rows[1][1] / rows[0][1]:10.2f}")
 

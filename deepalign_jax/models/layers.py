@@ -128,8 +128,13 @@ class Attention(nnx.Module):
       keys = self.k_norm(keys)
     return apply_rope(keys, cos, sin), values
 
-  def __call__(self, x, cos, sin, mask, keys, values, rules, lora=None) -> jax.Array:
-    """x [B, T, D]; keys/values [B, S, K, H]; mask [B, T, S] → [B, T, D]."""
+  def __call__(self, x, cos, sin, mask, keys, values, rules, lora=None, impl: str = "einsum") -> jax.Array:
+    """x [B, T, D]; keys/values [B, S, K, H]; mask [B, T, S] → [B, T, D].
+
+    impl: "einsum" (ours: grouped einsums, softmax in fp32 at least), or one of `jax.nn.dot_product_attention`'s
+    implementations, "xla" or "cudnn" (GPU, bf16/fp16), or "auto" (its choice).  Those have no logit
+    soft-capping: a family with it (Gemma 2) keeps the einsum path whatever impl says.
+    """
     queries = jnp.einsum("btd,dnh->btnh", x, self.q[...].astype(self.dtype))
     if lora is not None:
       queries = lora.add("q", x, queries)
@@ -138,15 +143,25 @@ class Attention(nnx.Module):
     queries = apply_rope(queries, cos, sin)
     queries = sharding.constrain(queries, rules, ("act_batch", "act_seq", "act_heads", None))
     b, t, n, h = queries.shape
-    k = self.num_kv_heads
-    grouped = queries.reshape(b, t, k, n // k, h)
-    # Softmax in fp32 at least (fp64 when computing in fp64).
-    acc = jnp.promote_types(jnp.float32, self.dtype)
-    logits = jnp.einsum("btkgh,bskh->bkgts", grouped, keys, preferred_element_type=acc) * self.query_scale
-    logits = softcap(logits, self.attn_softcap)
-    logits = jnp.where(mask[:, None, None, :, :], logits, jnp.finfo(acc).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, values).reshape(b, t, n, h)
+    if impl != "einsum" and self.attn_softcap is None:
+      out = jax.nn.dot_product_attention(
+        queries,
+        keys,
+        values,
+        mask=mask[:, None, :, :],
+        scale=self.query_scale,
+        implementation=None if impl == "auto" else impl,
+      )
+    else:
+      k = self.num_kv_heads
+      grouped = queries.reshape(b, t, k, n // k, h)
+      # Softmax in fp32 at least (fp64 when computing in fp64).
+      acc = jnp.promote_types(jnp.float32, self.dtype)
+      logits = jnp.einsum("btkgh,bskh->bkgts", grouped, keys, preferred_element_type=acc) * self.query_scale
+      logits = softcap(logits, self.attn_softcap)
+      logits = jnp.where(mask[:, None, None, :, :], logits, jnp.finfo(acc).min)
+      probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+      out = jnp.einsum("bkgts,bskh->btkgh", probs, values).reshape(b, t, n, h)
     projected = jnp.einsum("btnh,nhd->btd", out, self.o[...].astype(self.dtype))
     return projected if lora is None else lora.add("o", out, projected)
 

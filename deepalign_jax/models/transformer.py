@@ -12,6 +12,11 @@ selects its own.
 program.  On XLA:CPU the scan is faster both for SmolLM2-135M (98 vs 78
 tokens/s, `benchmarks/train_step.py [--unroll]`) and for the organism's 2-layer
 model; `benchmarks/hlo_ops.py` counts what each program does.
+
+`attention` (an attribute too; the train CLI's `config.attention`) picks the
+attention kernel: "einsum" (ours, every family), or `jax.nn.dot_product_attention`
+with implementation "xla", "cudnn" (flash attention on NVIDIA GPUs, bf16) or
+"auto"; families with attention soft-capping (Gemma 2) always use "einsum".
 """
 
 from __future__ import annotations
@@ -37,6 +42,15 @@ REMAT_POLICIES = {
 }
 
 
+ATTENTION_IMPLS = ("einsum", "xla", "cudnn", "auto")
+
+
+def check_attention(attention: str, where: str = "attention") -> None:
+  """Refuses an attention implementation the layers do not have, in one line naming `where`."""
+  if attention not in ATTENTION_IMPLS:
+    raise ValueError(f"{where} must be one of {', '.join(ATTENTION_IMPLS)}, got {attention!r}")
+
+
 class Block(nnx.Module):
   """Pre-norm residual block: attention then gated MLP (+ Gemma 2/3 post-norms)."""
 
@@ -52,7 +66,7 @@ class Block(nnx.Module):
     self.mlp = GatedMLP(cfg, **kw)
     self.mlp_out_norm = norm() if cfg.post_norms else None
 
-  def __call__(self, x, rope, masks, is_sliding, cache_kv, layer, write_index, rules, lora=None):
+  def __call__(self, x, rope, masks, is_sliding, cache_kv, layer, write_index, rules, lora=None, attention="einsum"):
     """One layer.  rope = (cos_global, sin_global, cos_local, sin_local); lora: its `LayerAdapters`.
 
     cache_kv: None, or the whole stack's (keys, values) [L, B, S, K, H]: this call's keys and values
@@ -74,7 +88,7 @@ class Block(nnx.Module):
         for stack, new in zip(cache_kv, (new_keys, new_values))
       )
       keys, values = (jax.lax.dynamic_index_in_dim(stack, layer, keepdims=False) for stack in cache_kv)
-    attn = self.attn(h, cos, sin, mask, keys.astype(h.dtype), values.astype(h.dtype), rules, lora)
+    attn = self.attn(h, cos, sin, mask, keys.astype(h.dtype), values.astype(h.dtype), rules, lora, attention)
     if self.attn_out_norm is not None:
       attn = self.attn_out_norm(attn)
     x = x + attn
@@ -107,15 +121,18 @@ class Transformer(nnx.Module):
     param_dtype=jnp.float32,
     remat: str = "none",
     scan_layers: bool = True,
+    attention: str = "einsum",
     rules: sharding.ShardingRules | None = None,
     rngs: nnx.Rngs,
   ):
     if remat not in REMAT_POLICIES:
       raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
+    check_attention(attention)
     self.config = cfg
     self.dtype = dtype
     self.remat = remat
     self.scan_layers = scan_layers
+    self.attention = attention
     self.rules = rules
     self.embed = nnx.Param(_normal(rngs, (cfg.vocab_size, cfg.hidden_size), param_dtype), axes=("vocab", "embed"))
 
@@ -188,6 +205,7 @@ class Transformer(nnx.Module):
     model.output_head(), ...)` never builds the [B, T, V] logits.
     """
     cfg, rules = self.config, self.rules
+    check_attention(self.attention, "Transformer.attention")
     batch, length = input_ids.shape
     if attention_mask is None:
       attention_mask = jnp.ones((batch, length), jnp.bool_)
@@ -235,7 +253,7 @@ class Transformer(nnx.Module):
       if layer_lora is not None:
         layer_adapters = LayerAdapters(layer_lora[0], lora.config.scale, lora.config.dropout, layer_lora[1])
       masks = (global_mask, local_mask)
-      out = block(x, rope, masks, layer_sliding, cache_kv, layer, write_index, rules, layer_adapters)
+      out = block(x, rope, masks, layer_sliding, cache_kv, layer, write_index, rules, layer_adapters, self.attention)
       return out, None
 
     policy = REMAT_POLICIES[self.remat]

@@ -58,6 +58,7 @@ from deepalign_jax.data.pipeline import step_dataset, step_iterator
 from deepalign_jax.errors import RunError
 from deepalign_jax.models import dtype_from_name, lora, save_pretrained, sources
 from deepalign_jax.models.peft_io import merge_lora, save_peft_adapter
+from deepalign_jax.models.transformer import check_attention
 from deepalign_jax.train import reference, wandb_writer
 from deepalign_jax.train.checkpoints import Checkpointer, checkpoint_steps
 from deepalign_jax.train.rows import OBJECTIVES, AugmentedRows, SupervisedRows, training_rows
@@ -89,6 +90,7 @@ HARMLESS = (
   "export_hf",
   "remat",  # recomputation, not other numbers
   "scan_layers",  # the same computation compiled another way
+  "attention",  # the same attention through another kernel
   "mesh",  # another topology resumes the same run
   "eval",  # the in-training evaluation logs numbers beside the loss, it changes no weight
   "train.stop_after_steps",
@@ -112,6 +114,9 @@ def default_config() -> ml_collections.ConfigDict:
   # True: the layers run as one jax.lax.scan (the default); False: unrolled, the same numbers, compile time
   # growing with the layers; slower on XLA:CPU (benchmarks/train_step.py --unroll), unmeasured on accelerators
   c.scan_layers = True
+  # The attention kernel: einsum (ours, every family) | xla | cudnn | auto (jax.nn.dot_product_attention's;
+  # cudnn: flash attention on NVIDIA GPUs in bf16); Gemma 2's soft-capped attention always runs as einsum
+  c.attention = "einsum"
   c.mesh = ml_collections.ConfigDict(
     dict(
       data=1,  # data-parallel ways (rows)
@@ -278,6 +283,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: Path) -> _Setup:
   param_dtype = dtype_from_name(config.param_dtype, "config.param_dtype") if config.param_dtype else dtype
   model = sources.load(source, dtype=dtype, param_dtype=param_dtype, mesh=mesh, remat=config.remat)
   model.scan_layers = config.scan_layers
+  model.attention = config.attention
   tokenizer = load_tokenizer(source.tokenizer)
   renderer = ChatRenderer(tokenizer, config.chat_format, config.system_prompt, config.response_end)
   data = training_rows(config, renderer, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
@@ -354,6 +360,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     dtype_from_name(config.param_dtype, "config.param_dtype")
   if "wandb" in config:
     wandb_writer.check(config.wandb)
+  check_attention(config.attention, "config.attention")
   lora_settings(config)
 
 

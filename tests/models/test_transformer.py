@@ -10,7 +10,7 @@ import torch
 import transformers
 from flax import nnx
 
-from deepalign_jax.models import config_from_hf, create_model, load_pretrained, save_pretrained
+from deepalign_jax.models import Transformer, config_from_hf, create_model, load_pretrained, save_pretrained
 from tests.models.hf_fixtures import FAMILY_CONFIGS, hf_logits, left_padded_batch, random_hf_model
 
 
@@ -64,6 +64,62 @@ def test_unrolled_layers_compute_what_the_scan_computes(family, remat):
     decoded.append((np.asarray(logits), np.asarray(step)))
   np.testing.assert_allclose(decoded[1][0], decoded[0][0], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(decoded[1][1], decoded[0][1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
+def test_dot_product_attention_computes_what_the_einsums_compute(family):
+  """attention="xla" (jax.nn.dot_product_attention, the kernel available on CPU) gives the einsum path's
+  loss and gradients on a left-padded batch, and its cached prefill + decode logits; a family with
+  soft-capped attention (Gemma 2) keeps the einsums, so its numbers are identical."""
+  from deepalign_jax.models import init_cache
+
+  cfg = config_from_hf(FAMILY_CONFIGS[family]().to_dict())
+  ids, mask, _ = left_padded_batch((16, 11), 16)
+  ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+  ours, theirs = create_model(cfg, seed=4), create_model(cfg, seed=4)
+  theirs.attention = "xla"
+  programs = [nnx.jit(lambda m: m(ids, attention_mask=mask)).lower(m).as_text() for m in (ours, theirs)]
+  # Another kernel is another program, except where soft-capping keeps the einsums.
+  assert (programs[0] == programs[1]) == (cfg.attn_softcap is not None)
+  loss, grads = _loss_and_grads(ours, ids, mask)
+  loss_x, grads_x = _loss_and_grads(theirs, ids, mask)
+  assert np.isfinite(float(loss_x))
+  np.testing.assert_allclose(float(loss_x), float(loss), rtol=1e-6)
+  # fp32 summation order differs between the kernels: each gradient within 1e-4 of its tensor's scale.
+  for a, b in zip(jax.tree.leaves(grads_x), jax.tree.leaves(grads)):
+    a, b = np.asarray(a), np.asarray(b)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+  decoded = []
+  for model in (ours, theirs):
+    logits, cache = model(ids, attention_mask=mask, cache=init_cache(cfg, 2, 17))
+    step, _ = model(ids[:, -1:], attention_mask=jnp.ones((2, 1), jnp.int32), cache=cache)
+    decoded.append((np.asarray(logits)[np.asarray(mask, bool)], np.asarray(step)))
+  np.testing.assert_allclose(decoded[1][0], decoded[0][0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(decoded[1][1], decoded[0][1], rtol=1e-5, atol=1e-5)
+
+
+def test_dot_product_attention_in_bf16_stays_within_the_einsums_rounding():
+  cfg = config_from_hf(FAMILY_CONFIGS["llama"]().to_dict())
+  ids, mask, _ = left_padded_batch((16, 11), 16)
+  ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+  real = np.asarray(mask, bool)
+  exact = np.asarray(create_model(cfg, seed=5)(ids, attention_mask=mask))[real]
+  errors = {}
+  for impl in ("einsum", "xla"):
+    model = create_model(cfg, seed=5, dtype=jnp.bfloat16, param_dtype=jnp.float32)
+    model.attention = impl
+    errors[impl] = np.abs(np.asarray(model(ids, attention_mask=mask))[real] - exact).mean()
+  assert errors["xla"] <= 1.5 * errors["einsum"], errors
+
+
+def test_unknown_attention_is_refused():
+  cfg = config_from_hf(FAMILY_CONFIGS["llama"]().to_dict())
+  with pytest.raises(ValueError, match="attention must be one of einsum, xla, cudnn, auto, got 'flash'"):
+    Transformer(cfg, attention="flash", rngs=nnx.Rngs(0))
+  model = create_model(cfg)
+  model.attention = "flash"
+  with pytest.raises(ValueError, match="Transformer.attention must be one of"):
+    model(jnp.ones((1, 4), jnp.int32))
 
 
 def test_unknown_remat_policy_is_refused():

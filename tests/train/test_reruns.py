@@ -116,6 +116,7 @@ def test_the_same_data_moved_elsewhere_is_the_same_run(models, finished, tmp_pat
     {"data.prefetch": 4},
     {"remat": "full"},
     {"scan_layers": False},
+    {"attention": "xla"},
     {"mesh.fsdp": 1, "mesh.tensor": -1},
     {"eval.limit": 3},
   ],
@@ -138,6 +139,25 @@ def test_an_interrupted_run_resumes_with_harmless_changes_and_matches_an_uninter
   ours = _metrics(workdir)
   assert [m["loss"] for m in ours] == pytest.approx([m["loss"] for m in _metrics(finished)], rel=1e-6)
   assert {m["run"] for m in ours} == {json.loads((finished / "run.json").read_text())["id"]}
+
+
+def test_a_run_through_dot_product_attention_trains_what_the_einsums_train(models, finished, tmp_path, monkeypatch):
+  # config.attention reaches the model (the kernel is traced), with the same losses within the kernels'
+  # fp32 summation-order difference (tests/models/test_transformer.py); a kernel that does not exist
+  # is refused up front.
+  import jax
+
+  calls = []
+  kernel = jax.nn.dot_product_attention
+  monkeypatch.setattr(jax.nn, "dot_product_attention", lambda *a, **k: calls.append(k) or kernel(*a, **k))
+  workdir = tmp_path / "xla"
+  run(_config(models["base"], **{"checkpoint.every_steps": 2, "attention": "xla"}), workdir)
+  assert calls and all(k["implementation"] == "xla" for k in calls)
+  ours, einsum = [m["loss"] for m in _metrics(workdir)], [m["loss"] for m in _metrics(finished)]
+  assert len(ours) == len(einsum) == 4
+  assert ours == pytest.approx(einsum, rel=1e-5)
+  with pytest.raises(ValueError, match=r"^config\.attention must be one of einsum, xla, cudnn, auto, got 'flash'$"):
+    run(_config(models["base"], **{"attention": "flash"}), tmp_path / "flash")
 
 
 def test_an_extended_run_rewrites_params_hf_and_summary_at_the_new_step(models, finished, tmp_path):
