@@ -13,7 +13,9 @@ transformers + PyTorch on the same device, in the same run:
             on the device: fp32 max |Δ| with JAX's default matmul precision
             and with "highest" (GPUs may run fp32 matmuls as TF32), and bf16:
             our error against transformers' fp32 logits beside transformers'
-            own bf16 error (the bounds tests/models/test_parity.py asserts).
+            own bf16 error (the bounds tests/models/test_parity.py asserts),
+            and the bf16 error with attention "auto" (cuDNN flash attention
+            on NVIDIA GPUs) beside our einsums'.
   train     one bf16 train step (constrained loss + AdamW, remat "full" on our
             side, gradient checkpointing on theirs) of a 1B-class Llama shape
             (Llama-3.2-1B's: 16 layers, d 2048, 32/8 heads, F 8192, V 128256)
@@ -256,8 +258,9 @@ def section_parity(table: Table, path: Path, kind: str) -> None:
       ).logits
     return out.float().cpu().numpy()
 
-  def ours(dtype, precision=None):
+  def ours(dtype, precision=None, attention="einsum"):
     model, _ = load_pretrained(path, dtype=dtype)
+    model.attention = attention
     forward = nnx.jit(lambda m, i, a: m(i, attention_mask=a))  # traced afresh under `precision`
     with jax.default_matmul_precision(precision) if precision else contextlib.nullcontext():
       return np.asarray(forward(model, jnp.asarray(ids), jnp.asarray(mask)))
@@ -292,6 +295,18 @@ def section_parity(table: Table, path: Path, kind: str) -> None:
   table.add("parity", "bf16 top-1 agreement with fp32", top1[0], top1[1], note="tests: ours ≥ theirs − 0.06")
   table.rows[-1]["ok"] = top1[0] >= top1[1] - 0.06
   table.failed |= not table.rows[-1]["ok"]
+  # jax.nn.dot_product_attention's own choice of kernel (cuDNN flash attention on NVIDIA GPUs, XLA on
+  # the CPU) in place of our einsums: its bf16 error against fp32, bounded like ours.
+  kernel_err = np.abs(ours(jnp.bfloat16, attention="auto") - truth)[real].mean()
+  table.add(
+    "parity",
+    "bf16 mean|Δ| vs fp32, attention auto (ours, einsum)",
+    float(kernel_err),
+    float(ours_err.mean()),
+    higher_better=False,
+    note="config.attention=auto against our einsums; bound: within 0.5-2x",
+    ok=0.5 <= float(ours_err.mean() / kernel_err) <= 2.0,
+  )
 
 
 def section_train(table: Table, path: Path, peak: float, peak_name: str, dry: bool) -> None:

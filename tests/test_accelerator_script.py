@@ -42,7 +42,7 @@ def test_dry_run_measures_every_section_side_by_side(tmp_path):
     assert row["peer"] > 0 and row["ratio"] == pytest.approx(row["ours"] / row["peer"]), row
   # The parity checks were decided, and passed: fp32 at "highest" precision within the tests' bound.
   checks = [r for r in by_section["parity"] if r["ok"] is not None]
-  assert len(checks) == 3 and all(r["ok"] for r in checks), checks
+  assert len(checks) == 4 and all(r["ok"] for r in checks), checks
   fp32 = [r for r in by_section["parity"] if r["measure"].startswith("fp32")]
   assert all(r["ours"] < 5e-5 for r in fp32), fp32
   fraction = next(r for r in by_section["generate"] if "bandwidth" in r["measure"])
