@@ -47,7 +47,7 @@ def reuse_freed_memory() -> bool:
   the block for the next step: 98k faults, 41.6 ms.  Must run before JAX
   starts its threads (a thread keeps the arena it first used).  The price: a
   process never hands freed memory back to the system, which the organism's
-  ~1 GB processes can afford.
+  small models can afford.
   """
   if not sys.platform.startswith("linux"):
     return False
@@ -56,7 +56,8 @@ def reuse_freed_memory() -> bool:
     mallopt = libc.mallopt
   except (OSError, AttributeError):  # musl and other libcs have no mallopt
     return False
-  return all(mallopt(k, v) == 1 for k, v in ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1)))
+  applied = [mallopt(k, v) for k, v in ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))]
+  return all(ok == 1 for ok in applied)
 
 
 def prepare_runtime(xla_flags: str | None, jax_cache: str, reuse_memory: bool = True) -> None:
