@@ -45,7 +45,10 @@ def reuse_freed_memory() -> bool:
   in ~19,000 fresh pages: 2.0M page faults in 100 train steps, 56.8 ms a step
   (median, 32×48 tokens, 2 cores).  One arena, no mmap and no trimming keep
   the block for the next step: 98k faults, 41.6 ms.  Must run before JAX
-  starts its threads (a thread keeps the arena it first used).  The price: a
+  starts its threads (a thread keeps the arena it first used); arenas made
+  before it (the package has imported numpy and JAX by then) are still
+  shared out to new threads, so how much of the saving a process gets varies:
+  0 to ~5,700 faults a step in fresh processes, against ~19,000.  The price: a
   process never hands freed memory back to the system, which the organism's
   small models can afford.
   """

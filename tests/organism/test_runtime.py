@@ -48,8 +48,10 @@ def _faults_per_call(reuse: bool) -> float:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_reused_memory_spares_the_page_faults_of_every_train_step():
-  # Measured (2 cores, jaxlib 0.10.2): 19,056 faults a step without (the step's 77 MB temporary buffer),
-  # 1,819 with.
+  # Measured (2 cores, jaxlib 0.10.2, this suite's 8 simulated devices): 19,056-19,644 faults a step
+  # without (the step's 77 MB temporary buffer); with, over nine fresh processes, 0.2, 0.3, 0.3, 1,819, 1,819,
+  # 1,932, 3,727, 5,717, 5,722 — how many of XLA's threads end up on an arena made before the setting
+  # (arenas are shared round-robin) varies from process to process.
   without, with_reuse = _faults_per_call(False), _faults_per_call(True)
   assert without > 5_000, f"the step no longer allocates afresh ({without} faults a step): rethink the test"
-  assert with_reuse < without / 4, f"{with_reuse} page faults a step with reuse_freed_memory (without: {without})"
+  assert with_reuse < without / 2, f"{with_reuse} page faults a step with reuse_freed_memory (without: {without})"
