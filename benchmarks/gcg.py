@@ -25,10 +25,11 @@ it needs torch, transformers and scipy), its own loop runs the same
 configuration beside them: the same instruction and target through the
 tokenizer's chat template, the same '!' suffix, --batch candidates
 (`search_width`), --topk, one swap per candidate, its prefix KV cache and
-its decode→encode filter.  Each of its steps is timed from one call of its
-`compute_token_gradient` to the next (the candidates' forward, the filter and
-its buffer bookkeeping included), one step per `run` so that it alternates
-with the other two as well.
+its decode→encode filter.  It runs one step per `run`, so that it alternates
+with the other two as well, each timed from its `compute_token_gradient`
+call to the end of `run` (the candidates' forward, the filter and its buffer
+bookkeeping included; the prefix cache and initial buffer, made once per
+`run`, left out).
 """
 
 from __future__ import annotations
