@@ -39,7 +39,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 10)
 """
 
 
-def _faults_per_call(reuse: bool) -> float:
+def _faults_per_step(reuse: bool) -> float:
   out = subprocess.run(
     [sys.executable, "-c", PROBE, "1" if reuse else "0"], capture_output=True, text=True, timeout=300, check=True
   )
@@ -52,6 +52,6 @@ def test_reused_memory_spares_the_page_faults_of_every_train_step():
   # without (the step's 77 MB temporary buffer); with, over nine fresh processes, 0.2, 0.3, 0.3, 1,819, 1,819,
   # 1,932, 3,727, 5,717, 5,722 — how many of XLA's threads end up on an arena made before the setting
   # (arenas are shared round-robin) varies from process to process.
-  without, with_reuse = _faults_per_call(False), _faults_per_call(True)
+  without, with_reuse = _faults_per_step(False), _faults_per_step(True)
   assert without > 5_000, f"the step no longer allocates afresh ({without} faults a step): rethink the test"
   assert with_reuse < without / 2, f"{with_reuse} page faults a step with reuse_freed_memory (without: {without})"
