@@ -58,20 +58,21 @@ def tunix_model(cfg, params):
   model = nnx.eval_shape(lambda: tunix_llama.Llama3(tcfg, rngs=nnx.Rngs(0)))
   layers = params["layers"]
 
-  def value(x):  # a copy: our step donates (deletes) its own arrays
-    return jnp.array(x.get_value() if hasattr(x, "get_value") else x, copy=True)
+  def value(x, layer=None):  # a copy (of one layer's slice): our step donates (deletes) its own arrays
+    array = x.get_value() if hasattr(x, "get_value") else x
+    return jnp.array(array if layer is None else array[layer], copy=True)
 
   model.embedder.input_embedding.set_value(value(params["embed"]))
   model.final_norm.w.set_value(value(params["final_norm"]["scale"]))
   if not cfg.tie_embeddings:
     model.lm_head.w.set_value(value(params["head"]))
   for i, layer in enumerate(model.layers):
-    layer.input_layernorm.w.set_value(value(layers["attn_in_norm"]["scale"])[i])
-    layer.post_attention_layernorm.w.set_value(value(layers["mlp_in_norm"]["scale"])[i])
+    layer.input_layernorm.w.set_value(value(layers["attn_in_norm"]["scale"], i))
+    layer.post_attention_layernorm.w.set_value(value(layers["mlp_in_norm"]["scale"], i))
     for ours, theirs in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "o_proj")):
-      getattr(layer.attn, theirs).w.set_value(value(layers["attn"][ours])[i])
+      getattr(layer.attn, theirs).w.set_value(value(layers["attn"][ours], i))
     for ours, theirs in (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj")):
-      getattr(layer.mlp, theirs).kernel.set_value(value(layers["mlp"][ours])[i])
+      getattr(layer.mlp, theirs).kernel.set_value(value(layers["mlp"][ours], i))
   return model
 
 
