@@ -1,7 +1,8 @@
 """GCG step speed: deepalign_jax vs a straightforward transformers + PyTorch step, same model.
 
     python benchmarks/gcg.py [--model DIR] [--batch 64] [--topk 256] [--suffix 20]
-                             [--repeats 3] [--chat_format template] [--skip_torch] [--skip_nanogcg]
+                             [--repeats 3] [--chat_format template] [--positions even]
+                             [--skip_torch] [--skip_nanogcg]
 
 Both sides run the same GCG step (SPEC §6) on the same rendered prompt (one
 AdvBench behaviour, its slices from `deepalign_jax.attacks.gcg_tokens`):
@@ -18,7 +19,11 @@ gradients, but runs the whole prompt for every candidate, as the reference
 code does.  Timing: the best of --repeats steps after one warm-up step
 (which compiles), JAX and PyTorch steps alternating so that both see the
 same load on a shared machine.  Default model: SmolLM2-135M-Instruct from
-its package, ChatML template with its default system prompt.
+its package, ChatML template with its default system prompt.  --positions is
+`GCGConfig.positions`: "even" (the default, llm-attacks' evenly spaced swaps,
+whose candidate forward starts each group of candidates at its first swap
+position) or "uniform" (drawn per candidate, as nanoGCG and the PyTorch step
+here draw them).
 
 When the public nanoGCG is installed (`pip install --no-deps nanogcg==0.3.0`;
 it needs torch, transformers and scipy), its own loop runs the same
@@ -182,6 +187,7 @@ def measure(
   dtype: str = "float32",
   skip_torch: bool = False,
   skip_nanogcg: bool = False,
+  positions: str = "even",
 ) -> dict:
   """Best GCG step times (s) of every side; {"jax", "torch", "nanogcg" (None when not run), "jax_loss",
   "torch_loss", "layout", "cfg"}.  nanoGCG runs when it is installed, unless `skip_nanogcg`."""
@@ -197,7 +203,7 @@ def measure(
   renderer = ChatRenderer(tokenizer, chat_format)
   init = " ".join(["!"] * suffix)
   layout = build_layout(renderer, INSTRUCTION, TARGET, init)
-  config = GCGConfig(init_suffix=init, num_candidates=batch, topk=topk, forward_batch=batch)
+  config = GCGConfig(init_suffix=init, num_candidates=batch, topk=topk, forward_batch=batch, positions=positions)
 
   torch_step = holder = nano_step = nano = None
   run_nanogcg = not skip_nanogcg and nanogcg_available()
@@ -261,6 +267,7 @@ def main() -> None:
   parser.add_argument("--topk", type=int, default=256)
   parser.add_argument("--suffix", type=int, default=20, help="'!' tokens in the initial suffix")
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--positions", default="even", choices=("even", "uniform"), help="GCGConfig.positions")
   parser.add_argument("--skip_torch", action="store_true")
   parser.add_argument("--skip_nanogcg", action="store_true", help="do not run nanoGCG even when it is installed")
   args = parser.parse_args()
@@ -279,6 +286,7 @@ def main() -> None:
     repeats=args.repeats,
     skip_torch=args.skip_torch,
     skip_nanogcg=args.skip_nanogcg,
+    positions=args.positions,
   )
   layout, cfg = r["layout"], r["cfg"]
   print(f"JAX step times (the first compiles): {', '.join(f'{t:.2f}' for t in r['jax_times'])} s")
@@ -296,7 +304,7 @@ def main() -> None:
   print(
     f"prompt {len(layout.input_ids)} tokens (prefix {layout.suffix_start}, suffix "
     f"{layout.suffix_length}, target {len(layout.target_ids)}); candidates {args.batch}, "
-    f"top-k {args.topk}"
+    f"top-k {args.topk}; our swap positions {args.positions}"
   )
   print(f"{'':30s} {'s/step':>8s} {'steps/s':>8s} {'last loss':>10s}")
   for name, seconds, loss in rows:

@@ -100,3 +100,14 @@ def test_an_empty_column_mapping_is_not_part_of_the_evaluations_identity(tiny_mo
   assert not any("columns" in k for k in orchestrate.evaluation_identity(config, source, "template"))
   config.benchmark.columns = "prompt=Goal"
   assert orchestrate.evaluation_identity(config, source, "template")["config.benchmark.columns"] == "prompt=Goal"
+
+
+def test_uniform_gcg_positions_keep_the_identity_of_runs_from_before_the_option(tiny_model_dir):
+  """GCG evaluations written before `gcg.positions` existed drew positions uniformly: that setting is
+  their identity (they resume with positions="uniform"); the default, "even", is another evaluation."""
+  config = _config(tiny_model_dir, "jailbreakbench", **{"attack.kind": "gcg"})
+  source = sources.resolve_source(config.model)
+  assert orchestrate.evaluation_identity(config, source, "template")["config.gcg.positions"] == "even"
+  config.gcg.positions = "uniform"
+  ident = orchestrate.evaluation_identity(config, source, "template")
+  assert not any("positions" in k for k in ident) and "config.gcg.topk" in ident

@@ -87,6 +87,30 @@ def test_chunked_token_logps_equals_full_values_and_gradients(layout, softcap, c
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("layout, chunk", [("dv", 16), ("vd", 7), ("dv", 1000)])
+def test_chunked_greedy_match_is_argmax_with_its_tie_break(layout, chunk):
+  # Columns 3, 20 and 41 are one column repeated (chunks of 16 and 7 put them in different chunks, and 41 in
+  # the last, slid-back one): where they hold the maximum, only the lowest id, 3, is the argmax.
+  rng = np.random.default_rng(4)
+  w = rng.normal(size=(8, 50))
+  w[:, 20] = w[:, 41] = w[:, 3]
+  hidden = rng.normal(size=(3, 40, 8))
+  logits = hidden @ w
+  tied = logits.argmax(-1) == 3
+  assert tied.sum() >= 2
+  targets = np.where(tied, np.array([3, 20, 41])[:, None], rng.integers(0, 50, (3, 40)))
+  targets[0, :5] = logits[0, :5].argmax(-1)  # plain hits too
+  head = OutputHead(jnp.asarray(w if layout == "dv" else w.T, jnp.float32), layout)
+  logps, greedy = chunked_token_logps(
+    jnp.asarray(hidden, jnp.float32), head, jnp.asarray(targets), vocab_chunk=chunk, greedy=True
+  )
+  np.testing.assert_array_equal(greedy, np.argmax(np.asarray(logits, np.float32), -1) == targets)
+  assert greedy[0][tied[0]].all() and not greedy[1:][tied[1:]].any() and greedy[0, :5].all()
+  np.testing.assert_allclose(
+    logps, np.take_along_axis(_np_log_softmax(logits), targets[..., None], -1)[..., 0], atol=1e-4
+  )
+
+
 def test_beta_schedule_is_the_papers():
   np.testing.assert_allclose(BetaSchedule().values(8), [0.5, 2.0, 2.0, 2.0, 2.0, 0.1, 0.1, 0.1], rtol=1e-6)
   np.testing.assert_allclose(

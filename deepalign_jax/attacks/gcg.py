@@ -6,12 +6,16 @@ SPEC §6.  Each step (Algorithm 1 of the paper, as in the reference code
   1. the gradient of the target loss w.r.t. the one-hot suffix tokens;
   2. the top-k tokens of each position (most negative gradient), among
      printable-ASCII, non-special tokens;
-  3. `num_candidates` copies of the suffix, each with one random position
-     set to a random one of its top-k tokens;
+  3. `num_candidates` copies of the suffix, each with one position set to a
+     random one of its top-k tokens: the positions evenly spaced over the
+     suffix as llm-attacks spaces them (`positions="even"`, the default), or
+     drawn per candidate as nanoGCG does (`positions="uniform"`);
   4. candidates whose text does not tokenise back to their ids are dropped
      (and the batch refilled from the survivors, so shapes stay fixed);
   5. every candidate's target loss in one batched forward pass; the lowest
-     becomes the suffix of the next step.
+     becomes the suffix of the next step.  With evenly spaced positions the
+     candidates swapping late in the suffix start their forward there, after
+     the current suffix's cached keys and values (`gcg_step.position_groups`).
 
 The target loss is the mean cross-entropy of the target ("Sure, here is
 ...") teacher-forced after the rendered prompt `instruction + " " + suffix`.
@@ -45,7 +49,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from deepalign_jax.atomic import write_json, write_jsonl
-from deepalign_jax.attacks.gcg_step import PromptBatch, candidate_losses, propose
+from deepalign_jax.attacks.gcg_step import PromptBatch, candidate_losses, position_groups, propose
 from deepalign_jax.attacks.gcg_tokens import (
   GCGLayoutError,
   PromptLayout,
@@ -63,6 +67,10 @@ STATE_FILE = "state.json"
 # Fields that may change between a run and its resumption: they change how
 # much is computed at once or for how long, never which suffix is found.
 _RESUMABLE_CHANGES = ("num_steps", "forward_batch", "grad_batch", "early_stop")
+POSITIONS = ("even", "uniform")
+# Runs of evenly spaced candidates whose forward starts at their first swap position: more runs skip more
+# of the suffix (1/2 of it as runs → ∞, 3/8 with 4) for one more forward pass in the compiled step each.
+POSITION_GROUPS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +89,10 @@ class GCGConfig:
     early_stop: stop once the suffix makes every target the greedy continuation.
     allow_non_ascii: allow non-ASCII suffix tokens.
     seed: PRNG seed of the candidate draws.
+    positions: where the candidates swap: "even" (candidate c at position
+      floor(c · S / C), as Zou et al.'s llm-attacks code; lets the candidate
+      forward skip the unchanged start of the suffix) or "uniform" (one
+      position drawn per candidate, as nanoGCG and runs before this option).
   """
 
   num_steps: int = 500
@@ -93,6 +105,7 @@ class GCGConfig:
   early_stop: bool = False
   allow_non_ascii: bool = False
   seed: int = 0
+  positions: str = "even"
 
   @classmethod
   def from_config(cls, config) -> "GCGConfig":
@@ -103,6 +116,8 @@ class GCGConfig:
     for name in ("num_steps", "num_candidates", "topk", "forward_batch", "grad_batch"):
       if getattr(self, name) < 1:
         raise ValueError(f"GCGConfig.{name} must be >= 1, got {getattr(self, name)}")
+    if self.positions not in POSITIONS:
+      raise ValueError(f"GCGConfig.positions must be one of {POSITIONS}, got {self.positions!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,14 +201,27 @@ def prompt_batch(layouts: Sequence[PromptLayout], active: int) -> PromptBatch:
   return PromptBatch(*map(jnp.asarray, (prefix, prefix_mask, rest, pred_pos, targets, target_mask, weight)))
 
 
-def _fill(candidates: np.ndarray, keep: np.ndarray, current: np.ndarray) -> np.ndarray:
+def _fill(candidates: np.ndarray, keep: np.ndarray, current: np.ndarray, groups: int = 1) -> np.ndarray:
   """[C, S]: the kept candidates, repeated in order to fill the batch (the
-  current suffix if none is kept, which makes the step a no-op)."""
-  kept = np.flatnonzero(keep)
-  if kept.size == 0:
+  current suffix if none is kept, which makes the step a no-op).
+
+  With several `position_groups`, each group is filled from its own kept candidates, else from the
+  kept ones that leave the suffix as it is before the group's start, else with the current suffix, so
+  every candidate of a group still equals the current suffix before its start.
+  """
+  if not keep.any():
     _log.warning("no GCG candidate survived decode→encode; keeping the current suffix")
     return np.broadcast_to(current, candidates.shape).copy()
-  return candidates[kept[np.arange(len(candidates)) % kept.size]]
+  out = np.broadcast_to(current, candidates.shape).copy()
+  changed = candidates != current
+  first_change = np.where(changed.any(axis=1), changed.argmax(axis=1), candidates.shape[1])
+  for first, stop, start in position_groups(*candidates.shape, groups):
+    pool = first + np.flatnonzero(keep[first:stop])
+    if pool.size == 0:
+      pool = np.flatnonzero(keep & (first_change >= start))
+    if pool.size:
+      out[first:stop] = candidates[pool[np.arange(stop - first) % pool.size]]
+  return out
 
 
 # -- workdir -------------------------------------------------------------------
@@ -236,14 +264,15 @@ def _resume(workdir: Path, fingerprint: dict) -> tuple[SearchState | None, list[
   if not state_path.exists():
     return None, []
   state = json.loads(state_path.read_text())
+  stored = dict(state["fingerprint"])
+  # Runs from before the `positions` option drew every swap position uniformly.
+  stored["config"] = {"positions": "uniform", **stored.get("config", {})}
   for key, value in fingerprint.items():
-    if state["fingerprint"].get(key) != value:
+    if stored.get(key) != value:
       detail = ""
       if key == "config":
-        diff = [k for k in value if state["fingerprint"]["config"].get(k) != value[k]]
-        detail = ": " + ", ".join(
-          f"{k}={state['fingerprint']['config'].get(k)!r} there, {value[k]!r} now" for k in diff
-        )
+        diff = [k for k in value if stored["config"].get(k) != value[k]]
+        detail = ": " + ", ".join(f"{k}={stored['config'].get(k)!r} there, {value[k]!r} now" for k in diff)
       raise ValueError(f"{state_path} belongs to a GCG run with different {key}{detail}; use another workdir")
   history_path = workdir / HISTORY_FILE
   history = []
@@ -302,6 +331,7 @@ def run_gcg(
     _log.warning("topk=%d exceeds the %d allowed tokens; using %d", config.topk, topk, topk)
   graphdef, params = nnx.split(model)
   allowed = jnp.asarray(allowed)
+  groups = POSITION_GROUPS if config.positions == "even" else 1
   key0 = jax.random.key(config.seed)
 
   init_ids = list(layouts[0].suffix_ids)
@@ -348,6 +378,7 @@ def run_gcg(
       topk=topk,
       num_candidates=config.num_candidates,
       grad_batch=config.grad_batch,
+      positions=config.positions,
     )
     current_loss = float(current_loss)
     if st.best_active != active or current_loss < st.best_loss:
@@ -357,9 +388,15 @@ def run_gcg(
 
     candidates = np.asarray(candidates)
     keep = round_trip_filter(tokenizer, layouts, candidates) & (candidates != current).any(axis=1)
-    candidates = _fill(candidates, keep, current)
+    candidates = _fill(candidates, keep, current, groups)
     losses, matched = candidate_losses(
-      graphdef, params, batch, jnp.asarray(candidates), forward_batch=config.forward_batch
+      graphdef,
+      params,
+      batch,
+      jnp.asarray(candidates),
+      jnp.asarray(current),
+      forward_batch=config.forward_batch,
+      groups=groups,
     )
     losses, matched = np.asarray(losses), np.asarray(matched)
     best = int(np.argmin(losses))

@@ -16,7 +16,12 @@ The tokens before the suffix never change, so each call runs them once per
 behaviour into a KV cache and every candidate forward (and the gradient's
 backward) covers only the suffix, the template after it and the target: the
 candidate forward costs (suffix + rest) tokens per row instead of the whole
-prompt.  The model is entered as (graphdef, state) so `jax.jit` sees arrays,
+prompt.  With the swap positions evenly spaced over the suffix (Zou et al.'s
+code; `propose(positions="even")`), the candidates come sorted by position,
+so `candidate_losses` splits them into `groups` runs whose swaps all lie at
+or after a known slot, runs the current suffix once into the cache, and
+starts each run's forward at its slot: the tokens before it are the current
+suffix's, already in the cache (`position_groups`).  The model is entered as (graphdef, state) so `jax.jit` sees arrays,
 not NNX objects.  Its forward over the one-hot suffix runs the model's own
 embedding path unchanged (dtype cast, Gemma's sqrt(d) scale): the suffix
 embeddings one_hot @ E are appended to the embedding table as "virtual
@@ -32,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from deepalign_jax.losses import token_logps
+from deepalign_jax.losses import chunked_token_logps
 from deepalign_jax.models import KVCache, init_cache
 
 
@@ -65,6 +70,19 @@ class PromptBatch(NamedTuple):
   weight: jax.Array
 
 
+def position_groups(num_candidates: int, suffix_length: int, groups: int) -> list[tuple[int, int, int]]:
+  """(first, stop, start) per group: candidates [first, stop) all equal the current suffix before slot `start`.
+
+  The candidates are split into `groups` contiguous runs of near-equal size (at most one per candidate);
+  `start` is the evenly spaced swap position of the run's first candidate, floor(first · S / C), the
+  lowest position any of its candidates swaps when `propose(positions="even")` made them.  One group
+  [(0, C, 0)] makes no assumption about the candidates.
+  """
+  groups = max(1, min(groups, num_candidates))
+  edges = [g * num_candidates // groups for g in range(groups + 1)]
+  return [(lo, hi, lo * suffix_length // num_candidates) for lo, hi in zip(edges[:-1], edges[1:])]
+
+
 def _rows(batch: PromptBatch, index: jax.Array) -> PromptBatch:
   return jax.tree.map(lambda x: x[index], batch)
 
@@ -93,18 +111,25 @@ def _cache_rows(cache: KVCache, index: jax.Array) -> KVCache:
   )
 
 
+# Output-head columns per chunk of the target loss: on CPU 4096-column chunks of [256, 49152] logits took
+# half the time of the whole block's log-softmax and argmax (`losses.chunked_token_logps`).
+VOCAB_CHUNK = 4096
+
+
 def target_losses(model, hidden: jax.Array, rows: PromptBatch) -> tuple[jax.Array, jax.Array]:
   """(mean target cross-entropy [n], greedy match [n]) from hidden states [n, R, D] of rest_ids.
 
-  Only the L target-predicting positions go through the output head, never
-  [n, R, V] logits.  `matched` is True when every target token is the argmax
+  Only the L target-predicting positions go through the output head, a vocabulary chunk at a
+  time, never [n, R, V] logits.  `matched` is True when every target token is the argmax
   of its logits: greedy decoding would then produce the target.
   """
   picked = jnp.take_along_axis(hidden, rows.pred_pos[..., None], axis=1)  # [n, L, D]
-  logits = model.logits(picked)  # [n, L, V]
-  nll = -token_logps(logits, rows.target_ids) * rows.target_mask
+  logps, argmax = chunked_token_logps(
+    picked, model.output_head(), rows.target_ids, vocab_chunk=VOCAB_CHUNK, greedy=True
+  )
+  nll = -logps * rows.target_mask
   losses = nll.sum(-1) / jnp.maximum(rows.target_mask.sum(-1), 1.0)
-  hits = (jnp.argmax(logits, axis=-1) == rows.target_ids) | (rows.target_mask == 0)
+  hits = argmax | (rows.target_mask == 0)
   return losses, hits.all(-1)
 
 
@@ -174,7 +199,7 @@ def _chunked(fn, xs, chunk: int):
   return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:])[:n], out)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "topk", "num_candidates", "grad_batch"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "topk", "num_candidates", "grad_batch", "positions"))
 def propose(
   graphdef,
   state,
@@ -186,6 +211,7 @@ def propose(
   topk: int,
   num_candidates: int,
   grad_batch: int,
+  positions: str = "uniform",
 ):
   """Loss of the current suffix and a batch of single-token swaps of it.
 
@@ -195,9 +221,12 @@ def propose(
     suffix: [S] current suffix ids.
     allowed: [V] bool, the tokens a suffix may use.
     key: this step's PRNG key.
+    positions: where each candidate swaps: "uniform" (drawn per candidate, as nanoGCG) or "even"
+      (candidate c at floor(c · S / C), as Zou et al.'s llm-attacks code: sorted, every position
+      equally often).
   Returns:
-    candidates [C, S]: the suffix with one position (uniform) replaced by one
-      of the top-k tokens (uniform) of that position.
+    candidates [C, S]: the suffix with one position replaced by one of the
+      top-k tokens (uniform) of that position.
     loss: Σ_b weight_b · loss_b of the current suffix (scalar).
     losses, matched: [B] per behaviour.
   """
@@ -215,38 +244,66 @@ def propose(
   scores = jnp.where(allowed[None, :], -grad, -jnp.inf)
   top = jax.lax.top_k(scores, topk)[1]  # [S, K]
   pos_key, tok_key = jax.random.split(key)
-  positions = jax.random.randint(pos_key, (num_candidates,), 0, suffix.shape[0])
+  if positions == "even":
+    where = jnp.arange(num_candidates) * suffix.shape[0] // num_candidates
+  elif positions == "uniform":
+    where = jax.random.randint(pos_key, (num_candidates,), 0, suffix.shape[0])
+  else:
+    raise ValueError(f"positions must be 'uniform' or 'even', got {positions!r}")
   choices = jax.random.randint(tok_key, (num_candidates,), 0, topk)
   candidates = jnp.broadcast_to(suffix, (num_candidates, suffix.shape[0]))
-  candidates = candidates.at[jnp.arange(num_candidates), positions].set(top[positions, choices])
+  candidates = candidates.at[jnp.arange(num_candidates), where].set(top[where, choices])
   return candidates, jnp.dot(batch.weight, losses), losses, matched
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "forward_batch"))
-def candidate_losses(graphdef, state, batch: PromptBatch, candidates: jax.Array, *, forward_batch: int):
+@functools.partial(jax.jit, static_argnames=("graphdef", "forward_batch", "groups"))
+def candidate_losses(
+  graphdef, state, batch: PromptBatch, candidates: jax.Array, suffix=None, *, forward_batch: int, groups: int = 1
+):
   """Mean target loss of every candidate suffix over the behaviours.
 
   Args:
     candidates: [C, S] suffix ids.
+    suffix: [S] the current suffix; needed with groups > 1.
     forward_batch: sequences per forward pass; ≥ B·C evaluates all
       candidates on all behaviours in one batched pass.  Memory: the pass
       holds a copy of its rows' prefix cache besides its activations.
+    groups: with more than one, the candidates of each `position_groups` run must equal `suffix`
+      before its start (evenly spaced swaps do): the current suffix runs once into the cache and
+      each run's forward covers only the slots from its start on.  One group assumes nothing.
   Returns:
     (losses [C] = Σ_b weight_b · loss_b, matched [C]: every weighted
     behaviour's target is the greedy continuation).
   """
   model = nnx.merge(graphdef, state)
   cache = prefix_cache(model, batch)
-  behaviours, num_candidates = batch.rest_ids.shape[0], candidates.shape[0]
-  b_index = jnp.repeat(jnp.arange(behaviours), num_candidates)
-  c_index = jnp.tile(jnp.arange(num_candidates), behaviours)
+  behaviours, (num_candidates, length) = batch.rest_ids.shape[0], candidates.shape
+  runs = position_groups(num_candidates, length, groups)
+  if len(runs) > 1:
+    if suffix is None:
+      raise ValueError("candidate_losses with groups > 1 needs the current suffix")
+    # The current suffix's keys and values after every prefix, once per behaviour.
+    current = jnp.broadcast_to(suffix, (behaviours, length))
+    _, cache = model.hidden_states(current, cache=cache)
 
-  def evaluate(index):
+  def evaluate(index, start):
     rows = _rows(batch, index[0])
-    hidden, _ = model.hidden_states(_splice(rows.rest_ids, candidates[index[1]]), cache=_cache_rows(cache, index[0]))
+    rows_cache = _cache_rows(cache, index[0])
+    if len(runs) > 1:  # resume after the first `start` suffix tokens
+      back = length - start
+      rows_cache = rows_cache._replace(index=rows_cache.index - back, lengths=rows_cache.lengths - back)
+      rows = rows._replace(pred_pos=jnp.maximum(rows.pred_pos - start, 0))
+    ids = _splice(rows.rest_ids, candidates[index[1]])[:, start:]
+    hidden, _ = model.hidden_states(ids, cache=rows_cache)
     return target_losses(model, hidden, rows)
 
-  losses, matched = _chunked(evaluate, (b_index, c_index), forward_batch)
-  losses = losses.reshape(behaviours, num_candidates)
-  matched = matched.reshape(behaviours, num_candidates) | (batch.weight == 0)[:, None]
+  pieces = []
+  for first, stop, start in runs:
+    size = stop - first
+    b_index = jnp.repeat(jnp.arange(behaviours), size)
+    c_index = jnp.tile(jnp.arange(first, stop), behaviours)
+    piece = _chunked(functools.partial(evaluate, start=start), (b_index, c_index), forward_batch)
+    pieces.append(jax.tree.map(lambda x, size=size: x.reshape(behaviours, size), piece))
+  losses, matched = (jnp.concatenate(parts, axis=1) for parts in zip(*pieces))
+  matched = matched | (batch.weight == 0)[:, None]
   return jnp.einsum("b,bc->c", batch.weight, losses), matched.all(0)

@@ -144,6 +144,8 @@ def evaluation_identity(config: ml_collections.ConfigDict, source: sources.Model
   drop = SCOPE + (() if config.attack.kind == "gcg" else ("gcg",))
   # An empty column mapping is no setting (and keeps the identity of runs from before the key existed).
   drop += () if config.benchmark.columns else ("benchmark.columns",)
+  # GCG's swap positions as they were before the key existed: the identity of those runs.
+  drop += ("gcg.positions",) if config.gcg.get("positions") == "uniform" else ()
   out = {f"config.{k}": v for k, v in identity.flatten(identity.without(config.to_dict(), drop)).items()}
   out["config.chat_format"] = chat_format
   out["model fingerprint"] = source.fingerprint()

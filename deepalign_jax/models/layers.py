@@ -128,8 +128,12 @@ class Attention(nnx.Module):
       keys = self.k_norm(keys)
     return apply_rope(keys, cos, sin), values
 
-  def __call__(self, x, cos, sin, mask, keys, values, rules, lora=None, impl: str = "einsum") -> jax.Array:
-    """x [B, T, D]; keys/values [B, S, K, H]; mask [B, T, S] → [B, T, D].
+  def __call__(
+    self, x, cos, sin, mask, keys, values, rules, lora=None, impl: str = "einsum", heads_first: bool = False
+  ) -> jax.Array:
+    """x [B, T, D]; keys/values [B, S, K, H], or [B, K, S, H] with heads_first (a cache layer's); mask [B, T, S].
+
+    Returns [B, T, D].
 
     impl: "einsum" (ours: grouped einsums, softmax in fp32 at least), or one of `jax.nn.dot_product_attention`'s
     implementations, "xla" or "cudnn" (GPU, bf16/fp16), or "auto" (its choice).  Those have no logit
@@ -144,6 +148,8 @@ class Attention(nnx.Module):
     queries = sharding.constrain(queries, rules, ("act_batch", "act_seq", "act_heads", None))
     b, t, n, h = queries.shape
     if impl != "einsum" and self.attn_softcap is None:
+      if heads_first:
+        keys, values = (jnp.swapaxes(a, 1, 2) for a in (keys, values))
       out = jax.nn.dot_product_attention(
         queries,
         keys,
@@ -157,11 +163,12 @@ class Attention(nnx.Module):
       grouped = queries.reshape(b, t, k, n // k, h)
       # Softmax in fp32 at least (fp64 when computing in fp64).
       acc = jnp.promote_types(jnp.float32, self.dtype)
-      logits = jnp.einsum("btkgh,bskh->bkgts", grouped, keys, preferred_element_type=acc) * self.query_scale
+      kv = "bksh" if heads_first else "bskh"
+      logits = jnp.einsum(f"btkgh,{kv}->bkgts", grouped, keys, preferred_element_type=acc) * self.query_scale
       logits = softcap(logits, self.attn_softcap)
       logits = jnp.where(mask[:, None, None, :, :], logits, jnp.finfo(acc).min)
       probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-      out = jnp.einsum("bkgts,bskh->btkgh", probs, values).reshape(b, t, n, h)
+      out = jnp.einsum(f"bkgts,{kv}->btkgh", probs, values).reshape(b, t, n, h)
     projected = jnp.einsum("btnh,nhd->btd", out, self.o[...].astype(self.dtype))
     return projected if lora is None else lora.add("o", out, projected)
 

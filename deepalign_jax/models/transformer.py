@@ -69,7 +69,7 @@ class Block(nnx.Module):
   def __call__(self, x, rope, masks, is_sliding, cache_kv, layer, write_index, rules, lora=None, attention="einsum"):
     """One layer.  rope = (cos_global, sin_global, cos_local, sin_local); lora: its `LayerAdapters`.
 
-    cache_kv: None, or the whole stack's (keys, values) [L, B, S, K, H]: this call's keys and values
+    cache_kv: None, or the whole stack's (keys, values) [L, B, K, S, H]: this call's keys and values
     are written into layer `layer`'s slots in place (no copy of the cache), and the stack is returned.
     """
     cos_g, sin_g, cos_l, sin_l = rope
@@ -82,13 +82,15 @@ class Block(nnx.Module):
     if cache_kv is None:
       keys, values = new_keys, new_values
     else:
-      start = (layer, 0, write_index, 0, 0)
+      start = (layer, 0, 0, write_index, 0)
       cache_kv = tuple(
-        jax.lax.dynamic_update_slice(stack, new[None].astype(stack.dtype), start)
+        jax.lax.dynamic_update_slice(stack, jnp.swapaxes(new, 1, 2)[None].astype(stack.dtype), start)
         for stack, new in zip(cache_kv, (new_keys, new_values))
       )
       keys, values = (jax.lax.dynamic_index_in_dim(stack, layer, keepdims=False) for stack in cache_kv)
-    attn = self.attn(h, cos, sin, mask, keys.astype(h.dtype), values.astype(h.dtype), rules, lora, attention)
+    keys, values = keys.astype(h.dtype), values.astype(h.dtype)
+    heads_first = cache_kv is not None
+    attn = self.attn(h, cos, sin, mask, keys, values, rules, lora, attention, heads_first=heads_first)
     if self.attn_out_norm is not None:
       attn = self.attn_out_norm(attn)
     x = x + attn

@@ -227,6 +227,100 @@ def test_one_hot_gradient_is_the_directional_derivative(model, spm):
   assert np.abs(analytic).min() > 1e-3  # not trivially zero
 
 
+def test_even_positions_swap_candidate_c_at_c_times_s_over_c(model, spm):
+  _, renderer = spm
+  layouts = gcg._layouts(renderer, BEHAVIOURS, CONFIG.init_suffix)
+  batch = gcg.prompt_batch(layouts, active=2)
+  graphdef, state = nnx.split(model)
+  suffix = jnp.asarray(layouts[0].suffix_ids)
+  allowed = jnp.ones(model.embed[...].shape[0], bool)
+  for num_candidates in (32, 7):
+    candidates, *_ = gcg_step.propose(
+      graphdef,
+      state,
+      batch,
+      suffix,
+      allowed,
+      jax.random.key(0),
+      topk=16,
+      num_candidates=num_candidates,
+      grad_batch=8,
+      positions="even",
+    )
+    changed = np.asarray(candidates) != np.asarray(suffix)
+    where = np.arange(num_candidates) * len(suffix) // num_candidates
+    assert changed.sum(axis=1).max() == 1 and changed.any()
+    for c in range(num_candidates):  # a swap to the token already there changes nothing
+      assert not changed[c].any() or np.flatnonzero(changed[c]).tolist() == [where[c]]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_grouped_candidate_forward_equals_the_whole_forward(model, spm, dtype):
+  # Runs of evenly spaced candidates start their forward after the current suffix's cached keys and
+  # values: the losses of every candidate are those of the forward over the whole suffix.
+  _, renderer = spm
+  layouts = gcg._layouts(renderer, BEHAVIOURS, "! ! ! ! ! ! ! !")
+  batch = gcg.prompt_batch(layouts, active=2)
+  graphdef, state = nnx.split(model)
+  if dtype == "bfloat16":  # the same weights, stored and computed in bf16
+    bf16 = dict(dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: Transformer(model.config, **bf16, rngs=nnx.Rngs(0))))
+    state = jax.tree.map(lambda x: x.astype(jnp.bfloat16), state)
+  suffix = np.asarray(layouts[0].suffix_ids)
+  length, num_candidates = len(suffix), 24
+  rng = np.random.default_rng(0)
+  candidates = np.broadcast_to(suffix, (num_candidates, length)).copy()
+  where = np.arange(num_candidates) * length // num_candidates
+  candidates[np.arange(num_candidates), where] = rng.integers(3, 500, num_candidates)
+  candidates[5] = suffix  # an unchanged candidate
+  for first, _, start in gcg_step.position_groups(num_candidates, length, 4):
+    assert (candidates[first:, :start] == suffix[:start]).all()
+  whole, matched_whole = gcg_step.candidate_losses(graphdef, state, batch, jnp.asarray(candidates), forward_batch=512)
+  for groups, forward_batch in ((4, 512), (3, 5)):
+    grouped, matched = gcg_step.candidate_losses(
+      graphdef, state, batch, jnp.asarray(candidates), jnp.asarray(suffix), forward_batch=forward_batch, groups=groups
+    )
+    np.testing.assert_allclose(grouped, whole, rtol=1e-5)  # bf16 too (equal there when measured)
+    np.testing.assert_array_equal(matched, matched_whole)
+  # A candidate that changes the suffix before its group's start is outside the contract: it would be
+  # scored as the current suffix there, which is why `_fill` never puts one in a group.
+  wrong = candidates.copy()
+  wrong[-1, 0] = (suffix[0] + 1) % 500
+  bad, _ = gcg_step.candidate_losses(
+    graphdef, state, batch, jnp.asarray(wrong), jnp.asarray(suffix), forward_batch=512, groups=4
+  )
+  good, _ = gcg_step.candidate_losses(graphdef, state, batch, jnp.asarray(wrong), forward_batch=512)
+  assert abs(float(bad[-1]) - float(good[-1])) > 1e-4
+
+
+def test_fill_keeps_every_group_on_the_current_suffix_before_its_start():
+  rng = np.random.default_rng(0)
+  length, num_candidates, groups = 8, 24, 4
+  current = rng.integers(0, 50, length)
+  runs = gcg_step.position_groups(num_candidates, length, groups)
+  assert [start for *_, start in runs] == [0, 2, 4, 6]
+  for trial in range(50):
+    candidates = np.broadcast_to(current, (num_candidates, length)).copy()
+    where = np.arange(num_candidates) * length // num_candidates
+    candidates[np.arange(num_candidates), where] = rng.integers(50, 100, num_candidates)
+    keep = rng.random(num_candidates) < (0.05 if trial % 2 else 0.6)
+    filled = gcg._fill(candidates, keep, current, groups)
+    if not keep.any():
+      assert (filled == current).all()
+      continue
+    kept = {tuple(c) for c in candidates[keep]} | {tuple(current)}
+    for first, stop, start in runs:
+      assert (filled[first:stop, :start] == current[:start]).all()
+      assert all(tuple(row) in kept for row in filled[first:stop])
+      if keep[first:stop].any():  # a group with survivors keeps only its own
+        assert {tuple(r) for r in filled[first:stop]} == {tuple(c) for c in candidates[first:stop][keep[first:stop]]}
+  # One group: the kept candidates in order, as before the groups.
+  keep = rng.random(num_candidates) < 0.5
+  np.testing.assert_array_equal(
+    gcg._fill(candidates, keep, current), candidates[np.flatnonzero(keep)[np.arange(num_candidates) % keep.sum()]]
+  )
+
+
 # -- runs ----------------------------------------------------------------------
 
 
@@ -293,6 +387,21 @@ def test_resumed_run_equals_uninterrupted_run(model, spm, tmp_path):
       workdir=tmp_path / "b",
       progress=False,
     )
+
+
+def test_a_workdir_from_before_the_positions_option_resumes_with_uniform_positions(model, spm, tmp_path):
+  tokenizer, renderer = spm
+  uniform = dataclasses.replace(CONFIG, positions="uniform")
+  straight = run_gcg(model, tokenizer, renderer, BEHAVIOURS, uniform, progress=False)
+  run_gcg(model, tokenizer, renderer, BEHAVIOURS, dataclasses.replace(uniform, num_steps=2), workdir=tmp_path)
+  state = json.loads((tmp_path / "state.json").read_text())
+  del state["fingerprint"]["config"]["positions"]  # state.json as written before the option
+  (tmp_path / "state.json").write_text(json.dumps(state))
+  with pytest.raises(ValueError, match="positions='uniform' there, 'even' now"):
+    run_gcg(model, tokenizer, renderer, BEHAVIOURS, CONFIG, workdir=tmp_path, progress=False)
+  resumed = run_gcg(model, tokenizer, renderer, BEHAVIOURS, uniform, workdir=tmp_path, progress=False)
+  assert _without_timing(resumed.history) == _without_timing(straight.history)
+  assert resumed.suffix_ids == straight.suffix_ids
 
 
 @pytest.mark.slow
