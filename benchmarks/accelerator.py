@@ -349,7 +349,7 @@ def section_gcg(table: Table, path: Path, kind: str, dry: bool) -> None:
   import gcg
 
   settings = dict(batch=8, topk=16, suffix=5, repeats=1) if dry else dict(batch=512, topk=256, suffix=20, repeats=3)
-  r = gcg.measure(str(path), dtype="bfloat16", **settings)
+  r = gcg.measure(str(path), dtype="bfloat16", skip_forward=True, **settings)
   note = f"{kind}, bf16, {settings['batch']} candidates, top-k {settings['topk']}, suffix {settings['suffix']}"
   table.add("gcg", "GCG step", 1 / r["jax"], 1 / r["torch"], "steps/s", note=note)
   if r["nanogcg"] is not None:  # installed (pip install --no-deps nanogcg==0.3.0, or a carried wheel)

@@ -2,7 +2,7 @@
 
     python benchmarks/gcg.py [--model DIR] [--batch 64] [--topk 256] [--suffix 20]
                              [--repeats 3] [--chat_format template] [--positions even]
-                             [--skip_torch] [--skip_nanogcg]
+                             [--skip_torch] [--skip_nanogcg] [--skip_forward]
 
 Both sides run the same GCG step (SPEC §6) on the same rendered prompt (one
 AdvBench behaviour, its slices from `deepalign_jax.attacks.gcg_tokens`):
@@ -23,7 +23,9 @@ its package, ChatML template with its default system prompt.  --positions is
 `GCGConfig.positions`: "even" (the default, llm-attacks' evenly spaced swaps,
 whose candidate forward starts each group of candidates at its first swap
 position) or "uniform" (drawn per candidate, as nanoGCG and the PyTorch step
-here draw them).
+here draw them).  Then our candidate forward is timed alone and its FLOPs
+(counted in `candidate_forward`) are set against a 2048³ matmul's rate
+measured in the same run (--skip_forward leaves that out).
 
 When the public nanoGCG is installed (`pip install --no-deps nanogcg==0.3.0`;
 it needs torch, transformers and scipy), its own loop runs the same
@@ -188,9 +190,11 @@ def measure(
   skip_torch: bool = False,
   skip_nanogcg: bool = False,
   positions: str = "even",
+  skip_forward: bool = False,
 ) -> dict:
   """Best GCG step times (s) of every side; {"jax", "torch", "nanogcg" (None when not run), "jax_loss",
-  "torch_loss", "layout", "cfg"}.  nanoGCG runs when it is installed, unless `skip_nanogcg`."""
+  "torch_loss", "layout", "cfg", "forward" (`candidate_forward`, None with skip_forward)}.  nanoGCG runs
+  when it is installed, unless `skip_nanogcg`."""
   import jax.numpy as jnp
 
   from deepalign_jax.attacks import GCGConfig, run_gcg
@@ -244,7 +248,11 @@ def measure(
         torch_times.append(time.perf_counter() - start)
       if nano_step is not None:
         nano_step()
+  forward = None
+  if not skip_forward:
+    forward = candidate_forward(model, tokenizer, renderer, config, result.last_suffix_ids, repeats)
   return {
+    "forward": forward,
     "jax": min(jax_times[1:]),
     "torch": min(torch_times[1:]) if torch_times else None,
     "nanogcg": min(nano["times"][1:]) if nano else None,
@@ -259,6 +267,53 @@ def measure(
   }
 
 
+def candidate_forward(model, tokenizer, renderer, config, suffix_ids, repeats: int) -> dict:
+  """Our candidate forward (`gcg_step.candidate_losses`, one behaviour) alone: {"seconds" (best of
+  repeats), "flops" (counted below), "rate" (the 2048³ matmul rate measured now)}.
+
+  FLOPs, multiply-adds counted twice: every layer matmul of every token the forward computes (each
+  group of candidates from its first position, `gcg_step.position_groups`), attention (QKᵀ and PV)
+  over all cache slots as computed, the output head at the target positions, and the prefix and
+  current-suffix forward the call starts with.
+  """
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from timing import best_time, matmul_rate  # benchmarks/timing.py (script directory)
+
+  from deepalign_jax.attacks import gcg, gcg_step
+
+  layouts = gcg._layouts(renderer, [(INSTRUCTION, TARGET)], config.init_suffix)
+  batch = gcg.prompt_batch(layouts, 1)
+  graphdef, state = nnx.split(model)
+  cfg = model.config
+  suffix = jnp.asarray(suffix_ids, jnp.int32)
+  rng = np.random.default_rng(0)
+  num, length = config.num_candidates, len(suffix_ids)
+  candidates = np.broadcast_to(np.asarray(suffix_ids), (num, length)).copy()
+  where = np.arange(num) * length // num if config.positions == "even" else rng.integers(0, length, num)
+  candidates[np.arange(num), where] = rng.integers(100, 1000, num)
+  groups = gcg.POSITION_GROUPS if config.positions == "even" else 1
+
+  def run():
+    losses, _ = gcg_step.candidate_losses(
+      graphdef, state, batch, jnp.asarray(candidates), suffix, forward_batch=config.forward_batch, groups=groups
+    )
+    jax.block_until_ready(losses)
+
+  seconds = best_time(run, repeats)
+  d, h, f = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
+  per_token = cfg.num_layers * (d * (cfg.num_heads + 2 * cfg.num_kv_heads) * h + cfg.num_heads * h * d + 3 * d * f)
+  prefix, rest = batch.prefix_ids.shape[1], batch.rest_ids.shape[1]
+  slots = prefix + rest
+  flops = 2 * per_token * (prefix + (length if groups > 1 else 0))
+  for first, stop, start in gcg_step.position_groups(num, length, groups):
+    tokens = (stop - first) * (rest - start)
+    flops += 2 * per_token * tokens + 4 * cfg.num_layers * tokens * slots * cfg.num_heads * h
+  flops += 2 * num * batch.target_ids.shape[1] * cfg.vocab_size * d
+  return {"seconds": seconds, "flops": flops, "rate": matmul_rate()}
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model")
@@ -269,6 +324,9 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--positions", default="even", choices=("even", "uniform"), help="GCGConfig.positions")
   parser.add_argument("--skip_torch", action="store_true")
+  parser.add_argument(
+    "--skip_forward", action="store_true", help="do not time our candidate forward alone against the matmul rate"
+  )
   parser.add_argument("--skip_nanogcg", action="store_true", help="do not run nanoGCG even when it is installed")
   args = parser.parse_args()
 
@@ -287,6 +345,7 @@ def main() -> None:
     skip_torch=args.skip_torch,
     skip_nanogcg=args.skip_nanogcg,
     positions=args.positions,
+    skip_forward=args.skip_forward,
   )
   layout, cfg = r["layout"], r["cfg"]
   print(f"JAX step times (the first compiles): {', '.join(f'{t:.2f}' for t in r['jax_times'])} s")
@@ -311,6 +370,13 @@ def main() -> None:
     print(f"{name:30s} {seconds:8.3f} {1 / seconds:8.3f} {loss:10.3f}")
   for name, seconds, _ in rows[1:]:
     print(f"{'ratio JAX / ' + name.split(' ')[0] + ' (steps/s)':30s} {seconds / rows[0][1]:8.2f}")
+  if not args.skip_forward:
+    f = r["forward"]
+    achieved = f["flops"] / f["seconds"]
+    print(
+      f"our candidate forward alone: {f['seconds']:.3f} s, {f['flops'] / 1e9:.0f} GFLOP at {achieved / 1e9:.0f} GFLOP/s"
+      f" = {achieved / f['rate']:.0%} of the {f['rate'] / 1e9:.0f} GFLOP/s a 2048³ matmul ran at in this run"
+    )
 
 
 if __name__ == "__main__":

@@ -72,6 +72,19 @@ def filter_logits(logits: jax.Array, params: SamplingParams, candidates: int | N
   return jnp.where(keep_p, logits, -jnp.inf)
 
 
+def first_argmax(logits: jax.Array) -> jax.Array:
+  """`jnp.argmax(logits, axis=-1)` as int32 (the lowest id among tied maxima) in two plain reductions.
+
+  XLA:CPU's argmax is a two-operand reduction that took 0.86 ms on [8, 49152] fp32 logits where a max
+  and a min took 0.17 ms: at a small model's 30 ms decode step, that is 2% of every step.  A row whose
+  maximum is NaN gives its last id.
+  """
+  vocab = logits.shape[-1]
+  top = logits.max(axis=-1, keepdims=True)
+  first = jnp.min(jnp.where(logits == top, jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1)
+  return jnp.minimum(first, vocab - 1).astype(jnp.int32)
+
+
 def choose_tokens(
   key: jax.Array, logits: jax.Array, params: SamplingParams, candidates: int = TOP_K_CANDIDATES
 ) -> jax.Array:
@@ -83,7 +96,7 @@ def choose_tokens(
   50), only that many logits are ranked; nothing is sampled when every row
   is greedy.
   """
-  greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  greedy = first_argmax(logits)
 
   def sample(_):
     sampled_rows = ~params.greedy

@@ -1,12 +1,13 @@
 """Sampling filters and statistics: top-k, top-p, temperature, greedy, seeds."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from deepalign_jax.sampling import SamplingParams, choose_tokens, filter_logits
+from deepalign_jax.sampling import SamplingParams, choose_tokens, filter_logits, filters
 
 
 def _hf_filter(logits, temperature, top_k, top_p):
@@ -127,3 +128,19 @@ def test_same_seed_same_tokens_other_seed_other_tokens():
   a = _draw(logits, params, 4, seed=1)
   np.testing.assert_array_equal(a, _draw(logits, params, 4, seed=1))
   assert (a != _draw(logits, params, 4, seed=2)).any()
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_first_argmax_is_argmax_with_its_tie_break(dtype):
+  rng = np.random.default_rng(5)
+  logits = rng.normal(size=(64, 301)).astype(np.float32)
+  rows = np.arange(64)
+  best = logits.argmax(-1)
+  # Ties: a copy of the maximum before it in some rows, after it in others; rows masked to -inf past a limit.
+  logits[rows[:16], (best[:16] + 7) % 301] = logits[rows[:16], best[:16]]
+  logits[rows[16:32], (best[16:32] - 5) % 301] = logits[rows[16:32], best[16:32]]
+  logits[32:40, 150:] = -np.inf
+  logits[40:48] = np.round(logits[40:48])  # many ties
+  x = jnp.asarray(logits, dtype)
+  np.testing.assert_array_equal(filters.first_argmax(x), np.argmax(np.asarray(x.astype(jnp.float32)), -1))
+  assert filters.first_argmax(x).dtype == jnp.int32
