@@ -51,6 +51,19 @@ class OutputHead(NamedTuple):
     """[B, T, V] logits (fp32 or wider) of hidden states [B, T, D]."""
     return self._project(hidden, self.weights)
 
+  def token_logits(self, hidden: jax.Array) -> tuple[jax.Array, int]:
+    """(logits, vocab axis) of one position's hidden states [B, D]: [V, B] for a tied table, else [B, V].
+
+    A tied [V, D] table is contracted as the left operand, each row read in order: on CPU a decode
+    step's [8, 576] × [49152, 576]ᵀ ran at ~20 GB/s that way round and ~30 GB/s this way (the [V, B]
+    result is not transposed back: the token choice reduces over axis 0).
+    """
+    acc = jnp.promote_types(jnp.float32, hidden.dtype)
+    if self.layout == "vd":
+      logits = jnp.einsum("vd,bd->vb", self.weights.astype(hidden.dtype), hidden, preferred_element_type=acc)
+      return apply_softcap(logits, self.softcap), 0
+    return self.logits(hidden[:, None])[:, 0], 1
+
   def chunk_logits(self, hidden: jax.Array, start, size: int) -> jax.Array:
     """[B, T, size] logits of the columns [start, start + size) (a slice of the head, no copy)."""
     axis = 1 if self.layout == "dv" else 0

@@ -87,10 +87,11 @@ def _bucket(n: int, multiple: int) -> int:
 def _generate(graphdef, state, ids, mask, params, key, stop_ids, pad_id, vocab_limit, *, max_new_tokens):
   model = nnx.merge(graphdef, state)
 
-  def choose(key, logits):
+  def choose(key, logits, vocab_axis=1):
     # Ids past the tokenizer (Gemma pads its embedding table) are never chosen.
-    logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
-    return choose_tokens(key, logits, params)
+    ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, vocab_axis)
+    logits = jnp.where(ids < vocab_limit, logits, -jnp.inf)
+    return choose_tokens(key, logits, params, vocab_axis=vocab_axis)
 
   batch, width = ids.shape
   cache = init_cache(model.config, batch, width + max_new_tokens, model.dtype)
@@ -108,9 +109,9 @@ def _generate(graphdef, state, ids, mask, params, key, stop_ids, pad_id, vocab_l
   def body(carry):
     step, tokens, done, lengths, cache, key = carry
     last = jax.lax.dynamic_slice_in_dim(tokens, step - 1, 1, axis=1)
-    logits, cache = model(last, cache=cache)
+    hidden, cache = model.hidden_states(last, cache=cache)
     key, sub = jax.random.split(key)
-    token = choose(sub, logits[:, -1])
+    token = choose(sub, *model.output_head().token_logits(hidden[:, -1]))
     token = jnp.where(done, pad_id, token)
     tokens = jax.lax.dynamic_update_slice_in_dim(tokens, token[:, None], step, axis=1)
     lengths = lengths + (~done).astype(jnp.int32)

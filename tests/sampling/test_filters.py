@@ -144,3 +144,27 @@ def test_first_argmax_is_argmax_with_its_tie_break(dtype):
   x = jnp.asarray(logits, dtype)
   np.testing.assert_array_equal(filters.first_argmax(x), np.argmax(np.asarray(x.astype(jnp.float32)), -1))
   assert filters.first_argmax(x).dtype == jnp.int32
+
+
+@pytest.mark.parametrize("layout, softcap", [("vd", None), ("vd", 5.0), ("dv", None)])
+def test_vocabulary_major_token_logits_choose_what_the_rows_choose(layout, softcap):
+  from deepalign_jax.models.head import OutputHead
+
+  rng = np.random.default_rng(6)
+  w = rng.normal(size=(300, 16) if layout == "vd" else (16, 300)).astype(np.float32)
+  head = OutputHead(jnp.asarray(w), layout, softcap)
+  hidden = jnp.asarray(rng.normal(size=(5, 16)), jnp.float32)
+  logits, axis = head.token_logits(hidden)
+  rows = np.asarray(head.logits(hidden[:, None])[:, 0])
+  assert axis == (0 if layout == "vd" else 1)
+  np.testing.assert_allclose(np.asarray(logits).T if axis == 0 else logits, rows, rtol=1e-6, atol=1e-6)
+  # Greedy and sampled rows in one batch: the same tokens from either orientation, the same key.
+  params = SamplingParams.make(5, temperature=0.9, top_k=[0, 5, 0, 50, 0], top_p=[1.0, 1.0, 0.6, 1.0, 1.0])
+  params = params._replace(greedy=jnp.asarray([True, False, False, False, True]))
+  key = jax.random.key(3)
+  for k in jax.random.split(key, 4):
+    np.testing.assert_array_equal(
+      choose_tokens(k, logits, params, vocab_axis=axis), choose_tokens(k, jnp.asarray(rows), params)
+    )
+  chosen = np.asarray(choose_tokens(key, logits, params, vocab_axis=axis))
+  np.testing.assert_array_equal(chosen[[0, 4]], rows.argmax(-1)[[0, 4]])
