@@ -21,7 +21,9 @@ code; `propose(positions="even")`), the candidates come sorted by position,
 so `candidate_losses` splits them into `groups` runs whose swaps all lie at
 or after a known slot, runs the current suffix once into the cache, and
 starts each run's forward at its slot: the tokens before it are the current
-suffix's, already in the cache (`position_groups`).  The model is entered as (graphdef, state) so `jax.jit` sees arrays,
+suffix's, already in the cache (`position_groups`).
+
+The model is entered as (graphdef, state) so `jax.jit` sees arrays,
 not NNX objects.  Its forward over the one-hot suffix runs the model's own
 embedding path unchanged (dtype cast, Gemma's sqrt(d) scale): the suffix
 embeddings one_hot @ E are appended to the embedding table as "virtual
