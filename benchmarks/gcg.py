@@ -293,11 +293,10 @@ def candidate_forward(model, tokenizer, renderer, config, suffix_ids, repeats: i
   candidates = np.broadcast_to(np.asarray(suffix_ids), (num, length)).copy()
   where = np.arange(num) * length // num if config.positions == "even" else rng.integers(0, length, num)
   candidates[np.arange(num), where] = rng.integers(100, 1000, num)
-  groups = gcg.POSITION_GROUPS if config.positions == "even" else 1
 
   def run():
     losses, _ = gcg_step.candidate_losses(
-      graphdef, state, batch, jnp.asarray(candidates), suffix, forward_batch=config.forward_batch, groups=groups
+      graphdef, state, batch, jnp.asarray(candidates), suffix, forward_batch=config.forward_batch, groups=config.groups
     )
     jax.block_until_ready(losses)
 
@@ -306,8 +305,8 @@ def candidate_forward(model, tokenizer, renderer, config, suffix_ids, repeats: i
   per_token = cfg.num_layers * (d * (cfg.num_heads + 2 * cfg.num_kv_heads) * h + cfg.num_heads * h * d + 3 * d * f)
   prefix, rest = batch.prefix_ids.shape[1], batch.rest_ids.shape[1]
   slots = prefix + rest
-  flops = 2 * per_token * (prefix + (length if groups > 1 else 0))
-  for first, stop, start in gcg_step.position_groups(num, length, groups):
+  flops = 2 * per_token * (prefix + (length if config.groups > 1 else 0))
+  for first, stop, start in gcg_step.position_groups(num, length, config.groups):
     tokens = (stop - first) * (rest - start)
     flops += 2 * per_token * tokens + 4 * cfg.num_layers * tokens * slots * cfg.num_heads * h
   flops += 2 * num * batch.target_ids.shape[1] * cfg.vocab_size * d

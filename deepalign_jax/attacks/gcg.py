@@ -119,6 +119,11 @@ class GCGConfig:
     if self.positions not in POSITIONS:
       raise ValueError(f"GCGConfig.positions must be one of {POSITIONS}, got {self.positions!r}")
 
+  @property
+  def groups(self) -> int:
+    """Candidate groups of `candidate_losses`: POSITION_GROUPS with evenly spaced swaps, else one."""
+    return POSITION_GROUPS if self.positions == "even" else 1
+
 
 @dataclasses.dataclass(frozen=True)
 class GCGResult:
@@ -211,7 +216,6 @@ def _fill(candidates: np.ndarray, keep: np.ndarray, current: np.ndarray, groups:
   """
   if not keep.any():
     _log.warning("no GCG candidate survived decode→encode; keeping the current suffix")
-    return np.broadcast_to(current, candidates.shape).copy()
   out = np.broadcast_to(current, candidates.shape).copy()
   changed = candidates != current
   first_change = np.where(changed.any(axis=1), changed.argmax(axis=1), candidates.shape[1])
@@ -331,7 +335,6 @@ def run_gcg(
     _log.warning("topk=%d exceeds the %d allowed tokens; using %d", config.topk, topk, topk)
   graphdef, params = nnx.split(model)
   allowed = jnp.asarray(allowed)
-  groups = POSITION_GROUPS if config.positions == "even" else 1
   key0 = jax.random.key(config.seed)
 
   init_ids = list(layouts[0].suffix_ids)
@@ -388,7 +391,7 @@ def run_gcg(
 
     candidates = np.asarray(candidates)
     keep = round_trip_filter(tokenizer, layouts, candidates) & (candidates != current).any(axis=1)
-    candidates = _fill(candidates, keep, current, groups)
+    candidates = _fill(candidates, keep, current, config.groups)
     losses, matched = candidate_losses(
       graphdef,
       params,
@@ -396,7 +399,7 @@ def run_gcg(
       jnp.asarray(candidates),
       jnp.asarray(current),
       forward_batch=config.forward_batch,
-      groups=groups,
+      groups=config.groups,
     )
     losses, matched = np.asarray(losses), np.asarray(matched)
     best = int(np.argmin(losses))
