@@ -11,8 +11,8 @@ Each timing is the best of --repeats runs after one warm-up (which compiles).
 The decode step time is compared with its memory-bandwidth bound:
 (parameter bytes + KV-cache bytes read per step) / bandwidth, the bandwidth
 measured in the same run by a read kernel (`timing.memory_bandwidth`, before and
-after the timings, the higher figure taken) unless --bandwidth_gbs gives it.  The greedy tokens of both sides are
-compared too.  Default model: SmolLM2-135M-Instruct from its PyPI package.
+after the timings, the higher figure taken) unless --bandwidth_gbs gives it.
+The greedy tokens of both sides are compared too.  Default model: SmolLM2-135M-Instruct from its PyPI package.
 """
 
 from __future__ import annotations
@@ -152,8 +152,9 @@ def main() -> None:
     )
     print(f"greedy tokens identical: {r['same'] * 100:.1f}%")
   if not args.bandwidth_gbs:
-    # Measured before and after the timings and the higher figure taken: this machine's bandwidth moves
-    # between minutes (36-44 GB/s, once 72), and the fraction is not to gain from a slow moment.
+    # Measured before and after the timings and the higher figure taken: the 2-core VM's read kernel
+    # moves between processes (35-48 GB/s, at other times 70-76), and the fraction must not gain from
+    # a slow moment.
     bandwidth = max(bandwidth, memory_bandwidth())
   bound = r["bytes_per_step"] / bandwidth
   source = "given" if args.bandwidth_gbs else "the higher of two read-kernel runs (benchmarks/timing.memory_bandwidth)"

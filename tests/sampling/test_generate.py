@@ -111,7 +111,7 @@ def test_prefill_computes_only_the_last_positions_logits(family):
   # cost a [B, width, V] head product (~20% of the prefill's FLOPs at SmolLM2's 49152-word head).
   vocab, width = 499, 13  # no other dimension of the model or the cache is 499 or 13
   model = create_model(config_from_hf({**FAMILY_CONFIGS[family]().to_dict(), "vocab_size": vocab}), seed=0)
-  ids, mask = left_pad(_prompts((13, 6, 9)), width=width)
+  ids, mask = left_pad([[i % vocab for i in p] for p in _prompts((13, 6, 9))], width=width)
   params = SamplingParams.make(3, greedy=True)
   graphdef, state = nnx.split(model)
   args = (ids, mask, params, jax.random.key(0), jnp.asarray([-1], jnp.int32), jnp.int32(0), jnp.int32(vocab))
